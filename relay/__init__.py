@@ -1,0 +1,3 @@
+"""relay: an edge relay for Segment-compatible product-analytics events."""
+
+__version__ = "0.1.0"

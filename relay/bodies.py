@@ -1,0 +1,71 @@
+"""Reading a request body: size caps before and after decompression, JSON whatever the type."""
+
+from __future__ import annotations
+
+import zlib
+
+import msgspec
+from aiohttp import web
+
+from relay.responses import Rejection
+
+MAX_REQUEST_BYTES = 500 * 1024
+READ_CHUNK = 64 * 1024
+_decode = msgspec.json.Decoder().decode
+_GZIP_OR_ZLIB = 32 + zlib.MAX_WBITS
+_ENCODINGS = {"": None, "identity": None, "gzip": _GZIP_OR_ZLIB, "x-gzip": _GZIP_OR_ZLIB,
+              "deflate": _GZIP_OR_ZLIB}
+
+
+def too_large(what: str) -> Rejection:
+    return Rejection(400, "request_too_large", f"{what} is larger than {MAX_REQUEST_BYTES} bytes")
+
+
+async def read_raw(request: web.Request) -> bytes:
+    """The body as sent, refused past the cap without reading the rest."""
+    if request.content_length is not None and request.content_length > MAX_REQUEST_BYTES:
+        raise too_large("request body")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.read(READ_CHUNK)
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > MAX_REQUEST_BYTES:
+            raise too_large("request body")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def decompress(raw: bytes, content_encoding: str) -> bytes:
+    encoding = content_encoding.strip().lower()
+    if encoding not in _ENCODINGS:
+        raise Rejection(415, "unsupported_encoding", f"Content-Encoding {encoding!r} is not supported")
+    wbits = _ENCODINGS[encoding]
+    if wbits is None or not raw:
+        return raw
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(raw, MAX_REQUEST_BYTES + 1)
+    except zlib.error as exc:
+        raise Rejection(400, "invalid_encoding", f"body is not valid {encoding}: {exc}") from None
+    if len(out) > MAX_REQUEST_BYTES or inflater.unconsumed_tail:
+        raise too_large("decompressed request body")
+    if not inflater.eof:
+        raise Rejection(400, "invalid_encoding", f"{encoding} body is truncated")
+    return out
+
+
+def parse_json(data: bytes) -> object:
+    if not data.strip():
+        raise Rejection(400, "invalid_json", "request body is empty")
+    try:
+        return _decode(data)
+    except msgspec.DecodeError as exc:
+        raise Rejection(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
+
+
+async def read_json(request: web.Request) -> object:
+    raw = await read_raw(request)
+    return parse_json(decompress(raw, request.headers.get("Content-Encoding", "")))

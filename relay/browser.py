@@ -1,0 +1,84 @@
+"""What browsers and e-mail clients need: analytics.js settings and tracking-pixel data."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+
+from relay.errors import InvalidMessage
+
+PIXEL_TYPES = {"track", "identify", "page", "screen", "group", "alias"}
+_decode = msgspec.json.Decoder().decode
+
+
+def settings(write_key: str, host: str, scheme: str) -> dict[str, Any]:
+    """analytics.js settings whose ``Segment.io`` integration sends back to this relay."""
+    enabled = {"__default": {"enabled": True, "integrations": {}}}
+    return {
+        "integrations": {
+            "Segment.io": {
+                "apiKey": write_key,
+                "apiHost": f"{host}/v1",
+                "protocol": scheme,
+                "unbundledIntegrations": [],
+                "addBundledMetadata": True,
+                "maybeBundledConfigIds": {},
+                "versionSettings": {"version": "4.4.7", "componentTypes": ["browser"]},
+            }
+        },
+        "plan": {"track": enabled, "identify": enabled, "group": enabled},
+        "edgeFunction": {},
+        "analyticsNextEnabled": True,
+        "middlewareSettings": {},
+        "enabledMiddleware": {},
+        "metrics": {"sampleRate": 0},
+        "legacyVideoPluginsEnabled": False,
+        "remotePlugins": [],
+        "consentSettings": {"allCategories": []},
+    }
+
+
+def pixel_message(msg_type: str, query: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    """A message from ``?data=<base64 JSON>`` or from plain (dotted) query parameters."""
+    if msg_type not in PIXEL_TYPES:
+        raise InvalidMessage(f"pixel type must be one of {', '.join(sorted(PIXEL_TYPES))}")
+    params = list(query)
+    data = next((v for k, v in params if k == "data"), None)
+    message: dict[str, Any]
+    if data is not None:
+        message = _decode_data(data)
+    else:
+        message = {}
+        for key, value in params:
+            _set_dotted(message, key, value)
+    for key, value in params:
+        if key == "writeKey" and "writeKey" not in message:
+            message["writeKey"] = value
+    return message
+
+
+def _decode_data(data: str) -> dict[str, Any]:
+    padded = data.strip() + "=" * (-len(data.strip()) % 4)
+    try:
+        raw = base64.b64decode(padded.replace("-", "+").replace("_", "/"), validate=True)
+        decoded = _decode(raw)
+    except (binascii.Error, ValueError, msgspec.DecodeError):
+        raise InvalidMessage("pixel data is not base64-encoded JSON") from None
+    if not isinstance(decoded, dict):
+        raise InvalidMessage("pixel data must be a JSON object")
+    return decoded
+
+
+def _set_dotted(target: dict[str, Any], dotted: str, value: str) -> None:
+    parts = dotted.split(".")
+    node = target
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[parts[-1]] = value

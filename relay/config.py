@@ -1,0 +1,157 @@
+"""Configuration: TOML decoded into frozen, validated value objects.
+
+Precedence: embedded defaults < the TOML file < environment variables named
+``RELAY_<SECTION>_<KEY>`` (for example ``RELAY_SERVER_PORT=9000``). A value in an
+environment variable is read as a TOML value when it parses as one (numbers, booleans,
+arrays) and as a plain string otherwise.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from relay.errors import ConfigError
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8088
+DEFAULT_QUEUE_PATH = "relay-data/queue.db"
+DEFAULT_MAX_BYTES = 1 << 30
+DEFAULT_DEDUP_WINDOW = 86_400
+DEFAULT_SHUTDOWN_TIMEOUT = 10.0
+ENV_PREFIX = "RELAY_"
+MASK = "********"
+
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class ServerConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    host: str = DEFAULT_HOST
+    port: Port = DEFAULT_PORT
+    write_keys: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ("*",)
+    shutdown_timeout: PositiveFloat = DEFAULT_SHUTDOWN_TIMEOUT
+
+    def __post_init__(self) -> None:
+        for i, proxy in enumerate(self.trusted_proxies):
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"trusted_proxies[{i}]: expected an IP address or CIDR network, got {proxy!r}"
+                ) from None
+
+
+class QueueConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    path: str = DEFAULT_QUEUE_PATH
+    durability: Literal["fsync", "os"] = "fsync"
+    max_bytes: Annotated[int, msgspec.Meta(ge=1 << 20)] = DEFAULT_MAX_BYTES
+    when_full: Literal["reject", "drop_oldest"] = "reject"
+    dedup_window: NonNegativeInt = DEFAULT_DEDUP_WINDOW
+
+
+class Config(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    queue: QueueConfig = msgspec.field(default_factory=QueueConfig)
+
+
+SECTIONS: dict[str, type[_Section]] = {"server": ServerConfig, "queue": QueueConfig}
+SECRET_KEYS = frozenset({("server", "write_keys")})
+
+
+def load(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read ``path`` (or only the defaults when None), apply the environment, validate."""
+    env = os.environ if environ is None else environ
+    source = str(path) if path is not None else "<defaults>"
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{source}: file not found") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{source}: cannot read: {exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    from_env = _apply_environment(raw, env)
+    try:
+        config = msgspec.convert(raw, Config, strict=True)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_describe(exc, source, from_env)) from None
+    _check_queue_path(config, source)
+    return config
+
+
+def _apply_environment(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
+    """Fold ``RELAY_<SECTION>_<KEY>`` variables into ``raw``; return key path -> variable."""
+    applied: dict[str, str] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        section = next((s for s in SECTIONS if rest.startswith(s + "_")), None)
+        if section is None:
+            continue
+        key = rest[len(section) + 1 :]
+        if key not in SECTIONS[section].__struct_fields__:
+            raise ConfigError(f"environment variable {name}: unknown key `{section}.{key}`")
+        table = raw.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"environment variable {name}: `{section}` is not a table")
+        table[key] = _parse_env_value(value)
+        applied[f"$.{section}.{key}"] = name
+    return applied
+
+
+def _parse_env_value(value: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return value
+
+
+def _describe(exc: msgspec.ValidationError, source: str, from_env: dict[str, str]) -> str:
+    message = str(exc)
+    for key_path, variable in from_env.items():
+        if f"`{key_path}`" in message or f"`{key_path}[" in message:
+            return f"environment variable {variable}: {message}"
+    return f"{source}: {message}"
+
+
+def _check_queue_path(config: Config, source: str) -> None:
+    if not config.queue.path.strip():
+        raise ConfigError(f"{source}: Expected a file path - at `$.queue.path`")
+
+
+def with_state_directory(config: Config, environ: Mapping[str, str]) -> Config:
+    """Under systemd, a relative queue path lives in ``$STATE_DIRECTORY``."""
+    state = environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if not state or Path(config.queue.path).is_absolute():
+        return config
+    queue = msgspec.structs.replace(config.queue, path=str(Path(state) / Path(config.queue.path).name))
+    return msgspec.structs.replace(config, queue=queue)
+
+
+def masked(config: Config) -> dict[str, Any]:
+    """The effective configuration as plain data, secrets replaced by a mask."""
+    data: dict[str, Any] = msgspec.to_builtins(config)
+    for section, key in SECRET_KEYS:
+        value = data.get(section, {}).get(key)
+        if isinstance(value, list):
+            data[section][key] = [MASK for _ in value]
+        elif value:
+            data[section][key] = MASK
+    return data

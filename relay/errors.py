@@ -1,0 +1,37 @@
+"""The relay's own exceptions.
+
+    RelayError
+    ├── ConfigError          a config file or environment variable is wrong (names the key)
+    ├── QueueError           the queue cannot be used
+    │   ├── QueueFull        the byte cap or the disk is reached; retry later
+    │   └── QueueClosed      the queue has been stopped
+    └── InvalidMessage       one message breaks the protocol (names the problem)
+
+Errors from sqlite3, msgspec and aiohttp are mapped to these where they enter.
+"""
+
+
+class RelayError(Exception):
+    pass
+
+
+class ConfigError(RelayError):
+    pass
+
+
+class QueueError(RelayError):
+    pass
+
+
+class QueueFull(QueueError):
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class QueueClosed(QueueError):
+    pass
+
+
+class InvalidMessage(RelayError):
+    pass

@@ -1,0 +1,192 @@
+"""The event envelope, and the normalisation that turns an SDK's message into one.
+
+A message is decoded once (at the edge, by msgspec) into a plain dict; ``normalise``
+validates it against the protocol, fills the fields the relay owns (messageId,
+receivedAt, the corrected timestamp, context.ip, batch-level context) and wraps it in
+an ``Event``: the one typed envelope that every later stage receives.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from relay import timestamps
+from relay.errors import InvalidMessage
+
+MESSAGE_TYPES = frozenset({"identify", "track", "page", "screen", "group", "alias"})
+MAX_MESSAGE_BYTES = 32 * 1024
+# Fields the relay adds (receivedAt, messageId, timestamps, context.ip, batch context)
+# may take a message the SDK measured as under 32 KB slightly over; allow for them.
+ADDED_FIELDS_ALLOWANCE = 1024
+MAX_MESSAGE_ID_CHARS = 100
+REQUIRED_BY_TYPE: dict[str, tuple[str, ...]] = {
+    "track": ("event",),
+    "group": ("groupId",),
+    "alias": ("previousId", "userId"),
+}
+# Libraries that run on servers: their explicit timestamp is kept as given and the
+# request's peer address is not the user's, so context.ip is not filled for them.
+SERVER_LIBRARIES = frozenset(
+    {
+        "analytics-python",
+        "analytics-node",
+        "@segment/analytics-node",
+        "analytics-go",
+        "analytics-ruby",
+        "analytics-java",
+        "analytics-php",
+        "analytics.net",
+        "analytics-dotnet",
+        "rudder-analytics-python",
+        "@rudderstack/rudder-sdk-node",
+        "rudder-sdk-go",
+        "rudder-sdk-ruby",
+        "rudder-sdk-java",
+    }
+)
+
+_encoder = msgspec.json.Encoder()
+
+
+class Event(msgspec.Struct, gc=False):
+    """One accepted message and the facts the relay keeps beside it."""
+
+    message_id: str
+    write_key: str
+    type: str
+    received_at: float
+    body: dict[str, Any]
+
+    def encode(self) -> bytes:
+        return _encoder.encode(self.body)
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """What one request says about all of its messages."""
+
+    write_key: str
+    received_at: datetime
+    peer_ip: str | None = None
+    sent_at: object = None
+    context: dict[str, Any] | None = None
+    integrations: dict[str, Any] | None = None
+
+    @property
+    def received_iso(self) -> str:
+        return timestamps.iso(self.received_at)
+
+
+def normalise(message: object, arrival: Arrival, type_hint: str | None = None) -> Event:
+    """Validate one message and fill the relay's fields; raise InvalidMessage naming the fault."""
+    if not isinstance(message, dict):
+        raise InvalidMessage("message must be a JSON object")
+    msg_type = type_hint or message.get("type")
+    if msg_type not in MESSAGE_TYPES:
+        if msg_type is None:
+            raise InvalidMessage("message has no type")
+        raise InvalidMessage(f"type must be one of {', '.join(sorted(MESSAGE_TYPES))}")
+    message["type"] = msg_type
+    if not (_is_id(message.get("userId")) or _is_id(message.get("anonymousId"))):
+        raise InvalidMessage("message needs a userId or an anonymousId")
+    for field in REQUIRED_BY_TYPE.get(msg_type, ()):
+        if not _is_id(message.get(field)):
+            raise InvalidMessage(f"{msg_type} needs {field}")
+    message_id = _message_id(message)
+    message.pop("writeKey", None)
+    context = _merge(message, "context", arrival.context)
+    _merge(message, "integrations", arrival.integrations)
+    server_side = _is_server_library(context)
+    if not server_side and arrival.peer_ip and context.get("ip") is None:
+        context["ip"] = arrival.peer_ip
+    if context and "context" not in message:
+        message["context"] = context
+    _set_times(message, arrival, server_side)
+    event = Event(
+        message_id=message_id,
+        write_key=arrival.write_key,
+        type=msg_type,
+        received_at=arrival.received_at.timestamp(),
+        body=message,
+    )
+    return event
+
+
+def _is_id(value: object) -> bool:
+    if isinstance(value, str):
+        return bool(value)
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _message_id(message: dict[str, Any]) -> str:
+    value = message.get("messageId")
+    if value is None or value == "":
+        value = str(uuid.uuid4())
+        message["messageId"] = value
+        return value
+    if not isinstance(value, str):
+        raise InvalidMessage("messageId must be a string")
+    if len(value) > MAX_MESSAGE_ID_CHARS:
+        raise InvalidMessage(f"messageId is longer than {MAX_MESSAGE_ID_CHARS} characters")
+    return value
+
+
+def _merge(message: dict[str, Any], key: str, batch_level: dict[str, Any] | None) -> dict[str, Any]:
+    own = message.get(key)
+    if own is None:
+        own = {}
+    elif not isinstance(own, dict):
+        raise InvalidMessage(f"{key} must be an object")
+    if batch_level:
+        own = {**batch_level, **own}
+    if own or key in message:
+        message[key] = own
+    return own
+
+
+def _is_server_library(context: dict[str, Any]) -> bool:
+    library = context.get("library")
+    if not isinstance(library, dict):
+        return False
+    name = library.get("name")
+    return isinstance(name, str) and name.lower() in SERVER_LIBRARIES
+
+
+def _time(message: dict[str, Any], field: str, fallback: object = None) -> datetime | None:
+    value = message.get(field, fallback)
+    if value is None or value == "":
+        return None
+    try:
+        return timestamps.parse(value)
+    except (ValueError, OverflowError):
+        raise InvalidMessage(f"{field} is not an ISO-8601 date-time") from None
+
+
+def _set_times(message: dict[str, Any], arrival: Arrival, server_side: bool) -> None:
+    received = arrival.received_at
+    message["receivedAt"] = arrival.received_iso
+    original = _time(message, "originalTimestamp") or _time(message, "timestamp")
+    sent_at = _time(message, "sentAt") or _time({}, "sentAt", arrival.sent_at)
+    if original is None:
+        message["timestamp"] = message["receivedAt"]
+        return
+    message["originalTimestamp"] = timestamps.iso(original)
+    if sent_at is not None:
+        message["sentAt"] = timestamps.iso(sent_at)
+    explicit = _time(message, "timestamp")
+    if server_side and explicit is not None:
+        message["timestamp"] = timestamps.iso(explicit)
+    elif sent_at is not None:
+        message["timestamp"] = timestamps.iso(timestamps.corrected(received, sent_at, original))
+    else:
+        message["timestamp"] = timestamps.iso(original)
+
+
+def check_size(encoded: bytes) -> None:
+    if len(encoded) > MAX_MESSAGE_BYTES + ADDED_FIELDS_ALLOWANCE:
+        raise InvalidMessage(f"message is larger than {MAX_MESSAGE_BYTES} bytes")

@@ -1,0 +1,209 @@
+"""The ingest API: every route of the Segment-compatible protocol, answering only after commit."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from relay import auth, bodies, browser, responses
+from relay.config import ServerConfig
+from relay.errors import InvalidMessage, QueueClosed, QueueError, QueueFull
+from relay.event import Arrival, Event, check_size, normalise
+from relay.queue import AppendResult, Queue
+from relay.responses import Rejection
+from relay.store import DeadLetter
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH_MESSAGES = 2500
+MAX_REPORTED_ERRORS = 20
+SINGLE_ROUTES = {
+    "identify": "identify", "track": "track", "page": "page",
+    "screen": "screen", "group": "group", "alias": "alias",
+    "i": "identify", "t": "track", "p": "page", "s": "screen", "g": "group", "a": "alias",
+}
+BATCH_ROUTES = ("batch", "import", "b")
+_encode = msgspec.json.Encoder().encode
+
+
+class Ingest:
+    def __init__(self, config: ServerConfig, queue: Queue) -> None:
+        self.config = config
+        self.queue = queue
+        self._keys = frozenset(config.write_keys)
+        self._trusted = auth.networks(config.trusted_proxies)
+        self.counters: dict[str, int] = {}
+
+    def routes(self) -> list[web.RouteDef]:
+        table = [web.post(f"/v1/{name}", self._single(kind)) for name, kind in SINGLE_ROUTES.items()]
+        table += [web.post(f"/v1/{name}", self.batch) for name in BATCH_ROUTES]
+        table += [
+            web.get("/v1/pixel/{type}", self.pixel),
+            web.get("/v1/projects/{write_key}/settings", self.settings),
+        ]
+        return table
+
+    # --- handlers -------------------------------------------------------------------------
+
+    def _single(self, kind: str) -> Callable[[web.Request], Any]:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            body = await self._body(request)
+            arrival = self._arrival(request, body)
+            try:
+                event = normalise(body, arrival, kind)
+                check_size(event.encode())
+            except InvalidMessage as exc:
+                raise self._reject(400, "invalid_message", str(exc)) from None
+            result = await self._store([event], ())
+            return responses.ok({"duplicate": True} if result.duplicates else None)
+
+        handler.__name__ = f"ingest_{kind}"
+        return handler
+
+    async def batch(self, request: web.Request) -> web.StreamResponse:
+        body = await self._body(request)
+        messages = body.get("batch")
+        if not isinstance(messages, list):
+            raise self._reject(400, "invalid_batch", "body needs a `batch` array of messages")
+        if not messages:
+            raise self._reject(400, "invalid_batch", "batch is empty")
+        if len(messages) > MAX_BATCH_MESSAGES:
+            raise self._reject(
+                400, "batch_too_large",
+                f"batch has {len(messages)} messages; the limit is {MAX_BATCH_MESSAGES}",
+            )
+        context, integrations = body.get("context"), body.get("integrations")
+        if context is not None and not isinstance(context, dict):
+            raise self._reject(400, "invalid_batch", "batch-level context must be an object")
+        if integrations is not None and not isinstance(integrations, dict):
+            raise self._reject(400, "invalid_batch", "batch-level integrations must be an object")
+        arrival = self._arrival(request, body, batch=(context, integrations, body.get("sentAt")))
+        events: list[Event] = []
+        dead: list[DeadLetter] = []
+        errors: list[dict[str, Any]] = []
+        for index, message in enumerate(messages):
+            try:
+                event = normalise(message, arrival)
+                check_size(event.encode())
+            except InvalidMessage as exc:
+                dead.append(self._dead_letter(message, arrival, str(exc)))
+                if len(errors) < MAX_REPORTED_ERRORS:
+                    errors.append({"index": index, "messageId": dead[-1].message_id,
+                                   "reason": str(exc)})
+                continue
+            events.append(event)
+        result = await self._store(events, dead)
+        answer: dict[str, Any] = {
+            "accepted": result.stored,
+            "duplicates": result.duplicates,
+            "rejected": result.dead_lettered,
+        }
+        if errors:
+            answer["errors"] = errors
+            self._count("invalid_message", len(dead))
+        return responses.ok(answer)
+
+    async def pixel(self, request: web.Request) -> web.StreamResponse:
+        try:
+            message = browser.pixel_message(request.match_info["type"], request.query.items())
+        except InvalidMessage as exc:
+            message = {"query": dict(request.query)}
+            problem: str | None = str(exc)
+        else:
+            problem = None
+        arrival = self._arrival(request, message)
+        if problem is None:
+            try:
+                event = normalise(message, arrival, request.match_info["type"])
+                check_size(event.encode())
+                await self._store([event], ())
+                return responses.pixel()
+            except InvalidMessage as exc:
+                problem = str(exc)
+        await self._store([], [self._dead_letter(message, arrival, problem)])
+        self._count("invalid_message")
+        return responses.pixel({"X-Relay-Error": problem})
+
+    async def settings(self, request: web.Request) -> web.StreamResponse:
+        write_key = request.match_info["write_key"]
+        self._authorise(write_key)
+        data = browser.settings(write_key, request.host, request.scheme)
+        return web.Response(body=_encode(data), content_type="application/json")
+
+    # --- steps shared by the handlers ------------------------------------------------------
+
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        try:
+            body = await bodies.read_json(request)
+        except Rejection as exc:
+            self._count(exc.code)
+            raise
+        if not isinstance(body, dict):
+            raise self._reject(400, "invalid_json", "request body must be a JSON object")
+        return body
+
+    def _arrival(
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        batch: tuple[dict[str, Any] | None, dict[str, Any] | None, object] | None = None,
+    ) -> Arrival:
+        """The request's facts; ``batch`` carries batch-level (context, integrations, sentAt)."""
+        header_key = auth.basic_username(request.headers.get("Authorization"))
+        key = auth.write_key(header_key, body.get("writeKey"))
+        write_key = self._authorise(key)
+        return Arrival(
+            write_key=write_key,
+            received_at=datetime.now(UTC),
+            peer_ip=auth.client_ip(
+                request.remote, request.headers.get("X-Forwarded-For"), self._trusted
+            ),
+            context=batch[0] if batch else None,
+            integrations=batch[1] if batch else None,
+            sent_at=batch[2] if batch else None,
+        )
+
+    def _authorise(self, key: str | None) -> str:
+        if not self._keys:
+            return key or ""
+        if not key:
+            raise self._reject(401, "missing_write_key",
+                               "no write key: send it as Basic auth username or as `writeKey`")
+        if key not in self._keys:
+            raise self._reject(401, "unknown_write_key", "the write key is not accepted here")
+        return key
+
+    async def _store(self, events: Sequence[Event], dead: Sequence[DeadLetter]) -> AppendResult:
+        try:
+            return await self.queue.append(events, dead)
+        except QueueFull as exc:
+            raise self._reject(503, "queue_full", str(exc),
+                               {"Retry-After": str(exc.retry_after)}) from None
+        except QueueClosed:
+            raise self._reject(503, "shutting_down", "the relay is shutting down",
+                               {"Retry-After": "1"}) from None
+        except QueueError as exc:
+            raise self._reject(503, "queue_error", str(exc), {"Retry-After": "1"}) from None
+
+    def _dead_letter(self, message: object, arrival: Arrival, reason: str) -> DeadLetter:
+        message_id = message.get("messageId") if isinstance(message, dict) else None
+        return DeadLetter(
+            reason=reason,
+            write_key=arrival.write_key,
+            body=_encode(message),
+            message_id=message_id if isinstance(message_id, str) else None,
+            received_at=arrival.received_at.timestamp(),
+        )
+
+    def _reject(self, status: int, code: str, message: str,
+                headers: dict[str, str] | None = None) -> Rejection:
+        self._count(code)
+        return Rejection(status, code, message, headers)
+
+    def _count(self, reason: str, by: int = 1) -> None:
+        self.counters[reason] = self.counters.get(reason, 0) + by

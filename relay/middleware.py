@@ -1,0 +1,63 @@
+"""Cross-cutting HTTP behaviour: CORS for browsers, and JSON bodies for every error."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from relay import responses
+from relay.responses import Rejection
+
+ALLOWED_HEADERS = "Content-Type, Authorization, X-Retry-Count, Content-Encoding"
+ALLOWED_METHODS = "GET, POST, OPTIONS"
+PREFLIGHT_MAX_AGE = "86400"
+_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+
+
+class Cors:
+    def __init__(self, origins: Sequence[str]) -> None:
+        self.any = "*" in origins
+        self.origins = frozenset(origins)
+
+    def allow(self, origin: str | None) -> str | None:
+        if not origin:
+            return None
+        if self.any:
+            return "*"
+        return origin if origin in self.origins else None
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        allowed = self.allow(origin)
+        unmatched = request.match_info.http_exception
+        if request.method == "OPTIONS" and (unmatched is None or unmatched.status == 405):
+            response: web.StreamResponse = web.Response(status=204)
+            if allowed:
+                response.headers["Access-Control-Allow-Methods"] = ALLOWED_METHODS
+                response.headers["Access-Control-Allow-Headers"] = ALLOWED_HEADERS
+                response.headers["Access-Control-Max-Age"] = PREFLIGHT_MAX_AGE
+        else:
+            response = await handler(request)
+        if allowed:
+            response.headers["Access-Control-Allow-Origin"] = allowed
+            if allowed != "*":
+                response.headers["Vary"] = "Origin"
+        return response
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except Rejection as exc:
+        return exc.response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        code = _CODES.get(exc.status, "http_error")
+        return responses.error(exc.status, code, f"{exc.reason}: {request.method} {request.path}",
+                               headers)

@@ -1,0 +1,238 @@
+"""The durable write-ahead queue: the only owner of the SQLite connection.
+
+Requests hand their events to ``append`` and wait. One writer task takes everything that
+is waiting, writes it in one transaction on aiosqlite's connection thread, commits with
+the configured durability, and only then resolves each request's future: concurrent
+requests share a commit (group commit), so fsync is paid once per group, not per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import aiosqlite
+
+from relay import store
+from relay.config import QueueConfig
+from relay.errors import QueueClosed, QueueError, QueueFull
+from relay.event import Event
+from relay.store import DeadLetter
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+MAX_GROUP_EVENTS = 20_000
+FULL_RETRY_AFTER = 5
+DEDUP_PRUNE_INTERVAL = 60.0
+DEDUP_PRUNE_CHUNK = 50_000
+# Estimated bytes on disk per stored event beyond its body (row header, index entries).
+ROW_OVERHEAD = 96
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    stored: int
+    duplicates: int
+    dead_lettered: int
+
+
+@dataclass(slots=True)
+class _Pending:
+    events: Sequence[Event]
+    dead: Sequence[DeadLetter]
+    future: asyncio.Future[AppendResult]
+    rows: list[store.Row] = field(default_factory=list)
+
+
+class Queue:
+    def __init__(self, config: QueueConfig) -> None:
+        self.config = config
+        self._db: aiosqlite.Connection | None = None
+        self._pending: list[_Pending] = []
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._pruner: asyncio.Task[None] | None = None
+        self._closing = False
+        self._used_bytes = 0
+        self.full_since: float | None = None
+
+    @property
+    def path(self) -> str:
+        return self.config.path
+
+    @property
+    def used_bytes(self) -> int:
+        return self._used_bytes
+
+    async def start(self) -> None:
+        if self._db is not None:
+            return
+        Path(self.config.path).parent.mkdir(parents=True, exist_ok=True)
+        self._closing = False
+        db = await aiosqlite.connect(self.config.path, isolation_level=None)
+        self._db = db
+        try:
+            await self.run(store.prepare, self.config.durability, self.config.max_bytes)
+            self._used_bytes = await self.run(store.used_bytes)
+        except BaseException:
+            await self.stop()
+            raise
+        self._writer = asyncio.create_task(self._write_loop(), name="queue-writer")
+        if self.config.dedup_window:
+            self._pruner = asyncio.create_task(self._prune_loop(), name="queue-dedup-pruner")
+
+    async def stop(self) -> None:
+        """Refuse new appends, commit what is waiting, close the file. Safe to call twice."""
+        self._closing = True
+        self._wake.set()
+        if self._pruner is not None:
+            self._pruner.cancel()
+            await asyncio.gather(self._pruner, return_exceptions=True)
+            self._pruner = None
+        if self._writer is not None:
+            await asyncio.gather(self._writer, return_exceptions=True)
+            self._writer = None
+        for pending in self._pending:
+            if not pending.future.done():
+                pending.future.set_exception(QueueClosed("the queue is closed"))
+        self._pending.clear()
+        if self._db is not None:
+            db, self._db = self._db, None
+            await db.close()
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(connection, *args)`` on the connection's own thread."""
+        if self._db is None:
+            raise QueueClosed("the queue is closed")
+        conn = self._db._conn
+        execute = cast(Callable[..., Awaitable[T]], self._db._execute)
+        return await execute(fn, conn, *args)
+
+    async def append(self, events: Sequence[Event], dead: Sequence[DeadLetter] = ()) -> AppendResult:
+        """Store events (and ingest dead letters); return once their transaction committed."""
+        if self._closing or self._db is None:
+            raise QueueClosed("the queue is closed")
+        future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(events, dead, future))
+        self._wake.set()
+        return await future
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                group = self._take_group()
+                for pending in group:
+                    pending.rows = [
+                        (e.received_at, e.write_key, e.message_id, e.type, e.encode())
+                        for e in pending.events
+                    ]
+                try:
+                    outcomes = await self.run(self._commit, group, time.time())
+                except sqlite3.Error as exc:
+                    outcomes = [self._map_error(exc)] * len(group)
+                for pending, outcome in zip(group, outcomes, strict=True):
+                    if pending.future.done():
+                        continue
+                    if isinstance(outcome, BaseException):
+                        pending.future.set_exception(outcome)
+                    else:
+                        pending.future.set_result(outcome)
+            if self._closing:
+                return
+
+    def _take_group(self) -> list[_Pending]:
+        count = 0
+        for i, pending in enumerate(self._pending):
+            count += len(pending.events) + len(pending.dead)
+            if count > MAX_GROUP_EVENTS and i > 0:
+                group, self._pending = self._pending[:i], self._pending[i:]
+                return group
+        group, self._pending = self._pending, []
+        return group
+
+    def _map_error(self, exc: sqlite3.Error) -> QueueError:
+        if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
+            self.full_since = self.full_since or time.time()
+            log.warning("queue file is full: %s", exc)
+            return QueueFull("the queue's disk is full", FULL_RETRY_AFTER)
+        log.error("queue write failed: %s", exc)
+        return QueueError(f"the queue could not be written: {exc}")
+
+    def _commit(
+        self, conn: sqlite3.Connection, group: list[_Pending], now: float
+    ) -> list[AppendResult | QueueError]:
+        """One transaction for the whole group (runs on the connection thread)."""
+        cap = self.config.max_bytes
+        outcomes: list[AppendResult | QueueError] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            used = self._used_bytes
+            for pending in group:
+                rows = pending.rows
+                need = sum(len(r[4]) for r in rows) + ROW_OVERHEAD * len(rows)
+                need += sum(len(d.body) + ROW_OVERHEAD for d in pending.dead)
+                if used + need > cap:
+                    if self.config.when_full == "reject" or need > cap // 2:
+                        outcomes.append(QueueFull("the queue is at its byte cap", FULL_RETRY_AFTER))
+                        continue
+                    evicted, freed = store.evict_oldest(conn, used + need - cap)
+                    log.warning("queue at its cap: evicted the %d oldest events", evicted)
+                    used -= freed + ROW_OVERHEAD * evicted
+                duplicates = 0
+                if self.config.dedup_window and rows:
+                    firsts = store.first_sightings(conn, [(r[1], r[2]) for r in rows], now)
+                    kept = [r for r, first in zip(rows, firsts, strict=True) if first]
+                    duplicates = len(rows) - len(kept)
+                    rows = kept
+                store.insert_events(conn, rows)
+                if pending.dead:
+                    store.insert_dead_letters(conn, pending.dead, now)
+                used += need
+                outcomes.append(AppendResult(len(rows), duplicates, len(pending.dead)))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        self._used_bytes = store.used_bytes(conn)
+        if self.full_since is not None and not any(isinstance(o, QueueFull) for o in outcomes):
+            self.full_since = None
+        elif any(isinstance(o, QueueFull) for o in outcomes):
+            self.full_since = self.full_since or now
+        return outcomes
+
+    async def _prune_loop(self) -> None:
+        while True:
+            await asyncio.sleep(DEDUP_PRUNE_INTERVAL)
+            try:
+                await self.prune_seen()
+            except (sqlite3.Error, QueueClosed) as exc:
+                log.warning("dedup pruning failed: %s", exc)
+
+    async def prune_seen(self, now: float | None = None) -> int:
+        cutoff = (time.time() if now is None else now) - self.config.dedup_window
+        return await self.run(_prune_seen, cutoff)
+
+    async def status(self) -> dict[str, Any]:
+        return await self.run(store.status)
+
+
+def _prune_seen(conn: sqlite3.Connection, cutoff: float) -> int:
+    total = 0
+    while True:
+        deleted = conn.execute(
+            "DELETE FROM seen WHERE h IN (SELECT h FROM seen WHERE at < ? LIMIT ?)",
+            (cutoff, DEDUP_PRUNE_CHUNK),
+        ).rowcount
+        total += deleted
+        if deleted < DEDUP_PRUNE_CHUNK:
+            return total
