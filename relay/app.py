@@ -4,27 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from typing import Any
 
 from aiohttp import web
 
 from relay.config import Config
+from relay.forwarder import Forwarder
 from relay.ingest import Ingest
 from relay.middleware import Cors, errors_as_json
 from relay.queue import Queue
+from relay.sinks import make_sink
 
 log = logging.getLogger(__name__)
 
 
 class Relay:
-    """Start order: queue, then listener. Stop order: listener (finishing requests in
-    flight), then queue. ``start`` and ``stop`` may each be called more than once."""
+    """Start order: queue, forwarders, listener. Stop order: listener (finishing requests
+    in flight), forwarders (finishing sends in flight), queue. ``start`` and ``stop`` may
+    each be called more than once."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.queue = Queue(config.queue)
         self.ingest = Ingest(config.server, self.queue)
+        self.forwarders = [Forwarder(d, self.queue, make_sink(d)) for d in config.destinations]
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self.port: int | None = None
@@ -39,6 +44,16 @@ class Relay:
         if self._runner is not None:
             return
         await self.queue.start()
+        try:
+            cursors = await self.queue.register([f.name for f in self.forwarders])
+            for forwarder in self.forwarders:
+                await forwarder.start(cursors[forwarder.name])
+        except BaseException:
+            await self._stop_forwarders()
+            await self.queue.stop()
+            raise
+        if not self.forwarders:
+            log.warning("no destinations configured: events are queued and kept until one is added")
         runner = web.AppRunner(
             self.build_app(),
             auto_decompress=False,
@@ -52,18 +67,29 @@ class Relay:
             await site.start()
         except BaseException:
             await runner.cleanup()
+            await self._stop_forwarders()
             await self.queue.stop()
             raise
         self._runner, self._site = runner, site
         self.port = _bound_port(site)
         log.info("listening", extra={"host": self.config.server.host, "port": self.port,
-                                     "queue": self.config.queue.path})
+                                     "queue": self.config.queue.path, "pid": os.getpid()})
 
     async def stop(self) -> None:
         if self._runner is not None:
             runner, self._runner, self._site = self._runner, None, None
             await runner.cleanup()
+        await self._stop_forwarders()
         await self.queue.stop()
+
+    async def _stop_forwarders(self) -> None:
+        timeout = self.config.server.shutdown_timeout
+        await asyncio.gather(*(f.stop(timeout) for f in self.forwarders))
+
+    async def status(self) -> dict[str, Any]:
+        report = await self.queue.status()
+        report["destinations"] = [await f.status() for f in self.forwarders]
+        return report
 
 
 def _bound_port(site: web.TCPSite) -> int:

@@ -25,6 +25,7 @@ DEFAULT_QUEUE_PATH = "relay-data/queue.db"
 DEFAULT_MAX_BYTES = 1 << 30
 DEFAULT_DEDUP_WINDOW = 86_400
 DEFAULT_SHUTDOWN_TIMEOUT = 10.0
+MAX_DESTINATION_EVENTS = 2500
 ENV_PREFIX = "RELAY_"
 MASK = "********"
 
@@ -63,9 +64,50 @@ class QueueConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     dedup_window: NonNegativeInt = DEFAULT_DEDUP_WINDOW
 
 
+DestinationType = Literal["segment", "file"]
+
+
+class DestinationConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    name: Annotated[str, msgspec.Meta(min_length=1, pattern=r"^[A-Za-z0-9_.\- ]+$")]
+    type: DestinationType
+    endpoint: str = ""
+    write_key: str = ""
+    gzip: bool = True
+    max_events: Annotated[int, msgspec.Meta(ge=1, le=MAX_DESTINATION_EVENTS)] = 500
+    max_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 500_000
+    flush_interval: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    timeout: PositiveFloat = 15.0
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    retry_initial: PositiveFloat = 1.0
+    retry_max: PositiveFloat = 60.0
+    max_age: Annotated[float, msgspec.Meta(ge=0)] = 0
+    max_events_per_second: Annotated[float, msgspec.Meta(ge=0)] = 0
+    # type = "file"
+    path: str = ""
+    rotate_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024 * 1024
+    rotate_hourly: bool = True
+
+    def __post_init__(self) -> None:
+        if self.type == "segment":
+            if not self.endpoint.startswith(("http://", "https://")):
+                raise ValueError(f"destination {self.name!r}: `endpoint` must be an http(s) URL")
+        elif self.type == "file" and not self.path:
+            raise ValueError(f"destination {self.name!r}: `path` (a folder) is required for type file")
+        if self.retry_max < self.retry_initial:
+            raise ValueError(f"destination {self.name!r}: `retry_max` is below `retry_initial`")
+
+
 class Config(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     queue: QueueConfig = msgspec.field(default_factory=QueueConfig)
+    destinations: tuple[DestinationConfig, ...] = ()
+
+    def __post_init__(self) -> None:
+        seen: set[str] = set()
+        for i, destination in enumerate(self.destinations):
+            if destination.name in seen:
+                raise ValueError(f"destinations[{i}]: the name {destination.name!r} is used twice")
+            seen.add(destination.name)
 
 
 SECTIONS: dict[str, type[_Section]] = {"server": ServerConfig, "queue": QueueConfig}
@@ -154,4 +196,7 @@ def masked(config: Config) -> dict[str, Any]:
             data[section][key] = [MASK for _ in value]
         elif value:
             data[section][key] = MASK
+    for destination in data.get("destinations", []):
+        if destination.get("write_key"):
+            destination["write_key"] = MASK
     return data

@@ -62,6 +62,10 @@ class Queue:
         self._closing = False
         self._used_bytes = 0
         self.full_since: float | None = None
+        self.commit_seq = 0
+        self._committed = asyncio.Event()
+        self._cursors: dict[str, int] = {}
+        self._deleted_through = 0
 
     @property
     def path(self) -> str:
@@ -85,8 +89,7 @@ class Queue:
             await self.stop()
             raise
         self._writer = asyncio.create_task(self._write_loop(), name="queue-writer")
-        if self.config.dedup_window:
-            self._pruner = asyncio.create_task(self._prune_loop(), name="queue-dedup-pruner")
+        self._pruner = asyncio.create_task(self._prune_loop(), name="queue-maintenance")
 
     async def stop(self) -> None:
         """Refuse new appends, commit what is waiting, close the file. Safe to call twice."""
@@ -139,6 +142,7 @@ class Queue:
                     outcomes = await self.run(self._commit, group, time.time())
                 except sqlite3.Error as exc:
                     outcomes = [self._map_error(exc)] * len(group)
+                self._announce()
                 for pending, outcome in zip(group, outcomes, strict=True):
                     if pending.future.done():
                         continue
@@ -210,15 +214,80 @@ class Queue:
             self.full_since = self.full_since or now
         return outcomes
 
+    def _announce(self) -> None:
+        self.commit_seq += 1
+        committed, self._committed = self._committed, asyncio.Event()
+        committed.set()
+
+    async def wait_for_commit(self, seen_seq: int, timeout: float) -> None:
+        """Return once a commit newer than ``seen_seq`` happened, or after ``timeout``."""
+        if self.commit_seq > seen_seq:
+            return
+        try:
+            await asyncio.wait_for(self._committed.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    # --- destinations' progress --------------------------------------------------------------
+
+    async def register(self, names: Sequence[str]) -> dict[str, int]:
+        """Declare the configured destinations (all of them); return their cursors."""
+        cursors = await self.run(store.register_destinations, list(names), time.time())
+        self._cursors = dict(cursors)
+        return cursors
+
+    async def read(self, destination: str, after: int, limit: int) -> list[store.Stored]:
+        return await self.run(store.read_after, destination, after, limit)
+
+    async def record_progress(
+        self, destination: str, cursor: int, delivered: int, dead: Sequence[DeadLetter] = ()
+    ) -> None:
+        """Advance a destination's cursor (with its dead letters) and delete what every
+        destination has finished. Committed without fsync even in "fsync" mode: losing it
+        to a power cut only means a resend, never a lost event."""
+        if destination in self._cursors:
+            self._cursors[destination] = max(self._cursors[destination], cursor)
+        through = min(self._cursors.values()) if self._cursors else 0
+        if through <= self._deleted_through:
+            through = 0
+        await self.run(self._record, destination, cursor, delivered, dead, through)
+        if through:
+            self._deleted_through = through
+
+    def _record(self, conn: sqlite3.Connection, destination: str, cursor: int, delivered: int,
+                dead: Sequence[DeadLetter], through: int) -> None:
+        relaxed = self.config.durability == "fsync"
+        if relaxed:
+            conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            store.record_progress(conn, destination, cursor, delivered, dead, through, time.time())
+            if through and conn.execute("SELECT 1 FROM events LIMIT 1").fetchone() is None:
+                store.reclaim_space(conn)
+        finally:
+            if relaxed:
+                conn.execute("PRAGMA synchronous = FULL")
+        self._used_bytes = store.used_bytes(conn)
+
+    async def set_state(self, destination: str, state: str, last_error: str | None) -> None:
+        await self.run(store.set_state, destination, state, last_error)
+
+    async def destination_status(self, name: str, type_: str) -> dict[str, Any]:
+        return await self.run(store.destination_status, name, type_, time.time())
+
+    # --- maintenance ---------------------------------------------------------------------------
+
     async def _prune_loop(self) -> None:
         while True:
             await asyncio.sleep(DEDUP_PRUNE_INTERVAL)
             try:
                 await self.prune_seen()
+                await self.run(store.reclaim_space)
             except (sqlite3.Error, QueueClosed) as exc:
-                log.warning("dedup pruning failed: %s", exc)
+                log.warning("queue maintenance failed: %s", exc)
 
     async def prune_seen(self, now: float | None = None) -> int:
+        if not self.config.dedup_window:
+            return 0
         cutoff = (time.time() if now is None else now) - self.config.dedup_window
         return await self.run(_prune_seen, cutoff)
 

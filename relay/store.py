@@ -5,7 +5,9 @@ queue's own connection thread (see ``relay.queue``); the CLI runs the read-only 
 on a connection of its own to inspect a queue file, whether or not a relay has it open.
 
 Schema:
-- ``events``: the write-ahead queue, in arrival order (``id``); body is compact JSON.
+- ``events``: the write-ahead queue, in arrival order (``id``, never reused); body is
+  compact JSON; ``target`` is NULL (every destination) or the one destination a replayed
+  dead letter is for.
 - ``progress``: one row per destination; ``cursor`` is the last event id it has finished
   (delivered or dead-lettered). An event is deleted once every configured destination's
   cursor has passed it.
@@ -28,18 +30,21 @@ SCHEMA_VERSION = 1
 HEADROOM_PAGES = 256
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     received_at REAL NOT NULL,
     write_key TEXT NOT NULL,
     message_id TEXT NOT NULL,
     type TEXT NOT NULL,
-    body BLOB NOT NULL
+    body BLOB NOT NULL,
+    target TEXT
 );
 CREATE TABLE IF NOT EXISTS progress (
     destination TEXT PRIMARY KEY,
     cursor INTEGER NOT NULL,
     delivered INTEGER NOT NULL DEFAULT 0,
     dead_lettered INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL DEFAULT 'ok',
+    last_error TEXT,
     updated_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS dead_letters (
@@ -62,7 +67,19 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 """
 
 Row = tuple[float, str, str, str, bytes]
-"""An event as stored: (received_at, write_key, message_id, type, body)."""
+"""An event to store: (received_at, write_key, message_id, type, body)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """An event read back from the queue."""
+
+    id: int
+    received_at: float
+    write_key: str
+    message_id: str
+    type: str
+    body: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,3 +211,99 @@ def status(conn: sqlite3.Connection, now: float | None = None) -> dict[str, Any]
         },
         "dead_letter": {"events": dead},
     }
+
+
+# --- destinations' progress ---------------------------------------------------------------
+
+
+def register_destinations(conn: sqlite3.Connection, names: Sequence[str], now: float) -> dict[str, int]:
+    """Give each new destination a cursor just before the oldest queued event; return all cursors."""
+    start = conn.execute(
+        "SELECT coalesce((SELECT min(id) FROM events) - 1,"
+        " (SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)"
+    ).fetchone()[0]
+    for name in names:
+        conn.execute(
+            "INSERT OR IGNORE INTO progress (destination, cursor, updated_at) VALUES (?, ?, ?)",
+            (name, start, now),
+        )
+    rows = conn.execute("SELECT destination, cursor FROM progress").fetchall()
+    return {name: cursor for name, cursor in rows if name in names}
+
+
+def read_after(conn: sqlite3.Connection, destination: str, after: int, limit: int) -> list[Stored]:
+    rows = conn.execute(
+        "SELECT id, received_at, write_key, message_id, type, body FROM events"
+        " WHERE id > ? AND (target IS NULL OR target = ?) ORDER BY id LIMIT ?",
+        (after, destination, limit),
+    ).fetchall()
+    return [Stored(*row) for row in rows]
+
+
+def record_progress(
+    conn: sqlite3.Connection,
+    destination: str,
+    cursor: int,
+    delivered: int,
+    dead: Sequence[DeadLetter],
+    delete_through: int,
+    now: float,
+) -> None:
+    """One transaction: the destination's dead letters, its cursor and counts, and the
+    deletion of events every configured destination has finished."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if dead:
+            insert_dead_letters(conn, dead, now)
+        conn.execute(
+            "UPDATE progress SET cursor = max(cursor, ?), delivered = delivered + ?,"
+            " dead_lettered = dead_lettered + ?, updated_at = ? WHERE destination = ?",
+            (cursor, delivered, len(dead), now, destination),
+        )
+        if delete_through > 0:
+            conn.execute("DELETE FROM events WHERE id <= ?", (delete_through,))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def set_state(conn: sqlite3.Connection, destination: str, state: str, last_error: str | None) -> None:
+    conn.execute(
+        "UPDATE progress SET state = ?, last_error = coalesce(?, last_error) WHERE destination = ?",
+        (state, last_error, destination),
+    )
+
+
+def destination_status(
+    conn: sqlite3.Connection, name: str, type_: str, now: float
+) -> dict[str, Any]:
+    row = conn.execute(
+        "SELECT cursor, delivered, dead_lettered, state, last_error FROM progress WHERE destination = ?",
+        (name,),
+    ).fetchone()
+    cursor, delivered, dead, state, last_error = row or (0, 0, 0, "ok", None)
+    pending, oldest = conn.execute(
+        "SELECT count(*), min(received_at) FROM events WHERE id > ? AND (target IS NULL OR target = ?)",
+        (cursor, name),
+    ).fetchone()
+    return {
+        "name": name,
+        "type": type_,
+        "pending": pending,
+        "delivered": delivered,
+        "dead_lettered": dead,
+        "state": state,
+        "last_error": last_error,
+        "oldest_pending_age_s": round(max(0.0, now - oldest), 3) if oldest is not None else 0.0,
+    }
+
+
+def reclaim_space(conn: sqlite3.Connection, keep_free_pages: int = 1024) -> int:
+    """Give free pages back to the file system (incremental vacuum); return pages freed."""
+    free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+    if free <= keep_free_pages:
+        return 0
+    conn.execute(f"PRAGMA incremental_vacuum({free - keep_free_pages})").fetchall()
+    return free - keep_free_pages

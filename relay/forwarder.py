@@ -1,0 +1,329 @@
+"""One destination's delivery loop: read the queue after its cursor, send, record progress.
+
+The loop holds at most ``2 x max_events`` events in memory whatever the backlog. Batches
+are sent in queue order; with ``concurrency > 1`` several are in flight at once and the
+cursor still advances only over a contiguous run of finished batches. A batch is finished
+when all of its events are delivered or dead-lettered; until then it is retried (see
+``relay.retry`` for what each answer means), so a crash can only resend batches whose
+progress was not yet recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from relay import batching
+from relay.config import DestinationConfig
+from relay.errors import QueueClosed
+from relay.pacing import Pacer
+from relay.queue import Queue
+from relay.retry import Action, Answer, classify, wait_time
+from relay.sinks import Outgoing, Sink
+from relay.store import DeadLetter, Stored
+
+log = logging.getLogger(__name__)
+
+IDLE_POLL = 1.0  # seconds between looks at the queue when nothing was announced
+PROBE_INTERVAL = 1.0  # seconds between reachability probes while an upstream is down
+STATE_PERSIST_INTERVAL = 5.0
+RESTART_DELAY = 1.0
+MAX_RESPONSE_CHARS = 4096
+
+
+@dataclass(slots=True)
+class Finished:
+    delivered: int = 0
+    dead: list[DeadLetter] = field(default_factory=list)
+
+    def add(self, other: Finished) -> None:
+        self.delivered += other.delivered
+        self.dead.extend(other.dead)
+
+
+@dataclass(slots=True)
+class Counters:
+    delivered: int = 0
+    dead_lettered: int = 0
+    retries: int = 0
+    requests: int = 0
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=1024))
+
+
+class Forwarder:
+    def __init__(self, config: DestinationConfig, queue: Queue, sink: Sink,
+                 rand: random.Random | None = None) -> None:
+        self.config = config
+        self.queue = queue
+        self.sink = sink
+        self.state = "ok"
+        self.last_error: str | None = None
+        self.counters = Counters()
+        self._rand = rand or random.Random()
+        self._pacer = Pacer(config.max_events_per_second)
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._cursor = 0
+        self._read_to = 0
+        self._persisted: tuple[str, float] = ("ok", 0.0)
+        self._unpreparable: list[DeadLetter] = []
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def cursor(self) -> int:
+        return self._cursor
+
+    async def start(self, cursor: int) -> None:
+        if self._task is not None:
+            return
+        await self.sink.start()
+        self._stopping.clear()
+        self._cursor = self._read_to = cursor
+        self._task = asyncio.create_task(self._supervise(), name=f"forward-{self.name}")
+
+    async def stop(self, timeout: float) -> None:
+        """Stop taking batches; let requests in flight finish (up to ``timeout``) and record
+        their progress; then cancel whatever is left. Safe to call twice."""
+        if self._task is not None:
+            task, self._task = self._task, None
+            self._stopping.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(task), timeout)
+            except TimeoutError:
+                log.warning("destination did not finish in time", extra={"destination": self.name})
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        await self.sink.stop()
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        """Run the loop; an unexpected error is logged and the loop restarts from the cursor."""
+        while not self._stopping.is_set():
+            try:
+                await self._run()
+                return
+            except Exception:
+                log.exception("delivery loop failed; restarting", extra={"destination": self.name})
+                self.state, self.last_error = "retrying", "internal error; see the log"
+                self._read_to = self._cursor
+                await self._pause_for(asyncio.sleep(RESTART_DELAY))
+
+    async def _run(self) -> None:
+        buffer: deque[Outgoing] = deque()
+        inflight: deque[tuple[int, asyncio.Task[Finished | None]]] = deque()
+        try:
+            while not self._stopping.is_set():
+                seen = self.queue.commit_seq
+                if len(buffer) < self.config.max_events:
+                    await self._fill(buffer)
+                if not buffer:
+                    if not inflight and self._read_to > self._cursor:
+                        await self._record(self._read_to, Finished())  # only skipped events
+                    await self._pause_for(self.queue.wait_for_commit(seen, IDLE_POLL))
+                    await self._settle(inflight, block=False)
+                    continue
+                wait = self._flush_wait(buffer)
+                if wait > 0:
+                    await self._pause_for(self.queue.wait_for_commit(seen, wait))
+                    await self._settle(inflight, block=False)
+                    continue
+                batch = batching.take(buffer, self.config.max_events, self.config.max_bytes)
+                for _ in batch:
+                    buffer.popleft()
+                delay = self._pacer.delay(len(batch), time.monotonic())
+                if delay > 0:
+                    await self._pause_for(asyncio.sleep(delay))
+                inflight.append((batch[-1].event.id, asyncio.create_task(self._deliver(batch))))
+                await self._settle(inflight, block=len(inflight) >= self.config.concurrency)
+            await self._settle(inflight, block=True, drain=True)
+        except QueueClosed:
+            pass
+        finally:
+            for _, task in inflight:
+                task.cancel()
+            await asyncio.gather(*(t for _, t in inflight), return_exceptions=True)
+
+    async def _fill(self, buffer: deque[Outgoing]) -> None:
+        rows = await self.queue.read(self.name, self._read_to, 2 * self.config.max_events - len(buffer))
+        for row in rows:
+            outgoing = self._prepare(row)
+            if outgoing is not None:
+                buffer.append(outgoing)
+            self._read_to = row.id
+
+    def _prepare(self, row: Stored) -> Outgoing | None:
+        try:
+            return self.sink.prepare(row)
+        except Exception as exc:  # an event this destination cannot encode: dead-letter it
+            log.warning("cannot prepare event", extra={"destination": self.name, "error": str(exc)})
+            self._unpreparable.append(self._dead_letter([Outgoing(row, row.body, "")],
+                                                        Answer(None, error=f"cannot prepare: {exc}"),
+                                                        attempts=0)[0])
+            return None
+
+    def _flush_wait(self, buffer: deque[Outgoing]) -> float:
+        """Seconds a partial batch may still wait for more events."""
+        if len(buffer) >= self.config.max_events:
+            return 0.0
+        if sum(o.size for o in buffer) >= self.config.max_bytes:
+            return 0.0
+        age = time.time() - buffer[0].event.received_at
+        return max(0.0, self.config.flush_interval - age)
+
+    async def _pause_for(self, awaitable: Any) -> None:
+        """Await ``awaitable`` unless a stop comes first."""
+        waiter = asyncio.ensure_future(awaitable)
+        stopper = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for fut in (waiter, stopper):
+                if not fut.done():
+                    fut.cancel()
+            await asyncio.gather(waiter, stopper, return_exceptions=True)
+
+    async def _settle(self, inflight: deque[tuple[int, asyncio.Task[Finished | None]]],
+                      block: bool, drain: bool = False) -> None:
+        """Record progress for the finished batches at the head of ``inflight``."""
+        while inflight:
+            through, task = inflight[0]
+            if not task.done():
+                if not (block or drain):
+                    return
+                await asyncio.wait({task})
+                block = False
+            inflight.popleft()
+            finished = task.result()
+            if finished is None:  # stopped before it finished: it will be sent after a restart
+                for _, rest in inflight:
+                    rest.cancel()
+                inflight.clear()
+                return
+            await self._record(through, finished)
+
+    async def _record(self, through: int, finished: Finished) -> None:
+        dead = finished.dead
+        if self._unpreparable:
+            dead, self._unpreparable = [*self._unpreparable, *dead], []
+        await asyncio.shield(
+            self.queue.record_progress(self.name, through, finished.delivered, dead)
+        )
+        self._cursor = max(self._cursor, through)
+        self.counters.delivered += finished.delivered
+        self.counters.dead_lettered += len(dead)
+
+    # --- one batch ------------------------------------------------------------------------------
+
+    async def _deliver(self, batch: list[Outgoing]) -> Finished | None:
+        """Send until every event of ``batch`` is delivered or dead-lettered; None if stopped."""
+        done = Finished()
+        attempt = 0
+        last: Answer | None = None
+        while True:
+            if self.config.max_age and last is not None:
+                batch = self._expire(batch, last, attempt, done)
+                if not batch:
+                    return done
+            if self._stopping.is_set():
+                return None
+            started = time.monotonic()
+            answer = await self.sink.send(batch)
+            self.counters.requests += 1
+            self.counters.latencies.append(time.monotonic() - started)
+            decision = classify(answer)
+            if decision.action is Action.DELIVERED:
+                await self._set_state("ok", None)
+                done.delivered += len(batch)
+                return done
+            last = answer
+            if decision.action in (Action.SPLIT, Action.REJECT):
+                if len(batch) == 1:
+                    done.dead.extend(self._dead_letter(batch, answer, attempt + 1))
+                    return done
+                for half in batching.halves(batch):
+                    part = await self._deliver(half)
+                    if part is None:
+                        return None
+                    done.add(part)
+                return done
+            state = "paused" if decision.action is Action.PAUSE else "retrying"
+            await self._set_state(state, answer.describe())
+            self.counters.retries += 1
+            wait = wait_time(attempt, self.config.retry_initial, self.config.retry_max,
+                             answer.retry_after, self._rand)
+            attempt += decision.counts_as_attempt
+            log.info("retrying", extra={"destination": self.name, "state": state,
+                                        "error": answer.describe(), "wait_s": round(wait, 3)})
+            await self._wait_to_retry(wait, probe=answer.status is None)
+
+    async def _wait_to_retry(self, wait: float, probe: bool) -> None:
+        """Sleep ``wait`` seconds (less if stopping); after a connection failure, end the
+        wait early once the upstream accepts connections again."""
+        deadline = time.monotonic() + wait
+        while not self._stopping.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            step = min(left, PROBE_INTERVAL) if probe else left
+            await self._pause_for(asyncio.sleep(step))
+            if probe and not self._stopping.is_set() and await self.sink.probe():
+                return
+
+    def _expire(self, batch: list[Outgoing], last: Answer, attempts: int, done: Finished) -> list[Outgoing]:
+        cutoff = time.time() - self.config.max_age
+        expired = [o for o in batch if o.event.received_at < cutoff]
+        if expired:
+            reason = f"not delivered within max_age {self.config.max_age:g} s"
+            done.dead.extend(self._dead_letter(expired, last, attempts, reason))
+            return [o for o in batch if o.event.received_at >= cutoff]
+        return batch
+
+    def _dead_letter(self, batch: Sequence[Outgoing], answer: Answer, attempts: int,
+                     reason: str | None = None) -> list[DeadLetter]:
+        why = reason or f"rejected by {self.name}"
+        return [
+            DeadLetter(
+                reason=f"{why}: {answer.describe()}",
+                write_key=o.event.write_key,
+                body=o.event.body,
+                message_id=o.event.message_id,
+                received_at=o.event.received_at,
+                destination=self.name,
+                status=answer.status,
+                response=(answer.body or answer.error or "")[:MAX_RESPONSE_CHARS],
+                attempts=attempts,
+            )
+            for o in batch
+        ]
+
+    async def _set_state(self, state: str, error: str | None) -> None:
+        changed = state != self.state
+        self.state = state
+        if error is not None:
+            self.last_error = error
+        now = time.monotonic()
+        if changed or (error and now - self._persisted[1] > STATE_PERSIST_INTERVAL):
+            self._persisted = (state, now)
+            if changed:
+                log.warning("destination state", extra={"destination": self.name, "state": state,
+                                                       "error": error})
+            try:
+                await self.queue.set_state(self.name, state, error)
+            except QueueClosed:
+                pass
+
+    async def status(self) -> dict[str, Any]:
+        report = await self.queue.destination_status(self.name, self.config.type)
+        report["state"] = self.state
+        report["last_error"] = self.last_error or report["last_error"]
+        return report

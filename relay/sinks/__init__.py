@@ -1,0 +1,52 @@
+"""Destinations' transports behind one small interface.
+
+A sink turns a queued event into the bytes its upstream takes (``prepare``), sends one
+batch of them (``send``) and reports what came back as a ``retry.Answer``; the forwarder
+decides what that answer means. ``probe`` is a cheap "is it reachable again?" check used
+while an upstream is down, so that delivery resumes soon after it comes back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from relay.config import DestinationConfig
+from relay.retry import Answer
+from relay.store import Stored
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    event: Stored
+    data: bytes
+    key: str
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+
+class Sink(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def prepare(self, event: Stored) -> Outgoing | None: ...
+
+    async def send(self, batch: Sequence[Outgoing]) -> Answer: ...
+
+    async def probe(self) -> bool: ...
+
+
+def make_sink(config: DestinationConfig) -> Sink:
+    if config.type == "segment":
+        from relay.sinks.segment import SegmentSink
+
+        return SegmentSink(config)
+    if config.type == "file":
+        from relay.sinks.file import FileSink
+
+        return FileSink(config)
+    raise ValueError(f"unknown destination type {config.type!r}")

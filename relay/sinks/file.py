@@ -1,0 +1,136 @@
+"""The ``file`` type: delivered events appended as NDJSON, one line an event.
+
+Files are named ``events-<UTC hour>-<n>.ndjson`` (``.ndjson.gz`` with gzip, each batch a
+gzip member, which gzip readers concatenate) in the folder ``path``; a new file starts
+when the current one reaches ``rotate_bytes`` or, with ``rotate_hourly``, the hour
+changes. Every batch is fsynced before ``send`` returns, so progress is recorded only
+for events that are on disk. A crash can leave a torn last line; the next start trims it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import os
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+from relay.config import DestinationConfig
+from relay.retry import Answer
+from relay.sinks import Outgoing
+from relay.store import Stored
+
+GZIP_LEVEL = 6
+_NAME = re.compile(r"^events-(\d{8}T\d{2})-(\d+)\.ndjson(\.gz)?$")
+
+
+class FileSink:
+    def __init__(self, config: DestinationConfig) -> None:
+        self.config = config
+        self.folder = Path(config.path)
+        self.suffix = ".ndjson.gz" if config.gzip else ".ndjson"
+        self._file: BinaryIO | None = None
+        self._hour = ""
+        self._written = 0
+        self._lock = asyncio.Lock()
+
+    @property
+    def current_path(self) -> Path | None:
+        return Path(self._file.name) if self._file is not None else None
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._trim_torn_tail)
+
+    async def stop(self) -> None:
+        async with self._lock:
+            if self._file is not None:
+                file, self._file = self._file, None
+                await asyncio.to_thread(file.close)
+
+    def prepare(self, event: Stored) -> Outgoing:
+        return Outgoing(event, event.body, "")
+
+    async def send(self, batch: Sequence[Outgoing]) -> Answer:
+        data = b"".join(o.data + b"\n" for o in batch)
+        async with self._lock:
+            try:
+                await asyncio.to_thread(self._append, data)
+            except OSError as exc:
+                if self._file is not None:
+                    self._file.close()
+                    self._file = None
+                return Answer(None, error=f"cannot write {self.folder}: {exc}")
+        return Answer(200)
+
+    async def probe(self) -> bool:
+        return True
+
+    def _append(self, data: bytes) -> None:
+        if self.config.gzip:
+            data = gzip.compress(data, compresslevel=GZIP_LEVEL)
+        hour = time.strftime("%Y%m%dT%H", time.gmtime())
+        file = self._file
+        if (
+            file is None
+            or self._written >= self.config.rotate_bytes
+            or (self.config.rotate_hourly and hour != self._hour)
+        ):
+            if file is not None:
+                file.close()
+            file = self._file = self._open_next(hour)
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+        self._written += len(data)
+
+    def _open_next(self, hour: str) -> BinaryIO:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        numbers = [int(m.group(2)) for p in self.folder.iterdir()
+                   if (m := _NAME.match(p.name)) and m.group(1) == hour]
+        path = self.folder / f"events-{hour}-{max(numbers, default=0) + 1:04d}{self.suffix}"
+        self._hour, self._written = hour, 0
+        file = path.open("ab")
+        _fsync_folder(self.folder)
+        return file
+
+    def _trim_torn_tail(self) -> None:
+        """A plain file whose last line has no newline was cut by a crash: drop that line
+        (its events were not recorded as delivered and will be written again)."""
+        if not self.folder.is_dir():
+            return
+        for path in self.folder.glob("events-*.ndjson"):
+            with path.open("rb+") as file:
+                size = file.seek(0, os.SEEK_END)
+                if size == 0:
+                    continue
+                file.seek(size - 1)
+                if file.read(1) == b"\n":
+                    continue
+                keep = _last_newline_end(file, size)
+                file.truncate(keep)
+                os.fsync(file.fileno())
+
+
+def _last_newline_end(file: BinaryIO, size: int) -> int:
+    block = 65536
+    end = size
+    while end > 0:
+        start = max(0, end - block)
+        file.seek(start)
+        chunk = file.read(end - start)
+        at = chunk.rfind(b"\n")
+        if at >= 0:
+            return start + at + 1
+        end = start
+    return 0
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
