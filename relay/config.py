@@ -45,6 +45,9 @@ class ServerConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     trusted_proxies: tuple[str, ...] = ()
     cors_origins: tuple[str, ...] = ("*",)
     shutdown_timeout: PositiveFloat = DEFAULT_SHUTDOWN_TIMEOUT
+    header_timeout: PositiveFloat = 10.0    # seconds for a client to send its request headers
+    body_timeout: PositiveFloat = 30.0      # seconds for a client to send its request body
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 1024
 
     def __post_init__(self) -> None:
         for i, proxy in enumerate(self.trusted_proxies):
@@ -64,7 +67,25 @@ class QueueConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     dedup_window: NonNegativeInt = DEFAULT_DEDUP_WINDOW
 
 
-DestinationType = Literal["segment", "file"]
+class AdminConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    enabled: bool = True
+    host: str = DEFAULT_HOST
+    port: Port = 8089
+    token: str = ""  # when set: Authorization: Bearer <token> on every admin route but /health
+
+
+class LogConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "text"] = "auto"  # auto: JSON lines unless stdout is a terminal
+
+
+class PluginConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    use: Annotated[str, msgspec.Meta(min_length=1)]  # built-in, entry point, or "path.py:Class"
+    name: str = ""  # instance name (defaults to the plugin's own name)
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+DestinationType = str  # "segment", "file", or a type a sink module provides
 
 
 class DestinationConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -86,6 +107,9 @@ class DestinationConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_on
     path: str = ""
     rotate_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024 * 1024
     rotate_hourly: bool = True
+    # other types: their own options, validated by the type (a bad one names the key)
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
+    plugins: tuple[str, ...] = ()  # destination-scoped plugin instances, in order
 
     def __post_init__(self) -> None:
         if self.type == "segment":
@@ -100,7 +124,10 @@ class DestinationConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_on
 class Config(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     queue: QueueConfig = msgspec.field(default_factory=QueueConfig)
+    admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
+    log: LogConfig = msgspec.field(default_factory=LogConfig)
     destinations: tuple[DestinationConfig, ...] = ()
+    plugins: tuple[PluginConfig, ...] = ()
 
     def __post_init__(self) -> None:
         seen: set[str] = set()
@@ -110,8 +137,11 @@ class Config(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
             seen.add(destination.name)
 
 
-SECTIONS: dict[str, type[_Section]] = {"server": ServerConfig, "queue": QueueConfig}
-SECRET_KEYS = frozenset({("server", "write_keys")})
+SECTIONS: dict[str, type[_Section]] = {
+    "server": ServerConfig, "queue": QueueConfig, "admin": AdminConfig, "log": LogConfig,
+}
+SECRET_KEYS = frozenset({("server", "write_keys"), ("admin", "token")})
+SECRET_OPTION_WORDS = ("key", "secret", "token", "password")
 
 
 def load(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
@@ -134,6 +164,7 @@ def load(path: str | Path | None = None, environ: Mapping[str, str] | None = Non
     except msgspec.ValidationError as exc:
         raise ConfigError(_describe(exc, source, from_env)) from None
     _check_queue_path(config, source)
+    _check_destinations(config, source)
     return config
 
 
@@ -178,6 +209,22 @@ def _check_queue_path(config: Config, source: str) -> None:
         raise ConfigError(f"{source}: Expected a file path - at `$.queue.path`")
 
 
+def _check_destinations(config: Config, source: str) -> None:
+    """Each destination's type exists and takes its options; its plugins are defined."""
+    from relay.sinks import make_sink
+
+    plugin_names = {p.name or p.use for p in config.plugins}
+    for i, destination in enumerate(config.destinations):
+        where = f"{source}: destinations[{i}] ({destination.name})"
+        try:
+            make_sink(destination)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        for plugin in destination.plugins:
+            if plugin not in plugin_names:
+                raise ConfigError(f"{where}: `plugins` names {plugin!r}, which no [[plugins]] defines")
+
+
 def with_state_directory(config: Config, environ: Mapping[str, str]) -> Config:
     """Under systemd, a relative queue path lives in ``$STATE_DIRECTORY``."""
     state = environ.get("STATE_DIRECTORY", "").split(":")[0]
@@ -199,4 +246,13 @@ def masked(config: Config) -> dict[str, Any]:
     for destination in data.get("destinations", []):
         if destination.get("write_key"):
             destination["write_key"] = MASK
+        _mask_options(destination.get("options", {}))
+    for plugin in data.get("plugins", []):
+        _mask_options(plugin.get("options", {}))
     return data
+
+
+def _mask_options(options: dict[str, Any]) -> None:
+    for key, value in options.items():
+        if value and any(word in key.lower() for word in SECRET_OPTION_WORDS):
+            options[key] = MASK

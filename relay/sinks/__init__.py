@@ -8,6 +8,7 @@ while an upstream is down, so that delivery resumes soon after it comes back.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -40,13 +41,19 @@ class Sink(Protocol):
     async def probe(self) -> bool: ...
 
 
+# type name -> "module:Class"; a class is built with the DestinationConfig and raises
+# ValueError naming the option when ``config.options`` is wrong.
+SINK_TYPES: dict[str, str] = {
+    "segment": "relay.sinks.segment:SegmentSink",
+    "file": "relay.sinks.file:FileSink",
+}
+
+
 def make_sink(config: DestinationConfig) -> Sink:
-    if config.type == "segment":
-        from relay.sinks.segment import SegmentSink
-
-        return SegmentSink(config)
-    if config.type == "file":
-        from relay.sinks.file import FileSink
-
-        return FileSink(config)
-    raise ValueError(f"unknown destination type {config.type!r}")
+    spec = SINK_TYPES.get(config.type)
+    if spec is None:
+        raise ValueError(f"unknown destination type {config.type!r}; known: {', '.join(sorted(SINK_TYPES))}")
+    module_name, _, class_name = spec.partition(":")
+    factory = getattr(importlib.import_module(module_name), class_name)
+    sink: Sink = factory(config)
+    return sink
