@@ -1,19 +1,24 @@
-"""The ``relay`` command line."""
+"""The ``relay`` command line: run | check | status | reload | dlq | export | recover | send | version."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import signal
+import sqlite3
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from relay import __version__, config, logs, store
+from relay import __version__, config, deadletters, logs, salvage, store
 from relay.errors import ConfigError
 
 DEFAULT_CONFIG_NAMES = ("relay.toml",)
+EXIT_USAGE = 2
 
 
 def _config_path(given: str | None) -> str | None:
@@ -33,12 +38,55 @@ def load_config(given: str | None) -> config.Config:
     return config.with_state_directory(loaded, os.environ)
 
 
+def pid_path(cfg: config.Config) -> Path:
+    return Path(cfg.queue.path + ".pid")
+
+
+def _emit(data: Any, as_json: bool, text: Callable[[Any], str]) -> None:
+    print(json.dumps(data, indent=2, default=str) if as_json else text(data))
+
+
+@contextmanager
+def _progress(total: int | None, what: str) -> Iterator[Callable[[int], None]]:
+    """A progress bar on a terminal; silence otherwise."""
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc=what, unit="ev", disable=not sys.stderr.isatty(), file=sys.stderr) as bar:
+        def advance(n: int) -> None:
+            bar.update(n)
+
+        yield advance
+
+
+@contextmanager
+def _open_queue(cfg: config.Config, write: bool = False) -> Iterator[sqlite3.Connection]:
+    path = cfg.queue.path
+    if not Path(path).exists():
+        raise SystemExit(f"relay: no queue file at {path}")
+    conn = sqlite3.connect(path, isolation_level=None) if write else store.open_read_only(path)
+    conn.execute("PRAGMA busy_timeout = 10000")
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+# --- run, check, status, reload, version -------------------------------------------------------
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from relay import app
 
     cfg = load_config(args.config)
-    logs.setup(args.log_level)
-    app.run(cfg)
+    level = args.log_level or cfg.log.level
+    logs.setup(level, {"json": True, "text": False, "auto": None}[cfg.log.format])
+    pid = pid_path(cfg)
+    pid.parent.mkdir(parents=True, exist_ok=True)
+    pid.write_text(f"{os.getpid()}\n")
+    try:
+        app.run(cfg)
+    finally:
+        pid.unlink(missing_ok=True)
     return 0
 
 
@@ -49,35 +97,55 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config)
-    path = cfg.queue.path
-    if not Path(path).exists():
-        print(f"relay: no queue file at {path}", file=sys.stderr)
-        return 1
-    conn = store.open_read_only(path)
-    try:
+def status_report(cfg: config.Config) -> dict[str, Any]:
+    with _open_queue(cfg) as conn:
         report = store.status(conn)
-    finally:
-        conn.close()
-    report["queue"]["path"] = path
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(_text_status(report))
+        now = time.time()
+        report["destinations"] = [
+            store.destination_status(conn, d.name, d.type, now) for d in cfg.destinations
+        ]
+    report["queue"]["path"] = cfg.queue.path
+    return report
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    _emit(status_report(load_config(args.config)), args.json, _text_status)
     return 0
 
 
 def _text_status(report: dict[str, Any]) -> str:
     q, d = report["queue"], report["dead_letter"]
-    return "\n".join([
+    lines = [
         f"queue         {q['path']}",
         f"  events      {q['events']}",
         f"  bytes       {q['bytes']} (file in use: {q['file_bytes']})",
         f"  oldest age  {q['oldest_age_s']} s",
         f"  evicted     {q['evicted_events']}",
         f"dead letters  {d['events']}",
-    ])
+    ]
+    if q.get("corrupt_files"):
+        lines.append(f"corrupt files moved aside: {q['corrupt_files']} (last: {q['last_corrupt_file']})")
+    for dest in report.get("destinations", []):
+        lines.append(
+            f"destination {dest['name']} ({dest['type']}): {dest['state']}, pending {dest['pending']}, "
+            f"delivered {dest['delivered']}, dead-lettered {dest['dead_lettered']}, "
+            f"oldest pending {dest['oldest_pending_age_s']} s"
+            + (f", last error: {dest['last_error']}" if dest["last_error"] else "")
+        )
+    return "\n".join(lines)
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)  # a config that does not load is never sent
+    pid_file = pid_path(cfg)
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError) as exc:
+        print(f"relay: cannot signal the running relay ({pid_file}): {exc}", file=sys.stderr)
+        return 1
+    print(f"sent SIGHUP to relay (pid {pid})")
+    return 0
 
 
 def cmd_version(args: argparse.Namespace) -> int:
@@ -85,25 +153,218 @@ def cmd_version(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- dead letters, export, recover -------------------------------------------------------------
+
+
+def _filter(args: argparse.Namespace) -> deadletters.Filter:
+    destination = deadletters.INGEST if getattr(args, "ingest", False) else args.destination
+    return deadletters.Filter(destination, args.reason, tuple(getattr(args, "ids", None) or ()))
+
+
+def cmd_dlq_list(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    with _open_queue(cfg) as conn:
+        rows = deadletters.listing(conn, _filter(args), args.limit)
+    _emit(rows, args.json, lambda rs: "\n".join(
+        f"{r['id']:>8}  {r['failed_at']}  {r['destination']:<16} {r['message_id'] or '-':<38} {r['reason']}"
+        for r in rs) or "no dead letters")
+    return 0
+
+
+def cmd_dlq_show(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    with _open_queue(cfg) as conn:
+        rows = deadletters.listing(conn, deadletters.Filter(ids=(args.id,)), 1, with_body=True)
+    if not rows:
+        print(f"relay: no dead letter {args.id}", file=sys.stderr)
+        return 1
+    print(json.dumps(rows[0], indent=2))
+    return 0
+
+
+def _require_filter(args: argparse.Namespace) -> deadletters.Filter:
+    flt = _filter(args)
+    if flt == deadletters.Filter() and not args.all:
+        raise SystemExit("relay: name --destination, --ingest, --reason or ids, or say --all")
+    return flt
+
+
+def cmd_dlq_replay(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    flt = _require_filter(args)
+    with _open_queue(cfg, write=True) as conn, _progress(deadletters.count(conn, flt), "replay") as bar:
+        result = deadletters.replay(conn, flt, bar)
+    _emit({"queued": result.queued, "still_invalid": result.still_invalid}, args.json,
+          lambda r: f"queued {r['queued']} dead letters again; {r['still_invalid']} still invalid")
+    return 0
+
+
+def cmd_dlq_purge(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    flt = _require_filter(args)
+    with _open_queue(cfg, write=True) as conn:
+        deleted = deadletters.purge(conn, flt)
+    _emit({"deleted": deleted}, args.json, lambda r: f"deleted {r['deleted']} dead letters")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")
+    written = 0
+    try:
+        with _open_queue(cfg) as conn:
+            if args.what == "dead-letters":
+                flt = _filter(args)
+                total = deadletters.count(conn, flt)
+                rows: Iterator[Any] = deadletters.iterate(conn, flt)
+            else:
+                total = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+                rows = _queued(conn, args.destination)
+            with _progress(total, "export") as bar:
+                for row in rows:
+                    out.write(json.dumps(row, separators=(",", ":")) + "\n")
+                    written += 1
+                    bar(1)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    if args.output != "-":
+        print(f"exported {written} {args.what} to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _queued(conn: sqlite3.Connection, destination: str | None) -> Iterator[Any]:
+    after = 0
+    if destination:
+        row = conn.execute("SELECT cursor FROM progress WHERE destination = ?", (destination,)).fetchone()
+        if row is None:
+            raise SystemExit(f"relay: no destination {destination!r} in the queue file")
+        after = row[0]
+    while True:
+        if destination:
+            batch = store.read_after(conn, destination, after, 1000)
+        else:
+            batch = [store.Stored(*r) for r in conn.execute(
+                "SELECT id, received_at, write_key, message_id, type, body FROM events WHERE id > ?"
+                " ORDER BY id LIMIT 1000", (after,)).fetchall()]
+        if not batch:
+            return
+        for event in batch:
+            yield json.loads(event.body)
+        after = batch[-1].id
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    if not Path(args.file).exists():
+        print(f"relay: no file {args.file}", file=sys.stderr)
+        return 1
+    if Path(args.file).resolve() == Path(cfg.queue.path).resolve():
+        print("relay: that is the live queue; recover reads a file that was moved aside", file=sys.stderr)
+        return EXIT_USAGE
+    Path(cfg.queue.path).parent.mkdir(parents=True, exist_ok=True)
+    live = sqlite3.connect(cfg.queue.path, isolation_level=None)
+    try:
+        store.prepare(live, cfg.queue.durability, cfg.queue.max_bytes)
+        with _progress(None, "recover") as bar:
+            counts = salvage.recover(args.file, live, bar)
+    finally:
+        live.close()
+    _emit(counts, args.json, lambda c: (
+        f"recovered {c['events']} events and {c['dead_letters']} dead letters from {args.file}; "
+        f"{c['duplicates']} already queued, {c['unreadable']} unreadable"))
+    return 0
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.request
+    import uuid
+
+    cfg = load_config(args.config)
+    host = "127.0.0.1" if cfg.server.host in ("0.0.0.0", "::", "") else cfg.server.host
+    url = args.url or f"http://{host}:{cfg.server.port}"
+    message = {"type": args.type, "userId": args.user_id, "messageId": str(uuid.uuid4()),
+               "event": args.event, "properties": {"source": "relay send"},
+               "context": {"library": {"name": "relay-cli", "version": __version__}}}
+    write_key = args.write_key or (cfg.server.write_keys[0] if cfg.server.write_keys else "relay-send")
+    body = json.dumps({"batch": [message], "writeKey": write_key}).encode()
+    request = urllib.request.Request(f"{url.rstrip('/')}/v1/batch", data=body,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=args.timeout) as resp:
+            answer = resp.read().decode()
+            status = resp.status
+    except urllib.error.HTTPError as exc:
+        answer, status = exc.read().decode(), exc.code
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"relay: cannot reach {url}: {exc}", file=sys.stderr)
+        return 1
+    _emit({"status": status, "answer": json.loads(answer), "messageId": message["messageId"]}, args.json,
+          lambda r: f"{r['status']} {json.dumps(r['answer'])} messageId={r['messageId']}")
+    return 0 if status == 200 else 1
+
+
+# --- the parser ----------------------------------------------------------------------------------
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="relay", description=__doc__)
     top.add_argument("--version", action="version", version=f"relay {__version__}")
     sub = top.add_subparsers(dest="command", required=True)
 
-    def command(name: str, fn: Any, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text)
+    def command(parent: Any, name: str, fn: Callable[[argparse.Namespace], int],
+                help_text: str, json_flag: bool = False) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = parent.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(fn=fn)
-        p.add_argument("--config", "-c", help="path to relay.toml (default: ./relay.toml or "
-                       "$RELAY_CONFIG, else the embedded defaults)")
+        p.add_argument("--config", "-c", help="path to relay.toml (default: $RELAY_CONFIG, else "
+                       "./relay.toml when present, else the embedded defaults)")
+        if json_flag:
+            p.add_argument("--json", action="store_true", help="machine-readable output")
         return p
 
-    run = command("run", cmd_run, "run the relay")
-    run.add_argument("--log-level", default=os.environ.get("RELAY_LOG_LEVEL", "info"),
-                     choices=["debug", "info", "warning", "error"])
-    command("check", cmd_check, "validate the config and print it, secrets masked")
-    status = command("status", cmd_status, "report the queue file's state")
-    status.add_argument("--json", action="store_true")
-    command("version", cmd_version, "print the version")
+    def filters(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--destination", "-d", help="only this destination's dead letters")
+        p.add_argument("--ingest", action="store_true", help="only dead letters refused at ingest")
+        p.add_argument("--reason", "-r", help="only reasons containing this text")
+
+    run = command(sub, "run", cmd_run, "run the relay")
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                     default=os.environ.get("RELAY_LOG_LEVEL") or None)
+    command(sub, "check", cmd_check, "validate the config and print it, secrets masked")
+    command(sub, "status", cmd_status, "report the queue file's state", json_flag=True)
+    command(sub, "reload", cmd_reload, "validate the config, then tell the running relay to reload it")
+    command(sub, "version", cmd_version, "print the version")
+
+    dlq = sub.add_parser("dlq", help="inspect, replay or purge dead letters")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
+    p = command(dlq_sub, "list", cmd_dlq_list, "list dead letters", json_flag=True)
+    filters(p)
+    p.add_argument("--limit", type=int, default=100)
+    p = command(dlq_sub, "show", cmd_dlq_show, "show one dead letter with its event")
+    p.add_argument("id", type=int)
+    for name, fn, text in (("replay", cmd_dlq_replay, "queue dead letters again"),
+                           ("purge", cmd_dlq_purge, "delete dead letters")):
+        p = command(dlq_sub, name, fn, text, json_flag=True)
+        filters(p)
+        p.add_argument("ids", nargs="*", type=int, help="dead letter ids")
+        p.add_argument("--all", action="store_true", help="every dead letter")
+
+    p = command(sub, "export", cmd_export, "write queued events or dead letters as NDJSON")
+    p.add_argument("what", choices=["events", "dead-letters"], nargs="?", default="events")
+    p.add_argument("--output", "-o", default="-", help="file to write (default: standard output)")
+    filters(p)
+    p = command(sub, "recover", cmd_recover, "salvage readable events from a damaged queue file into "
+                "the live queue", json_flag=True)
+    p.add_argument("file")
+    p = command(sub, "send", cmd_send, "post a test event to a running relay", json_flag=True)
+    p.add_argument("--url", help="the relay's base URL (default: from [server] host and port)")
+    p.add_argument("--write-key")
+    p.add_argument("--type", default="track", choices=["track", "identify", "page", "screen"])
+    p.add_argument("--event", default="Relay Test Event")
+    p.add_argument("--user-id", default="relay-test-user")
+    p.add_argument("--timeout", type=float, default=10.0)
     return top
 
 
@@ -113,4 +374,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.fn(args))
     except ConfigError as exc:
         print(f"relay: config error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except BrokenPipeError:
+        return 0

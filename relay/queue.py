@@ -19,7 +19,7 @@ from typing import Any, TypeVar, cast
 
 import aiosqlite
 
-from relay import store
+from relay import salvage, store
 from relay.config import QueueConfig
 from relay.errors import QueueClosed, QueueError, QueueFull
 from relay.event import Event
@@ -80,11 +80,20 @@ class Queue:
             return
         Path(self.config.path).parent.mkdir(parents=True, exist_ok=True)
         self._closing = False
+        damage = await asyncio.to_thread(salvage.problem, self.config.path)
+        moved = None
+        if damage is not None:
+            moved = await asyncio.to_thread(salvage.move_aside, self.config.path)
+            log.error("queue file is corrupt: moved aside intact, starting a fresh queue; "
+                      "salvage it with `relay recover %s`", moved,
+                      extra={"problem": damage, "moved_to": moved})
         db = await aiosqlite.connect(self.config.path, isolation_level=None)
         self._db = db
         try:
             await self.run(store.prepare, self.config.durability, self.config.max_bytes)
             self._used_bytes = await self.run(store.used_bytes)
+            if moved is not None:
+                await self.run(_note_corrupt_file, moved)
         except BaseException:
             await self.stop()
             raise
@@ -305,3 +314,8 @@ def _prune_seen(conn: sqlite3.Connection, cutoff: float) -> int:
         total += deleted
         if deleted < DEDUP_PRUNE_CHUNK:
             return total
+
+
+def _note_corrupt_file(conn: sqlite3.Connection, moved: str) -> None:
+    store.bump_meta(conn, "corrupt_files", 1)
+    conn.execute("INSERT OR REPLACE INTO meta VALUES ('last_corrupt_file', ?)", (moved,))

@@ -189,9 +189,13 @@ def bump_meta(conn: sqlite3.Connection, key: str, by: int) -> None:
     )
 
 
-def meta_int(conn: sqlite3.Connection, key: str) -> int:
+def _meta(conn: sqlite3.Connection, key: str) -> Any:
     row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-    return int(row[0]) if row else 0
+    return row[0] if row else None
+
+
+def meta_int(conn: sqlite3.Connection, key: str) -> int:
+    return int(_meta(conn, key) or 0)
 
 
 def status(conn: sqlite3.Connection, now: float | None = None) -> dict[str, Any]:
@@ -208,6 +212,8 @@ def status(conn: sqlite3.Connection, now: float | None = None) -> dict[str, Any]
             "file_bytes": used_bytes(conn),
             "oldest_age_s": round(max(0.0, now - oldest), 3) if oldest is not None else 0.0,
             "evicted_events": meta_int(conn, "evicted_events"),
+            "corrupt_files": meta_int(conn, "corrupt_files"),
+            "last_corrupt_file": _meta(conn, "last_corrupt_file"),
         },
         "dead_letter": {"events": dead},
     }
