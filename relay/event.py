@@ -87,7 +87,7 @@ def normalise(message: object, arrival: Arrival, type_hint: str | None = None) -
     if not isinstance(message, dict):
         raise InvalidMessage("message must be a JSON object")
     msg_type = type_hint or message.get("type")
-    if msg_type not in MESSAGE_TYPES:
+    if not isinstance(msg_type, str) or msg_type not in MESSAGE_TYPES:
         if msg_type is None:
             raise InvalidMessage("message has no type")
         raise InvalidMessage(f"type must be one of {', '.join(sorted(MESSAGE_TYPES))}")

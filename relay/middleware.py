@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from aiohttp import web
@@ -10,6 +11,7 @@ from aiohttp.typedefs import Handler
 from relay import responses
 from relay.responses import Rejection
 
+log = logging.getLogger(__name__)
 ALLOWED_HEADERS = "Content-Type, Authorization, X-Retry-Count, Content-Encoding"
 ALLOWED_METHODS = "GET, POST, OPTIONS"
 PREFLIGHT_MAX_AGE = "86400"
@@ -61,3 +63,6 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         code = _CODES.get(exc.status, "http_error")
         return responses.error(exc.status, code, f"{exc.reason}: {request.method} {request.path}",
                                headers)
+    except Exception:
+        log.exception("unexpected error handling a request", extra={"path": request.path})
+        return responses.error(500, "internal_error", "the relay failed to handle this request; see its log")
