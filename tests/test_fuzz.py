@@ -24,18 +24,22 @@ ROUTES = ["/v1/track", "/v1/identify", "/v1/batch", "/v1/import", "/v1/t", "/v1/
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=12,
 )
 messages = st.fixed_dictionaries(
     {},
     optional={
-        "type": st.sampled_from(["track", "identify", "page", "screen", "group", "alias", "bogus", ""]) | json_values,
+        "type": st.sampled_from(["track", "identify", "page", "screen", "group", "alias", "bogus", ""])
+        | json_values,
         "userId": st.text(max_size=10) | st.integers() | json_values,
         "anonymousId": st.text(max_size=10) | json_values,
         "event": st.text(max_size=10) | json_values,
         "messageId": st.text(max_size=120) | json_values,
-        "timestamp": st.sampled_from(["2024-01-01T00:00:00Z", "yesterday", "", "2024-13-45T99:00:00Z"]) | json_values,
+        "timestamp": st.sampled_from(["2024-01-01T00:00:00Z", "yesterday", "", "2024-13-45T99:00:00Z"])
+        | json_values,
         "sentAt": st.sampled_from(["2024-01-01T00:00:05.000Z", "nope"]) | json_values,
         "context": json_values,
         "integrations": json_values,
@@ -89,7 +93,7 @@ def assert_alive_and_clean(port: int, db: Path, proc: RelayProcess) -> None:
 @FUZZ
 @given(route=st.sampled_from(ROUTES), body=st.binary(max_size=400))
 def test_arbitrary_bytes_are_answered_4xx_never_5xx(server, route, body):
-    port, db, proc = server
+    port, _, proc = server
     status = send(port, "POST", route, body, {"Content-Type": "text/plain"})
     assert status in (200, 400), status
     assert proc.proc is not None and proc.proc.poll() is None
@@ -107,11 +111,13 @@ def test_generated_messages_are_stored_whole_or_refused_with_a_reason(server, ro
         headers["Content-Encoding"] = "gzip"
     status = send(port, "POST", route, data, headers)
     assert status in (200, 400), status
+    assert proc.proc is not None and proc.proc.poll() is None
 
 
 @FUZZ
 @given(kind=st.text(max_size=10), data=st.binary(max_size=200), params=st.dictionaries(
-    st.text(alphabet="abcdefghijklmnopqrstuvwxyz.", min_size=1, max_size=12), st.text(max_size=12), max_size=5))
+    st.text(alphabet="abcdefghijklmnopqrstuvwxyz.", min_size=1, max_size=12), st.text(max_size=12),
+    max_size=5))
 def test_pixel_always_answers_a_gif_or_a_json_error(server, kind, data, params):
     from urllib.parse import quote, urlencode
 
