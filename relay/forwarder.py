@@ -144,7 +144,10 @@ class Forwarder:
                 if delay > 0:
                     await self._pause_for(asyncio.sleep(delay))
                 inflight.append((batch[-1].event.id, asyncio.create_task(self._deliver(batch))))
-                await self._settle(inflight, block=len(inflight) >= self.config.concurrency)
+                full = len(inflight) >= self.config.concurrency
+                if full and len(buffer) < self.config.max_events:
+                    await self._fill(buffer)  # read ahead while the batch is in flight
+                await self._settle(inflight, block=full)
             await self._settle(inflight, block=True, drain=True)
         except QueueClosed:
             pass
