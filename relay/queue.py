@@ -34,6 +34,8 @@ DEDUP_PRUNE_INTERVAL = 60.0
 DEDUP_PRUNE_CHUNK = 50_000
 # Estimated bytes on disk per stored event beyond its body (row header, index entries).
 ROW_OVERHEAD = 96
+# Estimated bytes on disk per dedup entry (row and index entry).
+DEDUP_ROW_BYTES = 40
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +65,9 @@ class Queue:
         self._used_bytes = 0
         self.full_since: float | None = None
         self.commit_seq = 0
+        self.stored_events = 0  # events committed since start
+        self.duplicates = 0  # events acknowledged but not stored again (dedup hits)
+        self.dedup_forgotten = 0  # dedup entries dropped early to keep events under the cap
         self._committed = asyncio.Event()
         self._cursors: dict[str, int] = {}
         self._deleted_through = 0
@@ -151,8 +156,14 @@ class Queue:
                     outcomes = await self.run(self._commit, group, time.time())
                 except sqlite3.Error as exc:
                     outcomes = [self._map_error(exc)] * len(group)
+                except Exception as exc:  # never let the writer die: every waiter gets an answer
+                    log.exception("queue write failed")
+                    outcomes = [QueueError(f"the queue could not be written: {exc}")] * len(group)
                 self._announce()
                 for pending, outcome in zip(group, outcomes, strict=True):
+                    if isinstance(outcome, AppendResult):
+                        self.stored_events += outcome.stored
+                        self.duplicates += outcome.duplicates
                     if pending.future.done():
                         continue
                     if isinstance(outcome, BaseException):
@@ -193,8 +204,10 @@ class Queue:
                 rows = pending.rows
                 need = sum(len(r[4]) for r in rows) + ROW_OVERHEAD * len(rows)
                 need += sum(len(d.body) + ROW_OVERHEAD for d in pending.dead)
+                if used + need > cap and self.config.dedup_window:
+                    used -= self._shrink_dedup(conn, used + need - cap)
                 if used + need > cap:
-                    if self.config.when_full == "reject" or need > cap // 2:
+                    if self.config.when_full == "reject" or need > cap:
                         outcomes.append(QueueFull("the queue is at its byte cap", FULL_RETRY_AFTER))
                         continue
                     evicted, freed = store.evict_oldest(conn, used + need - cap)
@@ -202,7 +215,8 @@ class Queue:
                     used -= freed + ROW_OVERHEAD * evicted
                 duplicates = 0
                 if self.config.dedup_window and rows:
-                    firsts = store.first_sightings(conn, [(r[1], r[2]) for r in rows], now)
+                    firsts = store.first_sightings(conn, [(r[1], r[2]) for r in rows], now,
+                                                   self.config.dedup_window)
                     kept = [r for r, first in zip(rows, firsts, strict=True) if first]
                     duplicates = len(rows) - len(kept)
                     rows = kept
@@ -284,6 +298,16 @@ class Queue:
         return await self.run(store.destination_status, name, type_, time.time())
 
     # --- maintenance ---------------------------------------------------------------------------
+
+    def _shrink_dedup(self, conn: sqlite3.Connection, over: int) -> int:
+        """Queued events come before dedup memory: at the cap, forget the oldest sightings
+        (enough to free ``over`` bytes) before refusing or evicting events. Returns bytes freed."""
+        before = store.used_bytes(conn)
+        forgotten = store.forget_oldest_sightings(conn, over // DEDUP_ROW_BYTES + 1)
+        if forgotten:
+            self.dedup_forgotten += forgotten
+            log.warning("queue at its cap: forgot the %d oldest dedup entries", forgotten)
+        return max(0, before - store.used_bytes(conn))
 
     async def _prune_loop(self) -> None:
         while True:

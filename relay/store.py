@@ -22,12 +22,15 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 1
 HEADROOM_PAGES = 256
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -96,7 +99,8 @@ class DeadLetter:
 
 
 def open_read_only(path: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    uri = "file:" + urllib.parse.quote(str(Path(path).resolve())) + "?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None)
     conn.execute("PRAGMA busy_timeout = 5000")
     return conn
 
@@ -107,6 +111,7 @@ def prepare(conn: sqlite3.Connection, durability: str, max_bytes: int) -> None:
     conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # takes effect on a new file only
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute(f"PRAGMA synchronous = {'FULL' if durability == 'fsync' else 'NORMAL'}")
+    conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")  # WAL truncated back after checkpoints
     conn.execute("PRAGMA foreign_keys = OFF")
     conn.executescript(SCHEMA)
     conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
@@ -136,15 +141,26 @@ def dedup_hash(write_key: str, message_id: str) -> int:
 
 
 def first_sightings(
-    conn: sqlite3.Connection, keys: Sequence[tuple[str, str]], now: float
+    conn: sqlite3.Connection, keys: Sequence[tuple[str, str]], now: float, window: float = 0
 ) -> list[bool]:
-    """Record each key as seen; True where it was not seen before (inside the transaction)."""
+    """Record each key as seen; True where it was not seen before (inside the transaction),
+    or, when ``window`` is set, was last recorded more than ``window`` seconds ago."""
     out = []
     execute = conn.execute
+    cutoff = now - window if window else float("-inf")
     for write_key, message_id in keys:
-        cur = execute("INSERT OR IGNORE INTO seen VALUES (?, ?)", (dedup_hash(write_key, message_id), now))
+        cur = execute(
+            "INSERT INTO seen VALUES (?, ?) ON CONFLICT(h) DO UPDATE SET at = excluded.at WHERE at < ?",
+            (dedup_hash(write_key, message_id), now, cutoff),
+        )
         out.append(cur.rowcount == 1)
     return out
+
+
+def forget_oldest_sightings(conn: sqlite3.Connection, count: int) -> int:
+    return conn.execute(
+        "DELETE FROM seen WHERE h IN (SELECT h FROM seen ORDER BY at LIMIT ?)", (count,)
+    ).rowcount
 
 
 def insert_events(conn: sqlite3.Connection, rows: Iterable[Row]) -> None:

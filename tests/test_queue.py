@@ -1,0 +1,250 @@
+"""The durable queue: group commit, dedup by (writeKey, messageId), the byte cap in both modes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay.config import QueueConfig
+from relay.errors import QueueClosed
+from relay.event import Event
+from relay.queue import Queue
+
+MIB = 1 << 20
+CONCURRENT = 200
+
+
+def _event(mid: str, write_key: str = "k", size: int = 0) -> Event:
+    body = {"type": "track", "userId": "u", "event": "E", "messageId": mid, "properties": {"pad": "x" * size}}
+    return Event(message_id=mid, write_key=write_key, type="track", received_at=time.time(), body=body)
+
+
+def _stored(db: str | Path) -> list[tuple[str, str]]:
+    conn = sqlite3.connect(db, timeout=10)
+    try:
+        return conn.execute("SELECT write_key, message_id FROM events ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+def _track(mid: str, pad: int = 0) -> dict[str, Any]:
+    return {"userId": "u1", "event": "Cap Test", "messageId": mid, "properties": {"pad": "x" * pad}}
+
+
+# --- group commit ------------------------------------------------------------------------------
+
+
+async def test_concurrent_appends_share_a_transaction_and_are_on_disk_when_they_return(
+    tmp_path: Path,
+) -> None:
+    queue = Queue(QueueConfig(path=str(tmp_path / "q.db"), durability="fsync"))
+    await queue.start()
+    try:
+        before = queue.commit_seq
+        ids = [str(uuid.uuid4()) for _ in range(CONCURRENT)]
+        results = await asyncio.wait_for(
+            asyncio.gather(*(queue.append([_event(mid)]) for mid in ids)), 30
+        )
+        commits = queue.commit_seq - before
+        # Read back through a connection of our own: acknowledged means committed.
+        stored = [mid for _, mid in _stored(queue.path)]
+    finally:
+        await queue.stop()
+    assert [r.stored for r in results] == [1] * CONCURRENT
+    assert sorted(stored) == sorted(ids)
+    assert 1 <= commits < CONCURRENT, f"{CONCURRENT} appends took {commits} commits"
+
+
+async def test_concurrent_http_requests_all_commit_in_fewer_transactions(
+    start_relay: Callable[..., Any],
+) -> None:
+    relay = await start_relay(queue={"durability": "fsync"})
+    before = relay.relay.queue.commit_seq
+    ids = [str(uuid.uuid4()) for _ in range(CONCURRENT)]
+    answers = await asyncio.wait_for(
+        asyncio.gather(*(relay.post("/v1/track", _track(mid)) for mid in ids)), 60
+    )
+    commits = relay.relay.queue.commit_seq - before
+    assert [(status, body) for status, body, _ in answers] == [(200, {"success": True})] * CONCURRENT
+    assert sorted(mid for _, mid in _stored(relay.db_path)) == sorted(ids)
+    assert 1 <= commits < CONCURRENT, f"{CONCURRENT} requests took {commits} commits"
+
+
+async def test_stop_commits_what_is_waiting_and_then_refuses(tmp_path: Path) -> None:
+    queue = Queue(QueueConfig(path=str(tmp_path / "q.db")))
+    await queue.start()
+    ids = [str(uuid.uuid4()) for _ in range(50)]
+    waiting = [asyncio.create_task(queue.append([_event(mid)])) for mid in ids]
+    await asyncio.sleep(0)  # every append is now waiting for its commit
+    await asyncio.wait_for(queue.stop(), 30)
+    results = await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), 10)
+    assert [getattr(r, "stored", r) for r in results] == [1] * 50
+    assert sorted(mid for _, mid in _stored(tmp_path / "q.db")) == sorted(ids)
+    with pytest.raises(QueueClosed):
+        await queue.append([_event("late")])
+
+
+# --- dedup ---------------------------------------------------------------------------------------
+
+
+async def test_a_repeated_message_id_is_acknowledged_and_stored_once(start_relay: Callable[..., Any]) -> None:
+    relay = await start_relay()
+    headers = {"Authorization": "Basic " + "a2V5LWE6"}  # "key-a:"
+    first = await relay.post("/v1/track", _track("m-1"), headers=headers)
+    again = await relay.post("/v1/track", _track("m-1"), headers=headers)
+    assert first[:2] == (200, {"success": True})
+    assert again[:2] == (200, {"success": True, "duplicate": True})
+    batch = {"writeKey": "key-a", "batch": [{"type": "track", **_track("m-1")},
+                                            {"type": "track", **_track("m-2")},
+                                            {"type": "track", **_track("m-2")}]}
+    status, body, _ = await relay.post("/v1/batch", batch)
+    assert (status, body) == (200, {"success": True, "accepted": 1, "duplicates": 2, "rejected": 0})
+    assert _stored(relay.db_path) == [("key-a", "m-1"), ("key-a", "m-2")]
+
+
+async def test_the_same_message_id_under_another_write_key_is_another_event(
+    start_relay: Callable[..., Any],
+) -> None:
+    relay = await start_relay()
+    for key in ("key-a", "key-b", "key-a"):
+        status, _, _ = await relay.post("/v1/track", {**_track("m-1"), "writeKey": key})
+        assert status == 200
+    assert _stored(relay.db_path) == [("key-a", "m-1"), ("key-b", "m-1")]
+
+
+async def test_dedup_window_zero_stores_every_copy(start_relay: Callable[..., Any]) -> None:
+    relay = await start_relay(queue={"dedup_window": 0})
+    for _ in range(3):
+        assert (await relay.post("/v1/track", _track("m-1")))[:2] == (200, {"success": True})
+    assert _stored(relay.db_path) == [("", "m-1")] * 3
+
+
+async def test_dedup_outlives_a_restart(tmp_path: Path, start_relay: Callable[..., Any]) -> None:
+    first = await start_relay()
+    assert (await first.post("/v1/track", _track("m-1")))[0] == 200
+    await first.relay.stop()
+    second = await start_relay()
+    assert second.db_path == first.db_path
+    assert (await second.post("/v1/track", _track("m-1")))[:2] == (200, {"success": True, "duplicate": True})
+    assert _stored(second.db_path) == [("", "m-1")]
+
+
+async def test_a_repeat_after_the_dedup_window_is_stored_again(start_relay: Callable[..., Any]) -> None:
+    relay = await start_relay(queue={"dedup_window": 1})
+    assert (await relay.post("/v1/track", _track("m-1")))[:2] == (200, {"success": True})
+    await asyncio.sleep(1.5)  # past the window (not a timing assertion: the window is the input)
+    assert (await relay.post("/v1/track", _track("m-1")))[:2] == (200, {"success": True})
+    assert _stored(relay.db_path) == [("", "m-1")] * 2
+
+
+# --- the byte cap ----------------------------------------------------------------------------------
+
+
+def _status_json(tmp_path: Path, db_path: str) -> dict[str, Any]:
+    config = tmp_path / "status.toml"
+    config.write_text(f'[queue]\npath = "{db_path}"\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "relay", "status", "--json", "--config", str(config)],
+        capture_output=True, text=True, timeout=30, check=True,
+    )
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
+
+
+async def test_when_full_reject_answers_503_and_loses_nothing_acknowledged(
+    tmp_path: Path, start_relay: Callable[..., Any]
+) -> None:
+    relay = await start_relay(queue={"max_bytes": MIB, "when_full": "reject"})
+    acked: list[str] = []
+    refused: list[tuple[list[str], int, Any, Any]] = []
+
+    async def fill(worker: int) -> None:
+        for n in range(60):  # 60 x 4 workers x ~40 KB is several times the cap
+            ids = [f"w{worker}-{n}-{i}" for i in range(10)]
+            batch = {"batch": [{"type": "track", **_track(mid, 4000)} for mid in ids]}
+            status, body, headers = await relay.post("/v1/batch", batch)
+            if status == 200:
+                assert body == {"success": True, "accepted": 10, "duplicates": 0, "rejected": 0}
+                acked.extend(ids)
+            else:
+                refused.append((ids, status, body, headers))
+                if len(refused) >= 8:
+                    return
+
+    await asyncio.wait_for(asyncio.gather(*(fill(w) for w in range(4))), 60)
+
+    assert acked, "nothing was accepted before the cap"
+    assert refused, "the cap was never reached"
+    for _, status, body, headers in refused:
+        assert status == 503
+        assert int(headers["Retry-After"]) > 0
+        assert headers["Content-Type"].startswith("application/json")
+        assert body["success"] is False
+        assert body["code"] == "queue_full"
+        assert body["message"] and body["error"] == body["message"]
+    stored = [mid for _, mid in _stored(relay.db_path)]
+    assert sorted(stored) == sorted(acked), "an acknowledged event is missing or a refused one was stored"
+    report = _status_json(tmp_path, relay.db_path)
+    assert report["queue"]["events"] == len(acked)
+    assert report["queue"]["bytes"] <= MIB
+    assert report["queue"]["evicted_events"] == 0
+    # A refusal is no dead letter: the client still has the events and retries them.
+    assert report["dead_letter"]["events"] == 0
+
+
+async def test_when_full_drop_oldest_accepts_new_events_and_counts_the_evicted(
+    tmp_path: Path, start_relay: Callable[..., Any]
+) -> None:
+    relay = await start_relay(queue={"max_bytes": MIB, "when_full": "drop_oldest"})
+    sent: list[str] = []
+    for n in range(80):  # about 3 MiB of events through a 1 MiB queue
+        ids = [f"r{n}-{i}" for i in range(10)]
+        batch = {"batch": [{"type": "track", **_track(mid, 4000)} for mid in ids]}
+        status, body, _ = await relay.post("/v1/batch", batch)
+        assert (status, body) == (200, {"success": True, "accepted": 10, "duplicates": 0, "rejected": 0}), n
+        sent.extend(ids)
+
+    stored = [mid for _, mid in _stored(relay.db_path)]
+    assert stored, "everything was evicted"
+    assert len(stored) < len(sent), "nothing was evicted"
+    # The oldest went first: what is left is exactly the newest events, in order.
+    assert stored == sent[-len(stored):]
+    report = _status_json(tmp_path, relay.db_path)
+    assert report["queue"]["evicted_events"] == len(sent) - len(stored)
+    assert report["queue"]["events"] == len(stored)
+    assert report["queue"]["bytes"] <= MIB
+
+
+async def test_drop_oldest_keeps_accepting_a_long_stream_of_small_events(
+    start_relay: Callable[..., Any],
+) -> None:
+    relay = await start_relay(queue={"max_bytes": MIB, "when_full": "drop_oldest"})
+    for n in range(120):  # 60,000 small events through a 1 MiB queue
+        batch = {"batch": [{"type": "track", "userId": "u", "event": "E", "messageId": f"s{n}-{i}"}
+                           for i in range(500)]}
+        status, body, _ = await relay.post("/v1/batch", batch)
+        assert status == 200, (n, body)
+    assert relay.rows("SELECT max(message_id = 's119-499') FROM events") == [(1,)]
+
+
+async def test_drop_oldest_evicts_to_make_room_for_a_large_valid_batch(
+    start_relay: Callable[..., Any],
+) -> None:
+    relay = await start_relay(queue={"max_bytes": MIB, "when_full": "drop_oldest"})
+    for n in range(3):
+        batch = {"batch": [{"type": "track", "userId": "u", "event": "Small", "messageId": f"b{n}-{i}",
+                            "properties": {"pad": "x" * 100}} for i in range(2500)]}
+        body = json.dumps(batch).encode()
+        assert len(body) < 500 * 1024  # within every protocol limit
+        status, answer, _ = await relay.post("/v1/batch", data=body)
+        assert status == 200, (n, answer)
