@@ -13,6 +13,8 @@ MAX_REQUEST_BYTES = 500 * 1024
 READ_CHUNK = 64 * 1024
 _decode = msgspec.json.Decoder().decode
 _GZIP_OR_ZLIB = 32 + zlib.MAX_WBITS
+_GZIP_MAGIC = b"\x1f\x8b"
+_UTF8_BOM = b"\xef\xbb\xbf"
 _ENCODINGS = {"": None, "identity": None, "gzip": _GZIP_OR_ZLIB, "x-gzip": _GZIP_OR_ZLIB,
               "deflate": _GZIP_OR_ZLIB}
 
@@ -45,24 +47,33 @@ def decompress(raw: bytes, content_encoding: str) -> bytes:
     wbits = _ENCODINGS[encoding]
     if wbits is None or not raw:
         return raw
-    inflater = zlib.decompressobj(wbits)
-    try:
-        out = inflater.decompress(raw, MAX_REQUEST_BYTES + 1)
-    except zlib.error as exc:
-        raise Rejection(400, "invalid_encoding", f"body is not valid {encoding}: {exc}") from None
-    if len(out) > MAX_REQUEST_BYTES or inflater.unconsumed_tail:
-        raise too_large("decompressed request body")
-    if not inflater.eof:
-        raise Rejection(400, "invalid_encoding", f"{encoding} body is truncated")
-    return out
+    parts: list[bytes] = []
+    size = 0
+    while True:  # a gzip stream may hold several members, one after another (RFC 1952)
+        inflater = zlib.decompressobj(wbits)
+        try:
+            part = inflater.decompress(raw, MAX_REQUEST_BYTES + 1 - size)
+        except zlib.error as exc:
+            raise Rejection(400, "invalid_encoding", f"body is not valid {encoding}: {exc}") from None
+        parts.append(part)
+        size += len(part)
+        if size > MAX_REQUEST_BYTES or inflater.unconsumed_tail:
+            raise too_large("decompressed request body")
+        if not inflater.eof:
+            raise Rejection(400, "invalid_encoding", f"{encoding} body is truncated")
+        raw = inflater.unused_data
+        if not raw.startswith(_GZIP_MAGIC):  # other trailing bytes are ignored, as before
+            return b"".join(parts)
 
 
 def parse_json(data: bytes) -> object:
+    if data.startswith(_UTF8_BOM):
+        data = data[len(_UTF8_BOM):]
     if not data.strip():
         raise Rejection(400, "invalid_json", "request body is empty")
     try:
         return _decode(data)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise Rejection(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
 
 

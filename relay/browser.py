@@ -62,7 +62,9 @@ def pixel_message(msg_type: str, query: Iterable[tuple[str, str]]) -> dict[str, 
 
 
 def _decode_data(data: str) -> dict[str, Any]:
-    padded = data.strip() + "=" * (-len(data.strip()) % 4)
+    # A "+" left unescaped in a link arrives as a space (the query string's encoding of one).
+    text = data.replace(" ", "+").strip()
+    padded = text + "=" * (-len(text) % 4)
     try:
         raw = base64.b64decode(padded.replace("-", "+").replace("_", "/"), validate=True)
         decoded = _decode(raw)

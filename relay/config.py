@@ -184,22 +184,36 @@ def _apply_environment(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str,
         table = raw.setdefault(section, {})
         if not isinstance(table, dict):
             raise ConfigError(f"environment variable {name}: `{section}` is not a table")
-        table[key] = _parse_env_value(value)
+        text_field = _TEXT_FIELDS.get(section, frozenset())
+        table[key] = _parse_env_value(value, as_text=key in text_field)
         applied[f"$.{section}.{key}"] = name
     return applied
 
 
-def _parse_env_value(value: str) -> Any:
+def _text_fields(section: type[_Section]) -> frozenset[str]:
+    return frozenset(f.name for f in msgspec.structs.fields(section) if f.type is str)
+
+
+_TEXT_FIELDS = {name: _text_fields(section) for name, section in SECTIONS.items()}
+
+
+def _parse_env_value(value: str, as_text: bool = False) -> Any:
+    """A TOML value when it parses as one; a text key keeps ``123`` or ``true`` as text."""
     try:
-        return tomllib.loads(f"v = {value}")["v"]
+        parsed = tomllib.loads(f"v = {value}")["v"]
     except tomllib.TOMLDecodeError:
         return value
+    return value if as_text and not isinstance(parsed, str) else parsed
 
 
 def _describe(exc: msgspec.ValidationError, source: str, from_env: dict[str, str]) -> str:
     message = str(exc)
     for key_path, variable in from_env.items():
-        if f"`{key_path}`" in message or f"`{key_path}[" in message:
+        section_path, _, key = key_path.rpartition(".")
+        # A check across a section's keys reports the section's path and names the key first.
+        whole_section = (message.endswith(f"- at `{section_path}`")
+                         and message.startswith((f"{key}[", f"{key}:")))
+        if f"`{key_path}`" in message or f"`{key_path}[" in message or whole_section:
             return f"environment variable {variable}: {message}"
     return f"{source}: {message}"
 
@@ -239,7 +253,7 @@ def masked(config: Config) -> dict[str, Any]:
     data: dict[str, Any] = msgspec.to_builtins(config)
     for section, key in SECRET_KEYS:
         value = data.get(section, {}).get(key)
-        if isinstance(value, list):
+        if isinstance(value, list | tuple):
             data[section][key] = [MASK for _ in value]
         elif value:
             data[section][key] = MASK

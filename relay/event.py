@@ -182,7 +182,11 @@ def _set_times(message: dict[str, Any], arrival: Arrival, server_side: bool) -> 
     if server_side and explicit is not None:
         message["timestamp"] = timestamps.iso(explicit)
     elif sent_at is not None:
-        message["timestamp"] = timestamps.iso(timestamps.corrected(received, sent_at, original))
+        try:
+            corrected = timestamps.corrected(received, sent_at, original)
+        except OverflowError:
+            raise InvalidMessage("sentAt and the event's time are too far apart to correct") from None
+        message["timestamp"] = timestamps.iso(corrected)
     else:
         message["timestamp"] = timestamps.iso(original)
 

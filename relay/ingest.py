@@ -38,12 +38,13 @@ class Ingest:
         self._keys = frozenset(config.write_keys)
         self._trusted = auth.networks(config.trusted_proxies)
         self.counters: dict[str, int] = {}
+        self.received = 0  # messages in requests that passed the request-level checks
 
     def routes(self) -> list[web.RouteDef]:
         table = [web.post(f"/v1/{name}", self._single(kind)) for name, kind in SINGLE_ROUTES.items()]
         table += [web.post(f"/v1/{name}", self.batch) for name in BATCH_ROUTES]
         table += [
-            web.get("/v1/pixel/{type}", self.pixel),
+            web.get("/v1/pixel/{type}", self.pixel, allow_head=False),
             web.get("/v1/projects/{write_key}/settings", self.settings),
         ]
         return table
@@ -116,7 +117,13 @@ class Ingest:
             problem: str | None = str(exc)
         else:
             problem = None
-        arrival = self._arrival(request, message)
+        try:
+            arrival = self._arrival(request, message if problem is None
+                                    else {"writeKey": request.query.get("writeKey")})
+        except Rejection as exc:
+            # A pixel always answers its image (a mail client shows nothing else); an
+            # unauthorised one is not stored, not even as a dead letter.
+            return responses.pixel({"X-Relay-Error": exc.message})
         if problem is None:
             try:
                 event = normalise(message, arrival, request.match_info["type"])
@@ -179,6 +186,7 @@ class Ingest:
         return key
 
     async def _store(self, events: Sequence[Event], dead: Sequence[DeadLetter]) -> AppendResult:
+        self.received += len(events) + len(dead)
         try:
             return await self.queue.append(events, dead)
         except QueueFull as exc:
