@@ -141,7 +141,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "server": ServerConfig, "queue": QueueConfig, "admin": AdminConfig, "log": LogConfig,
 }
 SECRET_KEYS = frozenset({("server", "write_keys"), ("admin", "token")})
-SECRET_OPTION_WORDS = ("key", "secret", "token", "password")
+SECRET_OPTION_WORDS = ("key", "secret", "token", "password", "salt")
 
 
 def load(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
