@@ -1,4 +1,4 @@
-"""The relay process: the queue, the ingest listener, and their start/stop in order."""
+"""The relay process: the queue, the listeners, the forwarders, and their start/stop in order."""
 
 from __future__ import annotations
 
@@ -6,11 +6,16 @@ import asyncio
 import logging
 import os
 import signal
+import sqlite3
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
+from relay import logs, notify
+from relay.admin import Admin, PluginErrors, bound_port
 from relay.config import Config
+from relay.errors import QueueError
 from relay.forwarder import Forwarder
 from relay.ingest import Ingest
 from relay.middleware import Cors, errors_as_json
@@ -21,18 +26,27 @@ log = logging.getLogger(__name__)
 
 
 class Relay:
-    """Start order: queue, forwarders, listener. Stop order: listener (finishing requests
-    in flight), forwarders (finishing sends in flight), queue. ``start`` and ``stop`` may
-    each be called more than once."""
+    """Start order: queue, admin listener, forwarders, ingest listener. Stop order, the
+    reverse: ingest listener (finishing requests in flight), forwarders (finishing sends in
+    flight), admin listener, queue. ``start`` and ``stop`` may each be called more than once;
+    a ``start`` that fails stops what it had started."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.queue = Queue(config.queue)
         self.ingest = Ingest(config.server, self.queue)
         self.forwarders = [Forwarder(d, self.queue, make_sink(d)) for d in config.destinations]
+        self.admin = Admin(config.admin, self)
+        # per-plugin error counts for /metrics; the plugin runner replaces this
+        self.plugin_errors: PluginErrors = _no_plugin_errors
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self.port: int | None = None
+
+    @property
+    def listening(self) -> bool:
+        """True while the ingest listener is bound."""
+        return self._site is not None
 
     def build_app(self) -> web.Application:
         cors = Cors(self.config.server.cors_origins)
@@ -43,43 +57,46 @@ class Relay:
     async def start(self) -> None:
         if self._runner is not None:
             return
-        await self.queue.start()
         try:
+            await self.queue.start()
+            await self.admin.start()
             cursors = await self.queue.register([f.name for f in self.forwarders])
             for forwarder in self.forwarders:
                 await forwarder.start(cursors[forwarder.name])
+            if not self.forwarders:
+                log.warning("no destinations configured: events are queued and kept until one is added")
+            await self._listen()
         except BaseException:
-            await self._stop_forwarders()
-            await self.queue.stop()
+            await self.stop()
             raise
-        if not self.forwarders:
-            log.warning("no destinations configured: events are queued and kept until one is added")
+        log.info("listening", extra={"host": self.config.server.host, "port": self.port,
+                                     "admin_port": self.admin.port, "queue": self.config.queue.path,
+                                     "pid": os.getpid()})
+
+    async def _listen(self) -> None:
         runner = web.AppRunner(
             self.build_app(),
             auto_decompress=False,
             access_log=None,
             shutdown_timeout=self.config.server.shutdown_timeout,
         )
+        await runner.setup()
         try:
-            await runner.setup()
             site = web.TCPSite(runner, self.config.server.host, self.config.server.port,
                                backlog=2048, reuse_address=True)
             await site.start()
         except BaseException:
             await runner.cleanup()
-            await self._stop_forwarders()
-            await self.queue.stop()
             raise
         self._runner, self._site = runner, site
-        self.port = _bound_port(site)
-        log.info("listening", extra={"host": self.config.server.host, "port": self.port,
-                                     "queue": self.config.queue.path, "pid": os.getpid()})
+        self.port = bound_port(site)
 
     async def stop(self) -> None:
         if self._runner is not None:
             runner, self._runner, self._site = self._runner, None, None
             await runner.cleanup()
         await self._stop_forwarders()
+        await self.admin.stop()
         await self.queue.stop()
 
     async def _stop_forwarders(self) -> None:
@@ -87,32 +104,53 @@ class Relay:
         await asyncio.gather(*(f.stop(timeout) for f in self.forwarders))
 
     async def status(self) -> dict[str, Any]:
+        """What ``relay status --json`` prints (and the admin listener's /status answers)."""
         report = await self.queue.status()
+        report["queue"]["path"] = self.config.queue.path
         report["destinations"] = [await f.status() for f in self.forwarders]
         return report
 
+    async def summary(self) -> str:
+        """One line for systemd's STATUS=."""
+        return notify.describe(await self.status())
 
-def _bound_port(site: web.TCPSite) -> int:
-    server: Any = site._server
-    sockets = getattr(server, "sockets", None) or []
-    return int(sockets[0].getsockname()[1]) if sockets else 0
+
+def _no_plugin_errors() -> Mapping[str, int]:
+    return {}
+
+
+async def _summary(relay: Relay) -> str:
+    try:
+        return await relay.summary()
+    except (QueueError, sqlite3.Error) as exc:  # the queue answers /ready and /status with the why
+        return f"running; queue figures unavailable: {exc}"
 
 
 async def serve(config: Config) -> None:
-    """Run until SIGTERM or SIGINT, then stop gracefully."""
+    """Run until SIGTERM or SIGINT, then stop gracefully; tell systemd (when it started us)
+    as each of those happens."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    logs.mask_secrets(logs.secrets(config))
+    notifier = notify.Notifier.from_environment()
     relay = Relay(config)
-    await relay.start()
+    await notifier.start(relay.summary)
     try:
+        notifier.status("starting: opening the queue")
+        await relay.start()
+        notifier.ready(await _summary(relay))
         await stopping.wait()
         log.info("stopping")
     finally:
-        await relay.stop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
+        notifier.stopping()
+        try:
+            await relay.stop()
+        finally:
+            await notifier.stop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
     log.info("stopped")
 
 

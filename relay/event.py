@@ -61,9 +61,12 @@ class Event(msgspec.Struct, gc=False):
     type: str
     received_at: float
     body: dict[str, Any]
+    data: bytes = b""  # the body as stored, encoded once by ``encode``
 
     def encode(self) -> bytes:
-        return _encoder.encode(self.body)
+        if not self.data:
+            self.data = _encoder.encode(self.body)
+        return self.data
 
 
 @dataclass(frozen=True, slots=True)

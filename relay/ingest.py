@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,7 +14,8 @@ from aiohttp import web
 from relay import auth, bodies, browser, responses
 from relay.config import ServerConfig
 from relay.errors import InvalidMessage, QueueClosed, QueueError, QueueFull
-from relay.event import Arrival, Event, check_size, normalise
+from relay.event import MESSAGE_TYPES, Arrival, Event, check_size, normalise
+from relay.plugins.pipeline import Pipeline
 from relay.queue import AppendResult, Queue
 from relay.responses import Rejection
 from relay.store import DeadLetter
@@ -31,10 +33,41 @@ BATCH_ROUTES = ("batch", "import", "b")
 _encode = msgspec.json.Encoder().encode
 
 
+@dataclass(slots=True)
+class _Admitted:
+    """What a request's messages became: events to store, dead letters, reported errors."""
+
+    events: list[Event] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    def refuse(self, ingest: Ingest, message: object, arrival: Arrival, reason: str,
+               index: int | None) -> None:
+        letter = ingest._dead_letter(message, arrival, reason)
+        self.dead.append(letter)
+        ingest._count("invalid_message")
+        if len(self.errors) < MAX_REPORTED_ERRORS:
+            error: dict[str, Any] = {"messageId": letter.message_id, "reason": reason}
+            if index is not None:
+                error["index"] = index
+            self.errors.append(error)
+
+
+def _rewrap(event: Event, body: dict[str, Any]) -> Event:
+    """The envelope again after plugins changed the message in place."""
+    kind, message_id = body.get("type"), body.get("messageId")
+    if kind not in MESSAGE_TYPES or not isinstance(message_id, str) or not message_id:
+        raise InvalidMessage("a plugin left the message without a valid type or messageId")
+    if kind != event.type or message_id != event.message_id:
+        return Event(message_id, event.write_key, kind, event.received_at, body)
+    return event
+
+
 class Ingest:
-    def __init__(self, config: ServerConfig, queue: Queue) -> None:
+    def __init__(self, config: ServerConfig, queue: Queue, pipeline: Pipeline | None = None) -> None:
         self.config = config
         self.queue = queue
+        self.pipeline = pipeline
         self._keys = frozenset(config.write_keys)
         self._trusted = auth.networks(config.trusted_proxies)
         self.counters: dict[str, int] = {}
@@ -55,12 +88,12 @@ class Ingest:
         async def handler(request: web.Request) -> web.StreamResponse:
             body = await self._body(request)
             arrival = self._arrival(request, body)
-            try:
-                event = normalise(body, arrival, kind)
-                check_size(event.encode())
-            except InvalidMessage as exc:
-                raise self._reject(400, "invalid_message", str(exc)) from None
-            result = await self._store([event], ())
+            admitted = _Admitted()
+            await self._admit(body, arrival, admitted, type_hint=kind, strict=True)
+            result = await self._store(admitted.events, admitted.dead)
+            if admitted.errors:  # a plugin refused it: dead-lettered, so nothing to retry
+                return responses.ok({"accepted": result.stored, "rejected": result.dead_lettered,
+                                     "errors": admitted.errors})
             return responses.ok({"duplicate": True} if result.duplicates else None)
 
         handler.__name__ = f"ingest_{kind}"
@@ -84,30 +117,47 @@ class Ingest:
         if integrations is not None and not isinstance(integrations, dict):
             raise self._reject(400, "invalid_batch", "batch-level integrations must be an object")
         arrival = self._arrival(request, body, batch=(context, integrations, body.get("sentAt")))
-        events: list[Event] = []
-        dead: list[DeadLetter] = []
-        errors: list[dict[str, Any]] = []
+        admitted = _Admitted()
         for index, message in enumerate(messages):
-            try:
-                event = normalise(message, arrival)
-                check_size(event.encode())
-            except InvalidMessage as exc:
-                dead.append(self._dead_letter(message, arrival, str(exc)))
-                if len(errors) < MAX_REPORTED_ERRORS:
-                    errors.append({"index": index, "messageId": dead[-1].message_id,
-                                   "reason": str(exc)})
-                continue
-            events.append(event)
-        result = await self._store(events, dead)
+            await self._admit(message, arrival, admitted, index=index)
+        result = await self._store(admitted.events, admitted.dead)
         answer: dict[str, Any] = {
             "accepted": result.stored,
             "duplicates": result.duplicates,
             "rejected": result.dead_lettered,
         }
-        if errors:
-            answer["errors"] = errors
-            self._count("invalid_message", len(dead))
+        if admitted.errors:
+            answer["errors"] = admitted.errors
         return responses.ok(answer)
+
+    async def _admit(self, message: object, arrival: Arrival, admitted: _Admitted, *,
+                     type_hint: str | None = None, index: int | None = None, strict: bool = False) -> None:
+        """Validate and normalise one message, run the ingest plugins on it, and add what
+        comes out to ``admitted``: events to store, or dead letters with the reason. With
+        ``strict`` (single-message routes) a protocol fault is a 400 instead."""
+        try:
+            event = normalise(message, arrival, type_hint)
+            if self.pipeline is None or not self.pipeline.runs_at_ingest:
+                check_size(event.encode())
+                admitted.events.append(event)
+                return
+        except InvalidMessage as exc:
+            if strict:
+                raise self._reject(400, "invalid_message", str(exc)) from None
+            admitted.refuse(self, message, arrival, str(exc), index)
+            return
+        result = await self.pipeline.run_ingest(event.body)
+        for rejection in result.rejected:
+            admitted.refuse(self, rejection.message, arrival,
+                            f"refused by plugin {rejection.plugin}: {rejection.reason}", index)
+        for body in result.messages:
+            try:
+                out = _rewrap(event, body) if body is event.body else normalise(body, arrival)
+                check_size(out.encode())
+            except InvalidMessage as exc:
+                admitted.refuse(self, body, arrival, f"after the ingest plugins: {exc}", index)
+                continue
+            admitted.events.append(out)
 
     async def pixel(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -124,17 +174,15 @@ class Ingest:
             # A pixel always answers its image (a mail client shows nothing else); an
             # unauthorised one is not stored, not even as a dead letter.
             return responses.pixel({"X-Relay-Error": exc.message})
+        admitted = _Admitted()
         if problem is None:
-            try:
-                event = normalise(message, arrival, request.match_info["type"])
-                check_size(event.encode())
-                await self._store([event], ())
-                return responses.pixel()
-            except InvalidMessage as exc:
-                problem = str(exc)
-        await self._store([], [self._dead_letter(message, arrival, problem)])
-        self._count("invalid_message")
-        return responses.pixel({"X-Relay-Error": problem})
+            await self._admit(message, arrival, admitted, type_hint=request.match_info["type"])
+        else:
+            admitted.refuse(self, message, arrival, problem, None)
+        await self._store(admitted.events, admitted.dead)
+        if admitted.errors:
+            return responses.pixel({"X-Relay-Error": admitted.errors[0]["reason"]})
+        return responses.pixel()
 
     async def settings(self, request: web.Request) -> web.StreamResponse:
         write_key = request.match_info["write_key"]
@@ -198,7 +246,8 @@ class Ingest:
         except QueueError as exc:
             raise self._reject(503, "queue_error", str(exc), {"Retry-After": "1"}) from None
 
-    def _dead_letter(self, message: object, arrival: Arrival, reason: str) -> DeadLetter:
+    @staticmethod
+    def _dead_letter(message: object, arrival: Arrival, reason: str) -> DeadLetter:
         message_id = message.get("messageId") if isinstance(message, dict) else None
         return DeadLetter(
             reason=reason,

@@ -149,7 +149,7 @@ class Queue:
                 group = self._take_group()
                 for pending in group:
                     pending.rows = [
-                        (e.received_at, e.write_key, e.message_id, e.type, e.encode())
+                        (e.received_at, e.write_key, e.message_id, e.type, e.data or e.encode())
                         for e in pending.events
                     ]
                 try:

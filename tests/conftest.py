@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import msgspec
 import pytest
 
 from relay.app import Relay
-from relay.config import Config, QueueConfig, ServerConfig
+from relay.config import Config
 
 
 def free_port() -> int:
@@ -30,10 +29,13 @@ def free_port() -> int:
 
 
 def make_config(tmp_path: Path, server: dict[str, Any] | None = None,
-                queue: dict[str, Any] | None = None, **sections: Any) -> Config:
+                queue: dict[str, Any] | None = None, admin: dict[str, Any] | None = None,
+                **sections: Any) -> Config:
+    """Loopback on free ports (the admin listener's too), the queue in ``tmp_path``."""
     raw: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": 0, **(server or {})},
         "queue": {"path": str(tmp_path / "queue.db"), **(queue or {})},
+        "admin": {"host": "127.0.0.1", "port": 0, **(admin or {})},
         **sections,
     }
     return msgspec.convert(raw, Config)
@@ -44,6 +46,7 @@ class Running:
         self.relay = relay
         self.session = session
         self.url = f"http://127.0.0.1:{relay.port}"
+        self.admin_url = f"http://127.0.0.1:{relay.admin.port}"
 
     @property
     def db_path(self) -> str:
@@ -105,22 +108,32 @@ class RelayProcess:
 
     def __init__(self, config_path: Path, env: dict[str, str] | None = None) -> None:
         self.config_path = config_path
-        self.env = {**os.environ, **(env or {})}
+        # The admin listener on a free port (the environment beats the config file; pass
+        # env={"RELAY_ADMIN_PORT": ...} for another); its port is read from the "listening" line.
+        self.env = {"RELAY_ADMIN_PORT": "0", **os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = config_path.with_suffix(".log")
+        self.admin_port: int | None = None
+
+    def launch(self) -> subprocess.Popen[bytes]:
+        """Start the process without waiting for it (its output goes to ``log_path``)."""
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "relay", "run", "--config", str(self.config_path)],
+                stdout=log, stderr=subprocess.STDOUT, env=self.env,
+            )
+        return self.proc
 
     def start(self, timeout: float = 15.0) -> int:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "relay", "run", "--config", str(self.config_path)],
-            stdout=log, stderr=subprocess.STDOUT, env=self.env,
-        )
+        """Start the process; return its ingest port once it logs (in JSON) that it listens."""
+        self.proc = self.launch()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for line in self.log_path.read_text().splitlines()[::-1]:
                 if '"message":"listening"' in line:
                     entry = json.loads(line)
                     if self.proc.poll() is None and self._fresh(entry):
+                        self.admin_port = entry.get("admin_port")
                         return int(entry["port"])
             if self.proc.poll() is not None:
                 raise RuntimeError(f"relay exited: {self.log_path.read_text()[-2000:]}")
