@@ -164,13 +164,11 @@ class RelayCollector:
                                 value=int(queue.full_since is not None))
         yield GaugeMetricFamily("relay_queue_max_bytes", "The queue's byte cap ([queue] max_bytes).",
                                 value=queue.config.max_bytes)
-        yield GaugeMetricFamily("relay_queue_file_bytes", "Bytes of the queue file in use.",
-                                value=queue.used_bytes)
         if report is None:  # the queue is closed or failing: /ready says why
             return
         figures = report["queue"]
         yield GaugeMetricFamily("relay_queue_events", "Events in the queue.", value=figures["events"])
-        yield GaugeMetricFamily("relay_queue_bytes", "Bytes of the queued events' bodies.",
+        yield GaugeMetricFamily("relay_queue_bytes", "Bytes of the queue file in use (what max_bytes caps).",
                                 value=figures["bytes"])
         yield GaugeMetricFamily("relay_queue_oldest_event_age_seconds", "Age of the oldest queued event.",
                                 value=figures["oldest_age_s"])

@@ -118,7 +118,7 @@ def _text_status(report: dict[str, Any]) -> str:
     lines = [
         f"queue         {q['path']}",
         f"  events      {q['events']}",
-        f"  bytes       {q['bytes']} (file in use: {q['file_bytes']})",
+        f"  bytes       {q['bytes']} in use of the file (cap {q.get('max_bytes', '-')})",
         f"  oldest age  {q['oldest_age_s']} s",
         f"  evicted     {q['evicted_events']}",
         f"dead letters  {d['events']}",

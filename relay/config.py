@@ -270,3 +270,7 @@ def _mask_options(options: dict[str, Any]) -> None:
     for key, value in options.items():
         if value and any(word in key.lower() for word in SECRET_OPTION_WORDS):
             options[key] = MASK
+        elif key == "headers" and isinstance(value, dict):  # e.g. Authorization for a webhook
+            options[key] = {name: MASK for name in value}
+        elif key == "url" and isinstance(value, str) and "?" in value:  # tokens ride in query strings
+            options[key] = value.split("?", 1)[0] + "?" + MASK

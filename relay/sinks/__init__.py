@@ -46,6 +46,9 @@ class Sink(Protocol):
 SINK_TYPES: dict[str, str] = {
     "segment": "relay.sinks.segment:SegmentSink",
     "file": "relay.sinks.file:FileSink",
+    "webhook": "relay.sinks.webhook:WebhookSink",
+    "amplitude": "relay.sinks.amplitude:AmplitudeSink",
+    "posthog": "relay.sinks.posthog:PostHogSink",
 }
 
 

@@ -4,7 +4,8 @@ Files are named ``events-<UTC hour>-<n>.ndjson`` (``.ndjson.gz`` with gzip, each
 gzip member, which gzip readers concatenate) in the folder ``path``; a new file starts
 when the current one reaches ``rotate_bytes`` or, with ``rotate_hourly``, the hour
 changes. Every batch is fsynced before ``send`` returns, so progress is recorded only
-for events that are on disk. A crash can leave a torn last line; the next start trims it.
+for events that are on disk. A crash can leave a torn last line (or, gzipped, a torn last
+member); the next start trims it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import gzip
 import os
 import re
 import time
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -112,6 +114,13 @@ class FileSink:
                 keep = _last_newline_end(file, size)
                 file.truncate(keep)
                 os.fsync(file.fileno())
+        for path in self.folder.glob("events-*.ndjson.gz"):
+            with path.open("rb+") as file:
+                size = file.seek(0, os.SEEK_END)
+                keep = _complete_members_end(file)
+                if keep < size:
+                    file.truncate(keep)
+                    os.fsync(file.fileno())
 
 
 def _last_newline_end(file: BinaryIO, size: int) -> int:
@@ -126,6 +135,27 @@ def _last_newline_end(file: BinaryIO, size: int) -> int:
             return start + at + 1
         end = start
     return 0
+
+
+def _complete_members_end(file: BinaryIO) -> int:
+    """The offset just past the last complete gzip member (each batch is one member)."""
+    file.seek(0)
+    good = start = 0  # end of the last complete member; file offset of ``data``
+    member = zlib.decompressobj(wbits=31)
+    while chunk := file.read(65536):
+        data = chunk
+        while data:
+            try:
+                member.decompress(data)
+            except zlib.error:
+                return good
+            if not member.eof:
+                start += len(data)
+                break
+            good = start = start + len(data) - len(member.unused_data)
+            data = member.unused_data
+            member = zlib.decompressobj(wbits=31)
+    return good
 
 
 def _fsync_folder(folder: Path) -> None:

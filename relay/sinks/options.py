@@ -1,0 +1,46 @@
+"""A destination type's own ``options``: decoded into its Struct, or a ValueError naming the key."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import msgspec
+
+T = TypeVar("T")
+
+
+def parse(options: dict[str, Any], kind: type[T]) -> T:
+    """``options`` as ``kind`` (a Struct with ``forbid_unknown_fields``); errors name the key as
+    ``options.<key>``."""
+    try:
+        return msgspec.convert(options, kind, strict=True)
+    except msgspec.ValidationError as exc:
+        message = str(exc).replace("`$.", "`options.").replace("`$`", "`options`")
+        if " - at `" not in message:  # missing or unknown field: msgspec names the key alone
+            message = f"options: {message}"
+        raise ValueError(message) from None
+
+
+def http_url(value: str, name: str) -> str:
+    """``value`` when it is an absolute http(s) URL with a host; a ValueError naming ``name`` if not."""
+    split = urlsplit(value)
+    if split.scheme not in ("http", "https") or not split.hostname:
+        raise ValueError(f"`{name}` must be an http(s) URL, got {shown(value)!r}")
+    try:
+        split.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise ValueError(f"`{name}` has an invalid port: {shown(value)!r}") from None
+    return value
+
+
+def shown(url: str) -> str:
+    """``url`` without its query, fragment or user info, which may hold credentials."""
+    split = urlsplit(url)
+    host = split.hostname or ""
+    try:
+        port = split.port
+    except ValueError:
+        port = None
+    netloc = f"{host}:{port}" if port else host
+    return f"{split.scheme}://{netloc}{split.path}" if split.scheme else split.path
