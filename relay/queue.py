@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_GROUP_EVENTS = 20_000
 FULL_RETRY_AFTER = 5
+FULL_CLEAR_RATIO = 0.9
 DEDUP_PRUNE_INTERVAL = 60.0
 DEDUP_PRUNE_CHUNK = 50_000
 # Estimated bytes on disk per stored event beyond its body (row header, index entries).
@@ -290,6 +291,8 @@ class Queue:
             if relaxed:
                 conn.execute("PRAGMA synchronous = FULL")
         self._used_bytes = store.used_bytes(conn)
+        if self.full_since is not None and self._used_bytes < self.config.max_bytes * FULL_CLEAR_RATIO:
+            self.full_since = None  # deliveries made room: ready again before the next write proves it
 
     async def set_state(self, destination: str, state: str, last_error: str | None) -> None:
         await self.run(store.set_state, destination, state, last_error)

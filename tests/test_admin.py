@@ -253,3 +253,35 @@ async def test_status_is_the_report_relay_status_prints(start_relay, tmp_path):
     assert shape(body) == shape(printed)
     assert body["queue"]["path"] == printed["queue"]["path"] == relay.db_path
     assert [d["name"] for d in body["destinations"]] == ["files"]
+
+
+async def test_ready_again_once_deliveries_make_room_without_another_write(start_relay):
+    from tests.upstream import FakeUpstream
+
+    upstream = FakeUpstream()
+    await upstream.start()
+    port = upstream.port
+    await upstream.stop()  # the upstream is down while the queue fills
+    relay = await start_relay(queue={"max_bytes": 1 << 20, "when_full": "reject"}, destinations=[{
+        "name": "up", "type": "segment", "endpoint": f"http://127.0.0.1:{port}", "flush_interval": 0.01,
+        "retry_initial": 0.05, "retry_max": 0.2}])
+    padding = "x" * 30_000
+    accepted = 0
+    for i in range(200):
+        status, _, _ = await relay.post("/v1/track", track(f"m{i}", properties={"p": padding}))
+        if status != 200:
+            break
+        accepted += 1
+    assert status == 503
+    assert (await get(relay, "/ready"))[0] == 503
+    await upstream.start(port)  # the upstream comes back and the backlog drains
+    try:
+        await upstream.wait_for(accepted)
+        for _ in range(200):
+            if (await get(relay, "/ready"))[0] == 200:
+                break
+            await asyncio.sleep(0.05)
+        status, body, _ = await get(relay, "/ready")
+        assert (status, body["status"]) == (200, "ready")
+    finally:
+        await upstream.stop()
