@@ -11,18 +11,22 @@ from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from relay import logs, notify
-from relay.admin import Admin, PluginErrors, bound_port
+from relay.admin import Admin, PluginErrors
 from relay.config import Config
 from relay.errors import QueueError
 from relay.forwarder import Forwarder
+from relay.guard import ConnectionGuard, GuardStats
 from relay.ingest import Ingest
 from relay.middleware import Cors, errors_as_json
 from relay.queue import Queue
 from relay.sinks import make_sink
 
 log = logging.getLogger(__name__)
+# Seconds aiohttp keeps reading the rest of a body it refused before closing (default 10).
+LINGERING_TIME = 2.0
 
 
 class Relay:
@@ -40,17 +44,22 @@ class Relay:
         # per-plugin error counts for /metrics; the plugin runner replaces this
         self.plugin_errors: PluginErrors = _no_plugin_errors
         self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
+        self._server: asyncio.Server | None = None
+        self.guard = GuardStats()
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._stopping = False
         self.port: int | None = None
 
     @property
     def listening(self) -> bool:
         """True while the ingest listener is bound."""
-        return self._site is not None
+        return self._server is not None
 
     def build_app(self) -> web.Application:
         cors = Cors(self.config.server.cors_origins)
-        app = web.Application(middlewares=[cors.middleware, errors_as_json], client_max_size=2**31)
+        app = web.Application(middlewares=[self._track, cors.middleware, errors_as_json],
+                              client_max_size=2**31)
         app.add_routes(self.ingest.routes())
         return app
 
@@ -74,30 +83,65 @@ class Relay:
                                      "pid": os.getpid()})
 
     async def _listen(self) -> None:
+        cfg = self.config.server
         runner = web.AppRunner(
             self.build_app(),
             auto_decompress=False,
             access_log=None,
-            shutdown_timeout=self.config.server.shutdown_timeout,
+            shutdown_timeout=cfg.shutdown_timeout,
+            lingering_time=LINGERING_TIME,
         )
         await runner.setup()
+        handler = runner.server
+        assert handler is not None
         try:
-            site = web.TCPSite(runner, self.config.server.host, self.config.server.port,
-                               backlog=2048, reuse_address=True)
-            await site.start()
+            server = await asyncio.get_running_loop().create_server(
+                lambda: ConnectionGuard(handler, cfg.max_connections, cfg.header_timeout, self.guard),
+                cfg.host, cfg.port, backlog=2048, reuse_address=True,
+            )
         except BaseException:
             await runner.cleanup()
             raise
-        self._runner, self._site = runner, site
-        self.port = bound_port(site)
+        self._runner, self._server = runner, server
+        self.port = int(server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
         if self._runner is not None:
-            runner, self._runner, self._site = self._runner, None, None
+            runner, server = self._runner, self._server
+            self._runner = self._server = None
+            if server is not None:
+                server.close()  # no new connections
+            await self._finish_requests(self.config.server.shutdown_timeout)
             await runner.cleanup()
         await self._stop_forwarders()
         await self.admin.stop()
         await self.queue.stop()
+
+    async def _finish_requests(self, timeout: float) -> None:
+        """Let requests already being handled (a body may still be arriving) finish before
+        aiohttp's shutdown, which would stop reading their bytes."""
+        self._stopping = True
+        try:
+            async with asyncio.timeout(timeout):
+                while self._in_flight:
+                    self._idle.clear()
+                    await self._idle.wait()
+        except TimeoutError:
+            log.warning("requests still in flight at the shutdown timeout",
+                        extra={"requests": self._in_flight})
+
+    @web.middleware
+    async def _track(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        self._in_flight += 1
+        try:
+            response = await handler(request)
+            if self._stopping:
+                response.force_close()  # the client reconnects elsewhere (or after the restart)
+            return response
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
 
     async def _stop_forwarders(self) -> None:
         timeout = self.config.server.shutdown_timeout

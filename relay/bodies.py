@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 
 import msgspec
@@ -10,6 +11,7 @@ from aiohttp import web
 from relay.responses import Rejection
 
 MAX_REQUEST_BYTES = 500 * 1024
+DEFAULT_BODY_TIMEOUT = 30.0
 READ_CHUNK = 64 * 1024
 _decode = msgspec.json.Decoder().decode
 _GZIP_OR_ZLIB = 32 + zlib.MAX_WBITS
@@ -23,20 +25,26 @@ def too_large(what: str) -> Rejection:
     return Rejection(400, "request_too_large", f"{what} is larger than {MAX_REQUEST_BYTES} bytes")
 
 
-async def read_raw(request: web.Request) -> bytes:
-    """The body as sent, refused past the cap without reading the rest."""
+async def read_raw(request: web.Request, timeout: float = DEFAULT_BODY_TIMEOUT) -> bytes:
+    """The body as sent, refused past the cap without reading the rest, and refused when
+    the client takes longer than ``timeout`` seconds to send it (a slow client)."""
     if request.content_length is not None and request.content_length > MAX_REQUEST_BYTES:
         raise too_large("request body")
     chunks: list[bytes] = []
     size = 0
-    while True:
-        chunk = await request.content.read(READ_CHUNK)
-        if not chunk:
-            break
-        size += len(chunk)
-        if size > MAX_REQUEST_BYTES:
-            raise too_large("request body")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                chunk = await request.content.read(READ_CHUNK)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > MAX_REQUEST_BYTES:
+                    raise too_large("request body")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise Rejection(408, "body_timeout", f"the request body did not arrive within {timeout:g} s",
+                        {"Connection": "close"}) from None
     return b"".join(chunks)
 
 
@@ -77,6 +85,6 @@ def parse_json(data: bytes) -> object:
         raise Rejection(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
 
 
-async def read_json(request: web.Request) -> object:
-    raw = await read_raw(request)
+async def read_json(request: web.Request, timeout: float = DEFAULT_BODY_TIMEOUT) -> object:
+    raw = await read_raw(request, timeout)
     return parse_json(decompress(raw, request.headers.get("Content-Encoding", "")))

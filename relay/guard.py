@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 log = logging.getLogger(__name__)
 HEAD_END = b"\r\n\r\n"
@@ -40,14 +40,13 @@ class ConnectionGuard(asyncio.Protocol):
         self._tail = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         if len(self._stats.connections) >= self._max:
             self._stats.refused += 1
             if self._stats.refused in (1, 10, 100) or self._stats.refused % 1000 == 0:
                 log.warning("connection limit reached; refusing new connections",
                             extra={"max_connections": self._max, "refused": self._stats.refused})
-            transport.abort()
+            self._transport.abort()
             return
         self._stats.connections.add(self)
         self._stats.open = len(self._stats.connections)

@@ -194,7 +194,7 @@ class Ingest:
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
         try:
-            body = await bodies.read_json(request)
+            body = await bodies.read_json(request, self.config.body_timeout)
         except Rejection as exc:
             self._count(exc.code)
             raise

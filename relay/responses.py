@@ -44,4 +44,7 @@ class Rejection(Exception):
         self.headers = headers
 
     def response(self) -> web.Response:
-        return error(self.status, self.code, self.message, self.headers)
+        response = error(self.status, self.code, self.message, self.headers)
+        if self.headers and self.headers.get("Connection") == "close":
+            response.force_close()  # the rest of a half-sent body must not be read as a request
+        return response

@@ -151,11 +151,6 @@ async def test_stop_signal_finishes_requests_in_flight_and_exits_0(
     assert not (tmp_path / "queue.db-wal").exists()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "aiohttp's shutdown (RequestHandler.close/shutdown) drops bytes that arrive after it starts "
-    "(web_protocol.data_received returns early once _close is set): a request whose body is still "
-    "being uploaded at SIGTERM is never finished; it is cut off unanswered after shutdown_timeout"
-))
 async def test_stop_signal_finishes_a_request_whose_body_is_still_arriving(
     tmp_path: Path, relay_process: Callable[..., Any]
 ) -> None:
