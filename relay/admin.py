@@ -243,6 +243,11 @@ class Admin:
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
+    def apply(self, config: AdminConfig) -> None:
+        """A reload: the token changes at once (host, port and enabled are fixed while running)."""
+        self.config = config
+        self._token = config.token.encode()
+
     def build_app(self) -> web.Application:
         app = web.Application(middlewares=[errors_as_json, self._authenticate])
         app.add_routes([

@@ -7,20 +7,23 @@ import logging
 import os
 import signal
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from relay import config as config_module
 from relay import logs, notify
-from relay.admin import Admin, PluginErrors
+from relay.admin import Admin
 from relay.config import Config
-from relay.errors import QueueError
+from relay.errors import ConfigError, QueueError
 from relay.forwarder import Forwarder
 from relay.guard import ConnectionGuard, GuardStats
 from relay.ingest import Ingest
 from relay.middleware import Cors, errors_as_json
+from relay.plugins.pipeline import Pipeline
 from relay.queue import Queue
 from relay.sinks import make_sink
 
@@ -38,11 +41,12 @@ class Relay:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.queue = Queue(config.queue)
-        self.ingest = Ingest(config.server, self.queue)
-        self.forwarders = [Forwarder(d, self.queue, make_sink(d)) for d in config.destinations]
+        self.pipeline = Pipeline.from_config(config)
+        self.ingest = Ingest(config.server, self.queue, self.pipeline)
+        self.forwarders = self._forwarders(config, self.pipeline)
         self.admin = Admin(config.admin, self)
-        # per-plugin error counts for /metrics; the plugin runner replaces this
-        self.plugin_errors: PluginErrors = _no_plugin_errors
+        self.cors = Cors(config.server.cors_origins)
+        self._reloading = asyncio.Lock()
         self._runner: web.AppRunner | None = None
         self._server: asyncio.Server | None = None
         self.guard = GuardStats()
@@ -57,8 +61,7 @@ class Relay:
         return self._server is not None
 
     def build_app(self) -> web.Application:
-        cors = Cors(self.config.server.cors_origins)
-        app = web.Application(middlewares=[self._track, cors.middleware, errors_as_json],
+        app = web.Application(middlewares=[self._track, self.cors.middleware, errors_as_json],
                               client_max_size=2**31)
         app.add_routes(self.ingest.routes())
         return app
@@ -68,6 +71,7 @@ class Relay:
             return
         try:
             await self.queue.start()
+            await self.pipeline.start()
             await self.admin.start()
             cursors = await self.queue.register([f.name for f in self.forwarders])
             for forwarder in self.forwarders:
@@ -96,7 +100,8 @@ class Relay:
         assert handler is not None
         try:
             server = await asyncio.get_running_loop().create_server(
-                lambda: ConnectionGuard(handler, cfg.max_connections, cfg.header_timeout, self.guard),
+                lambda: ConnectionGuard(handler, self.config.server.max_connections,
+                                        self.config.server.header_timeout, self.guard),
                 cfg.host, cfg.port, backlog=2048, reuse_address=True,
             )
         except BaseException:
@@ -113,8 +118,9 @@ class Relay:
                 server.close()  # no new connections
             await self._finish_requests(self.config.server.shutdown_timeout)
             await runner.cleanup()
-        await self._stop_forwarders()
+        await self._stop_forwarders(self.forwarders)
         await self.admin.stop()
+        await self.pipeline.stop()
         await self.queue.stop()
 
     async def _finish_requests(self, timeout: float) -> None:
@@ -143,9 +149,59 @@ class Relay:
             if not self._in_flight:
                 self._idle.set()
 
-    async def _stop_forwarders(self) -> None:
+    async def _stop_forwarders(self, forwarders: Sequence[Forwarder]) -> None:
         timeout = self.config.server.shutdown_timeout
-        await asyncio.gather(*(f.stop(timeout) for f in self.forwarders))
+        await asyncio.gather(*(f.stop(timeout) for f in forwarders))
+
+    def _forwarders(self, config: Config, pipeline: Pipeline) -> list[Forwarder]:
+        return [Forwarder(d, self.queue, make_sink(d)) for d in config.destinations]
+
+    def plugin_errors(self) -> Mapping[str, int]:
+        """Per-plugin error counts, for /metrics."""
+        return {name: stats.errors for name, stats in self.pipeline.stats.items()}
+
+    # --- reload ----------------------------------------------------------------------------------
+
+    async def reload(self, new: Config) -> list[str]:
+        """Apply ``new`` without dropping the listener or any queued event: write keys, CORS,
+        proxies, timeouts, admin token and log level at once; destinations and plugins are
+        swapped (sends in flight finish first). Keys that cannot change while running keep
+        their running value; what was kept is returned (and logged). A new config whose
+        plugins or destinations do not start raises, and the running one stays."""
+        async with self._reloading:
+            effective, kept = _keep_fixed(self.config, new)
+            for key in kept:
+                log.warning("this key cannot change while the relay runs; restart to apply it",
+                            extra={"key": key})
+            swap = (effective.plugins, effective.destinations) != (self.config.plugins,
+                                                                    self.config.destinations)
+            if swap:
+                pipeline = Pipeline.from_config(effective)
+                forwarders = self._forwarders(effective, pipeline)
+                await pipeline.start()
+                old_pipeline, old_forwarders = self.pipeline, self.forwarders
+                await self._stop_forwarders(old_forwarders)
+                try:
+                    cursors = await self.queue.register([f.name for f in forwarders])
+                    for forwarder in forwarders:
+                        await forwarder.start(cursors[forwarder.name])
+                except BaseException:
+                    await self._stop_forwarders(forwarders)
+                    await pipeline.stop()
+                    for forwarder in old_forwarders:  # back to what ran before
+                        await forwarder.start(forwarder.cursor)
+                    raise
+                self.pipeline, self.forwarders = pipeline, forwarders
+                self.ingest.pipeline = pipeline
+                await old_pipeline.stop()
+            self.ingest.apply(effective.server)
+            self.cors.update(effective.server.cors_origins)
+            self.admin.apply(effective.admin)
+            logging.getLogger().setLevel(effective.log.level.upper())
+            self.config = effective
+            log.info("reloaded", extra={"destinations": [f.name for f in self.forwarders],
+                                        "plugins": [p.name for p in self.pipeline.plugins]})
+            return kept
 
     async def status(self) -> dict[str, Any]:
         """What ``relay status --json`` prints (and the admin listener's /status answers)."""
@@ -159,8 +215,24 @@ class Relay:
         return notify.describe(await self.status())
 
 
-def _no_plugin_errors() -> Mapping[str, int]:
-    return {}
+# Keys bound at start (sockets, the queue file): a reload keeps their running values.
+FIXED_KEYS: dict[str, tuple[str, ...]] = {
+    "server": ("host", "port"),
+    "queue": ("path", "durability", "max_bytes", "when_full", "dedup_window"),
+    "admin": ("enabled", "host", "port"),
+}
+
+
+def _keep_fixed(running: Config, new: Config) -> tuple[Config, list[str]]:
+    kept: list[str] = []
+    sections: dict[str, Any] = {}
+    for section, keys in FIXED_KEYS.items():
+        old_part, new_part = getattr(running, section), getattr(new, section)
+        changes = {k: getattr(old_part, k) for k in keys if getattr(old_part, k) != getattr(new_part, k)}
+        if changes:
+            kept += [f"{section}.{k}" for k in changes]
+            sections[section] = msgspec.structs.replace(new_part, **changes)
+    return (msgspec.structs.replace(new, **sections) if sections else new), kept
 
 
 async def _summary(relay: Relay) -> str:
@@ -170,9 +242,9 @@ async def _summary(relay: Relay) -> str:
         return f"running; queue figures unavailable: {exc}"
 
 
-async def serve(config: Config) -> None:
-    """Run until SIGTERM or SIGINT, then stop gracefully; tell systemd (when it started us)
-    as each of those happens."""
+async def serve(config: Config, config_path: str | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then stop gracefully; reload ``config_path`` on SIGHUP;
+    tell systemd (when it started us) as each of those happens."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -180,14 +252,24 @@ async def serve(config: Config) -> None:
     logs.mask_secrets(logs.secrets(config))
     notifier = notify.Notifier.from_environment()
     relay = Relay(config)
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_hangup() -> None:
+        task = asyncio.create_task(_reload(relay, notifier, config_path), name="reload")
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
     await notifier.start(relay.summary)
     try:
         notifier.status("starting: opening the queue")
         await relay.start()
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
         notifier.ready(await _summary(relay))
         await stopping.wait()
         log.info("stopping")
     finally:
+        loop.remove_signal_handler(signal.SIGHUP)
+        await asyncio.gather(*reloads, return_exceptions=True)
         notifier.stopping()
         try:
             await relay.stop()
@@ -198,10 +280,26 @@ async def serve(config: Config) -> None:
     log.info("stopped")
 
 
-def run(config: Config) -> None:
+async def _reload(relay: Relay, notifier: notify.Notifier, config_path: str | None) -> None:
+    """Validate the config file first; a bad one is logged and the running one stays."""
+    with notifier.reloading():
+        log.info("reloading", extra={"config": config_path or "<defaults>"})
+        try:
+            new = config_module.with_state_directory(config_module.load(config_path), os.environ)
+            await relay.reload(new)
+        except ConfigError as exc:
+            log.error("reload refused: the running configuration stays", extra={"error": str(exc)})
+            return
+        except Exception as exc:
+            log.exception("reload failed: the running configuration stays", extra={"error": str(exc)})
+            return
+        logs.mask_secrets(logs.secrets(new))
+
+
+def run(config: Config, config_path: str | None = None) -> None:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, config_path))
     else:
-        uvloop.run(serve(config))
+        uvloop.run(serve(config, config_path))

@@ -84,14 +84,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     pid.parent.mkdir(parents=True, exist_ok=True)
     pid.write_text(f"{os.getpid()}\n")
     try:
-        app.run(cfg)
+        app.run(cfg, _config_path(args.config))
     finally:
         pid.unlink(missing_ok=True)
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from relay.plugins.pipeline import Pipeline
+
     cfg = load_config(args.config)
+    Pipeline.from_config(cfg)  # plugins load and take their options
     print(json.dumps(config.masked(cfg), indent=2))
     print(f"config OK ({_config_path(args.config) or 'embedded defaults'})", file=sys.stderr)
     return 0

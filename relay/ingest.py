@@ -65,13 +65,17 @@ def _rewrap(event: Event, body: dict[str, Any]) -> Event:
 
 class Ingest:
     def __init__(self, config: ServerConfig, queue: Queue, pipeline: Pipeline | None = None) -> None:
-        self.config = config
         self.queue = queue
         self.pipeline = pipeline
-        self._keys = frozenset(config.write_keys)
-        self._trusted = auth.networks(config.trusted_proxies)
+        self.apply(config)
         self.counters: dict[str, int] = {}
         self.received = 0  # messages in requests that passed the request-level checks
+
+    def apply(self, config: ServerConfig) -> None:
+        """Take (new) write keys, proxies and limits; used at start and on reload."""
+        self.config = config
+        self._keys = frozenset(config.write_keys)
+        self._trusted = auth.networks(config.trusted_proxies)
 
     def routes(self) -> list[web.RouteDef]:
         table = [web.post(f"/v1/{name}", self._single(kind)) for name, kind in SINGLE_ROUTES.items()]

@@ -20,6 +20,9 @@ _CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
 
 class Cors:
     def __init__(self, origins: Sequence[str]) -> None:
+        self.update(origins)
+
+    def update(self, origins: Sequence[str]) -> None:
         self.any = "*" in origins
         self.origins = frozenset(origins)
 

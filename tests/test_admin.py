@@ -217,13 +217,29 @@ async def test_a_destination_that_cannot_deliver_shows_as_retrying_with_its_back
         await upstream.stop()
 
 
-async def test_plugin_errors_come_from_the_relays_hook(start_relay):
-    relay = await start_relay()
-    assert not [k for k in await scrape(relay) if k[0] == "relay_plugin_errors_total"]
-    relay.relay.plugin_errors = lambda: {"geoip": 2, "scrub": 0}
+FAILING_PLUGIN = """
+class Flaky:
+    name = "flaky"
+    type = "enrichment"
+    version = "1.0.0"
+
+    async def track(self, message):
+        if message.get("event") == "boom":
+            raise RuntimeError("lookup failed")
+        return message
+"""
+
+
+async def test_plugin_errors_are_counted_per_plugin(start_relay, tmp_path):
+    (tmp_path / "flaky.py").write_text(FAILING_PLUGIN)
+    relay = await start_relay(plugins=[{"use": f"{tmp_path / 'flaky.py'}:Flaky", "name": "flaky"}])
+    assert value(await scrape(relay), "relay_plugin_errors_total", plugin="flaky") == 0
+    for i, event in enumerate(("fine", "boom", "boom")):
+        assert (await relay.post("/v1/track", track(f"m{i}", event=event)))[0] == 200
     samples = await scrape(relay)
-    assert value(samples, "relay_plugin_errors_total", plugin="geoip") == 2
-    assert value(samples, "relay_plugin_errors_total", plugin="scrub") == 0
+    assert value(samples, "relay_plugin_errors_total", plugin="flaky") == 2
+    # an enrichment error is logged and counted; the event goes on
+    assert [e["event"] for e in relay.events()] == ["fine", "boom", "boom"]
 
 
 async def test_metrics_speak_openmetrics_when_asked(start_relay):
