@@ -19,7 +19,7 @@ class Sized(Protocol):
 
 
 S = TypeVar("S", bound=Sized)
-# JSON punctuation around and between events in a batch body.
+# JSON punctuation and fields around the events in a batch body (sentAt, ...), besides the key.
 ENVELOPE_BYTES = 128
 
 
@@ -28,9 +28,9 @@ def take(items: Iterable[S], max_events: int, max_bytes: int) -> list[S]:
     batch: list[S] = []
     total = ENVELOPE_BYTES
     for item in items:
-        if batch and (
-            len(batch) >= max_events or item.key != batch[0].key or total + item.size + 1 > max_bytes
-        ):
+        if not batch:
+            total += len(item.key.encode())  # the body names the batch's key once
+        elif len(batch) >= max_events or item.key != batch[0].key or total + item.size + 1 > max_bytes:
             break
         batch.append(item)
         total += item.size + 1

@@ -11,6 +11,7 @@ progress was not yet recorded.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import random
 import time
@@ -35,16 +36,37 @@ PROBE_INTERVAL = 1.0  # seconds between reachability probes while an upstream is
 STATE_PERSIST_INTERVAL = 5.0
 RESTART_DELAY = 1.0
 MAX_RESPONSE_CHARS = 4096
+# upper bounds (seconds) of the request latency histogram's buckets; the last bucket is +Inf
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 @dataclass(slots=True)
 class Finished:
+    """What became of a batch. ``cut_after`` is set when a stop cut a split batch short: the
+    queue id of the last event of its finished prefix (the rest is read again after a restart)."""
+
     delivered: int = 0
     dead: list[DeadLetter] = field(default_factory=list)
+    dead_ids: list[int] = field(default_factory=list)  # the queue id of each of ``dead``
+    cut_after: int | None = None
 
     def add(self, other: Finished) -> None:
         self.delivered += other.delivered
         self.dead.extend(other.dead)
+        self.dead_ids.extend(other.dead_ids)
+
+    def add_dead(self, batch: Sequence[Outgoing], letters: Sequence[DeadLetter]) -> None:
+        self.dead.extend(letters)
+        self.dead_ids.extend(o.event.id for o in batch)
+
+    def cut(self, through: int | None) -> Finished | None:
+        """Keep only what is finished at or below ``through``; None when nothing is."""
+        if through is None:
+            return None
+        kept = [(i, d) for i, d in zip(self.dead_ids, self.dead, strict=True) if i <= through]
+        self.dead_ids, self.dead = [i for i, _ in kept], [d for _, d in kept]
+        self.cut_after = through
+        return self
 
 
 @dataclass(slots=True)
@@ -54,6 +76,14 @@ class Counters:
     retries: int = 0
     requests: int = 0
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=1024))
+    latency_sum: float = 0.0
+    latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+
+    def observe(self, seconds: float) -> None:
+        """One request's latency: kept in ``latencies`` and counted in its bucket."""
+        self.latencies.append(seconds)
+        self.latency_sum += seconds
+        self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
 
 
 class Forwarder:
@@ -72,7 +102,7 @@ class Forwarder:
         self._cursor = 0
         self._read_to = 0
         self._persisted: tuple[str, float] = ("ok", 0.0)
-        self._unpreparable: list[DeadLetter] = []
+        self._unpreparable: list[tuple[int, DeadLetter]] = []  # (queue id, letter), not yet recorded
 
     @property
     def name(self) -> str:
@@ -116,6 +146,7 @@ class Forwarder:
                 log.exception("delivery loop failed; restarting", extra={"destination": self.name})
                 self.state, self.last_error = "retrying", "internal error; see the log"
                 self._read_to = self._cursor
+                self._unpreparable.clear()  # read again from the cursor
                 await self._pause_for(asyncio.sleep(RESTART_DELAY))
 
     async def _run(self) -> None:
@@ -169,9 +200,9 @@ class Forwarder:
             return self.sink.prepare(row)
         except Exception as exc:  # an event this destination cannot encode: dead-letter it
             log.warning("cannot prepare event", extra={"destination": self.name, "error": str(exc)})
-            self._unpreparable.append(self._dead_letter([Outgoing(row, row.body, "")],
-                                                        Answer(None, error=f"cannot prepare: {exc}"),
-                                                        attempts=0)[0])
+            letter = self._dead_letter([Outgoing(row, row.body, "")],
+                                       Answer(None, error=f"cannot prepare: {exc}"), attempts=0)[0]
+            self._unpreparable.append((row.id, letter))
             return None
 
     def _flush_wait(self, buffer: deque[Outgoing]) -> float:
@@ -207,17 +238,22 @@ class Forwarder:
                 block = False
             inflight.popleft()
             finished = task.result()
-            if finished is None:  # stopped before it finished: it will be sent after a restart
+            if finished is None or finished.cut_after is not None:
+                # stopped before it finished: what is unfinished is sent after a restart
                 for _, rest in inflight:
                     rest.cancel()
                 inflight.clear()
+                if finished is not None and finished.cut_after is not None:
+                    await self._record(finished.cut_after, finished)
                 return
             await self._record(through, finished)
 
     async def _record(self, through: int, finished: Finished) -> None:
         dead = finished.dead
-        if self._unpreparable:
-            dead, self._unpreparable = [*self._unpreparable, *dead], []
+        if self._unpreparable:  # only those the cursor passes now; the others come later
+            ready = [d for i, d in self._unpreparable if i <= through]
+            self._unpreparable = [(i, d) for i, d in self._unpreparable if i > through]
+            dead = [*ready, *dead]
         await asyncio.shield(
             self.queue.record_progress(self.name, through, finished.delivered, dead)
         )
@@ -228,7 +264,8 @@ class Forwarder:
     # --- one batch ------------------------------------------------------------------------------
 
     async def _deliver(self, batch: list[Outgoing]) -> Finished | None:
-        """Send until every event of ``batch`` is delivered or dead-lettered; None if stopped."""
+        """Send until every event of ``batch`` is delivered or dead-lettered; None if stopped
+        first, or a result with ``cut_after`` if stopped after part of a split batch finished."""
         done = Finished()
         attempt = 0
         last: Answer | None = None
@@ -242,7 +279,7 @@ class Forwarder:
             started = time.monotonic()
             answer = await self.sink.send(batch)
             self.counters.requests += 1
-            self.counters.latencies.append(time.monotonic() - started)
+            self.counters.observe(time.monotonic() - started)
             decision = classify(answer)
             if decision.action is Action.DELIVERED:
                 await self._set_state("ok", None)
@@ -251,13 +288,17 @@ class Forwarder:
             last = answer
             if decision.action in (Action.SPLIT, Action.REJECT):
                 if len(batch) == 1:
-                    done.dead.extend(self._dead_letter(batch, answer, attempt + 1))
+                    done.add_dead(batch, self._dead_letter(batch, answer, attempt + 1))
                     return done
+                finished_through: int | None = None  # the halves are prefixes, in queue order
                 for half in batching.halves(batch):
                     part = await self._deliver(half)
                     if part is None:
-                        return None
+                        return done.cut(finished_through)
                     done.add(part)
+                    if part.cut_after is not None:
+                        return done.cut(part.cut_after)
+                    finished_through = half[-1].event.id
                 return done
             state = "paused" if decision.action is Action.PAUSE else "retrying"
             await self._set_state(state, answer.describe())
@@ -270,16 +311,18 @@ class Forwarder:
             await self._wait_to_retry(wait, probe=answer.status is None)
 
     async def _wait_to_retry(self, wait: float, probe: bool) -> None:
-        """Sleep ``wait`` seconds (less if stopping); after a connection failure, end the
-        wait early once the upstream accepts connections again."""
+        """Sleep ``wait`` seconds (less if stopping); after a failure without an answer, end
+        the wait early once an upstream that did not accept connections accepts them again.
+        One that still accepts them (it timed out, reset the connection) gets the full backoff."""
         deadline = time.monotonic() + wait
+        unreachable = probe and not await self.sink.probe()
         while not self._stopping.is_set():
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            step = min(left, PROBE_INTERVAL) if probe else left
+            step = min(left, PROBE_INTERVAL) if unreachable else left
             await self._pause_for(asyncio.sleep(step))
-            if probe and not self._stopping.is_set() and await self.sink.probe():
+            if unreachable and not self._stopping.is_set() and await self.sink.probe():
                 return
 
     def _expire(self, batch: list[Outgoing], last: Answer, attempts: int, done: Finished) -> list[Outgoing]:
@@ -287,7 +330,7 @@ class Forwarder:
         expired = [o for o in batch if o.event.received_at < cutoff]
         if expired:
             reason = f"not delivered within max_age {self.config.max_age:g} s"
-            done.dead.extend(self._dead_letter(expired, last, attempts, reason))
+            done.add_dead(expired, self._dead_letter(expired, last, attempts, reason))
             return [o for o in batch if o.event.received_at >= cutoff]
         return batch
 
