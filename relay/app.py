@@ -154,7 +154,7 @@ class Relay:
         await asyncio.gather(*(f.stop(timeout) for f in forwarders))
 
     def _forwarders(self, config: Config, pipeline: Pipeline) -> list[Forwarder]:
-        return [Forwarder(d, self.queue, make_sink(d)) for d in config.destinations]
+        return [Forwarder(d, self.queue, make_sink(d), pipeline) for d in config.destinations]
 
     def plugin_errors(self) -> Mapping[str, int]:
         """Per-plugin error counts, for /metrics."""

@@ -20,16 +20,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from relay import batching
 from relay.config import DestinationConfig
 from relay.errors import QueueClosed
 from relay.pacing import Pacer
+from relay.plugins.api import Delivery, Outcome
+from relay.plugins.pipeline import Pipeline
 from relay.queue import Queue
 from relay.retry import Action, Answer, classify, wait_time
 from relay.sinks import Outgoing, Sink
 from relay.store import DeadLetter, Stored
 
 log = logging.getLogger(__name__)
+_decode = msgspec.json.Decoder(dict[str, Any]).decode
+_encode = msgspec.json.Encoder().encode
 
 IDLE_POLL = 1.0  # seconds between looks at the queue when nothing was announced
 PROBE_INTERVAL = 1.0  # seconds between reachability probes while an upstream is down
@@ -87,11 +93,12 @@ class Counters:
 
 
 class Forwarder:
-    def __init__(self, config: DestinationConfig, queue: Queue, sink: Sink,
+    def __init__(self, config: DestinationConfig, queue: Queue, sink: Sink, pipeline: Pipeline | None = None,
                  rand: random.Random | None = None) -> None:
         self.config = config
         self.queue = queue
         self.sink = sink
+        self.pipeline = pipeline
         self.state = "ok"
         self.last_error: str | None = None
         self.counters = Counters()
@@ -189,21 +196,51 @@ class Forwarder:
 
     async def _fill(self, buffer: deque[Outgoing]) -> None:
         rows = await self.queue.read(self.name, self._read_to, 2 * self.config.max_events - len(buffer))
+        plain = self.pipeline is None or self.pipeline.passthrough(self.name)
         for row in rows:
-            outgoing = self._prepare(row)
-            if outgoing is not None:
-                buffer.append(outgoing)
+            for copy in [row] if plain else await self._through_plugins(row):
+                outgoing = self._prepare(copy)
+                if outgoing is not None:
+                    buffer.append(outgoing)
             self._read_to = row.id
+
+    async def _through_plugins(self, row: Stored) -> list[Stored]:
+        """This destination's own copy of the event, after consent, ``integrations`` and its
+        plugins: none (skipped or dropped), one, or several; refusals are dead-lettered."""
+        assert self.pipeline is not None
+        try:
+            message = _decode(row.body)
+        except msgspec.DecodeError as exc:
+            self._refuse(row, f"cannot decode the stored event: {exc}")
+            return []
+        result = await self.pipeline.run_destination(self.name, message)
+        for rejection in result.rejected:
+            self._refuse(row, f"refused by plugin {rejection.plugin}: {rejection.reason}",
+                         _encode(rejection.message))
+        copies = []
+        for out in result.messages:
+            message_id, kind = out.get("messageId"), out.get("type")
+            copies.append(Stored(
+                row.id, row.received_at, row.write_key,
+                message_id if isinstance(message_id, str) else row.message_id,
+                kind if isinstance(kind, str) else row.type, _encode(out),
+            ))
+        return copies
 
     def _prepare(self, row: Stored) -> Outgoing | None:
         try:
             return self.sink.prepare(row)
         except Exception as exc:  # an event this destination cannot encode: dead-letter it
             log.warning("cannot prepare event", extra={"destination": self.name, "error": str(exc)})
-            letter = self._dead_letter([Outgoing(row, row.body, "")],
-                                       Answer(None, error=f"cannot prepare: {exc}"), attempts=0)[0]
-            self._unpreparable.append((row.id, letter))
+            self._refuse(row, f"cannot prepare: {exc}")
             return None
+
+    def _refuse(self, row: Stored, reason: str, body: bytes | None = None) -> None:
+        """Dead-letter this destination's copy once the cursor passes it (see ``_record``)."""
+        letter = DeadLetter(reason=reason, write_key=row.write_key, body=row.body if body is None else body,
+                            message_id=row.message_id, received_at=row.received_at,
+                            destination=self.name)
+        self._unpreparable.append((row.id, letter))
 
     def _flush_wait(self, buffer: deque[Outgoing]) -> float:
         """Seconds a partial batch may still wait for more events."""
@@ -284,11 +321,14 @@ class Forwarder:
             if decision.action is Action.DELIVERED:
                 await self._set_state("ok", None)
                 done.delivered += len(batch)
+                await self._tell_after(batch, "delivered")
                 return done
             last = answer
             if decision.action in (Action.SPLIT, Action.REJECT):
                 if len(batch) == 1:
-                    done.add_dead(batch, self._dead_letter(batch, answer, attempt + 1))
+                    letters = self._dead_letter(batch, answer, attempt + 1)
+                    done.add_dead(batch, letters)
+                    await self._tell_after(batch, "dead_lettered", letters[0].reason)
                     return done
                 finished_through: int | None = None  # the halves are prefixes, in queue order
                 for half in batching.halves(batch):
@@ -309,6 +349,14 @@ class Forwarder:
             log.info("retrying", extra={"destination": self.name, "state": state,
                                         "error": answer.describe(), "wait_s": round(wait, 3)})
             await self._wait_to_retry(wait, probe=answer.status is None)
+
+    async def _tell_after(self, batch: Sequence[Outgoing], outcome: Outcome,
+                          reason: str | None = None) -> None:
+        """``after`` plugins see each delivery's outcome (they never hold it up by failing)."""
+        if self.pipeline is None or not self.pipeline.wants_deliveries:
+            return
+        messages = [_decode(o.event.body) for o in batch]
+        await self.pipeline.run_after(Delivery(self.name, messages, outcome, reason))
 
     async def _wait_to_retry(self, wait: float, probe: bool) -> None:
         """Sleep ``wait`` seconds (less if stopping); after a failure without an answer, end
