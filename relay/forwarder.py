@@ -109,6 +109,8 @@ class Forwarder:
         self._cursor = 0
         self._read_to = 0
         self._persisted: tuple[str, float] = ("ok", 0.0)
+        self._batch_starts: dict[int, int] = {}  # in flight: last id -> first id
+        self._done: list[tuple[int, int]] = []  # id ranges finished beyond the cursor (see store)
         self._unpreparable: list[tuple[int, DeadLetter]] = []  # (queue id, letter), not yet recorded
 
     @property
@@ -125,6 +127,7 @@ class Forwarder:
         await self.sink.start()
         self._stopping.clear()
         self._cursor = self._read_to = cursor
+        self._done = [r for r in await self.queue.done_ranges(self.name) if r[1] > cursor]
         self._task = asyncio.create_task(self._supervise(), name=f"forward-{self.name}")
 
     async def stop(self, timeout: float) -> None:
@@ -153,6 +156,7 @@ class Forwarder:
                 log.exception("delivery loop failed; restarting", extra={"destination": self.name})
                 self.state, self.last_error = "retrying", "internal error; see the log"
                 self._read_to = self._cursor
+                self._batch_starts.clear()
                 self._unpreparable.clear()  # read again from the cursor
                 await self._pause_for(asyncio.sleep(RESTART_DELAY))
 
@@ -182,6 +186,7 @@ class Forwarder:
                 if delay > 0:
                     await self._pause_for(asyncio.sleep(delay))
                 inflight.append((batch[-1].event.id, asyncio.create_task(self._deliver(batch))))
+                self._batch_starts[batch[-1].event.id] = batch[0].event.id
                 full = len(inflight) >= self.config.concurrency
                 if full and len(buffer) < self.config.max_events:
                     await self._fill(buffer)  # read ahead while the batch is in flight
@@ -198,11 +203,19 @@ class Forwarder:
         rows = await self.queue.read(self.name, self._read_to, 2 * self.config.max_events - len(buffer))
         plain = self.pipeline is None or self.pipeline.passthrough(self.name)
         for row in rows:
+            if self._done and self._already_done(row.id):
+                self._read_to = row.id
+                continue
             for copy in [row] if plain else await self._through_plugins(row):
                 outgoing = self._prepare(copy)
                 if outgoing is not None:
                     buffer.append(outgoing)
             self._read_to = row.id
+
+    def _already_done(self, event_id: int) -> bool:
+        while self._done and self._done[0][1] < event_id:
+            self._done.pop(0)
+        return bool(self._done) and self._done[0][0] <= event_id
 
     async def _through_plugins(self, row: Stored) -> list[Stored]:
         """This destination's own copy of the event, after consent, ``integrations`` and its
@@ -277,13 +290,34 @@ class Forwarder:
             finished = task.result()
             if finished is None or finished.cut_after is not None:
                 # stopped before it finished: what is unfinished is sent after a restart
-                for _, rest in inflight:
-                    rest.cancel()
-                inflight.clear()
                 if finished is not None and finished.cut_after is not None:
                     await self._record(finished.cut_after, finished)
+                self._batch_starts.pop(through, None)
+                await self._keep_finished_beyond(inflight)
                 return
+            self._batch_starts.pop(through, None)
             await self._record(through, finished)
+
+    async def _keep_finished_beyond(self, inflight: deque[tuple[int, asyncio.Task[Finished | None]]]) -> None:
+        """At a stop, batches behind an unfinished one may be finished (concurrency > 1):
+        record their ranges so that a restart does not send them again."""
+        while inflight:
+            through, task = inflight.popleft()
+            await asyncio.wait({task})  # a stop makes each finish its attempt in flight, or give up
+            finished = None if task.cancelled() or task.exception() else task.result()
+            if finished is None:
+                continue
+            last = finished.cut_after if finished.cut_after is not None else through
+            first = self._batch_starts.pop(through, None)
+            if first is None or last < first:
+                continue
+            refused = [d for i, d in self._unpreparable if first <= i <= last]
+            self._unpreparable = [(i, d) for i, d in self._unpreparable if not first <= i <= last]
+            dead = [*refused, *finished.dead]
+            await asyncio.shield(self.queue.record_done_range(
+                self.name, first, last, finished.delivered, dead))
+            self.counters.delivered += finished.delivered
+            self.counters.dead_lettered += len(dead)
 
     async def _record(self, through: int, finished: Finished) -> None:
         dead = finished.dead

@@ -294,6 +294,13 @@ class Queue:
         if self.full_since is not None and self._used_bytes < self.config.max_bytes * FULL_CLEAR_RATIO:
             self.full_since = None  # deliveries made room: ready again before the next write proves it
 
+    async def record_done_range(self, destination: str, first: int, last: int, delivered: int,
+                                dead: Sequence[DeadLetter]) -> None:
+        await self.run(store.record_done_range, destination, first, last, delivered, dead, time.time())
+
+    async def done_ranges(self, destination: str) -> list[tuple[int, int]]:
+        return await self.run(store.done_ranges, destination)
+
     async def set_state(self, destination: str, state: str, last_error: str | None) -> None:
         await self.run(store.set_state, destination, state, last_error)
 

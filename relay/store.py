@@ -14,6 +14,9 @@ Schema:
 - ``dead_letters``: events that were rejected at ingest (``destination`` is NULL) or
   permanently refused by a destination, with the reason and the upstream's answer.
 - ``seen``: a 64-bit hash of (writeKey, messageId) for deduplication, with its time.
+- ``done_ranges``: batches a destination finished beyond its cursor when a clean stop came
+  while an earlier batch was still unfinished (``concurrency > 1``); skipped after a
+  restart, and forgotten once the cursor passes them.
 - ``meta``: counters that outlive restarts (evictions, recoveries).
 """
 
@@ -68,6 +71,12 @@ CREATE INDEX IF NOT EXISTS dead_letters_destination ON dead_letters(destination,
 CREATE TABLE IF NOT EXISTS seen (h INTEGER PRIMARY KEY, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS seen_at ON seen(at);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS done_ranges (
+    destination TEXT NOT NULL,
+    first_id INTEGER NOT NULL,
+    last_id INTEGER NOT NULL,
+    PRIMARY KEY (destination, first_id)
+) WITHOUT ROWID;
 """
 
 Row = tuple[float, str, str, str, bytes]
@@ -297,11 +306,41 @@ def record_progress(
         )
         if delete_through > 0:
             conn.execute("DELETE FROM events WHERE id <= ?", (delete_through,))
+        conn.execute("DELETE FROM done_ranges WHERE destination = ? AND last_id <= ?", (destination, cursor))
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+def record_done_range(
+    conn: sqlite3.Connection, destination: str, first: int, last: int, delivered: int,
+    dead: Sequence[DeadLetter], now: float,
+) -> None:
+    """A batch finished beyond the cursor: its dead letters, counts and id range, at once."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if dead:
+            insert_dead_letters(conn, dead, now)
+        conn.execute(
+            "UPDATE progress SET delivered = delivered + ?, dead_lettered = dead_lettered + ?,"
+            " updated_at = ? WHERE destination = ?",
+            (delivered, len(dead), now, destination),
+        )
+        conn.execute("INSERT OR REPLACE INTO done_ranges VALUES (?, ?, ?)", (destination, first, last))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def done_ranges(conn: sqlite3.Connection, destination: str) -> list[tuple[int, int]]:
+    rows = conn.execute(
+        "SELECT first_id, last_id FROM done_ranges WHERE destination = ? ORDER BY first_id", (destination,)
+    ).fetchall()
+    return [(int(a), int(b)) for a, b in rows]
 
 
 def set_state(conn: sqlite3.Connection, destination: str, state: str, last_error: str | None) -> None:

@@ -129,11 +129,6 @@ async def test_sigterm_between_the_halves_of_a_split_batch_records_the_finished_
     assert proc.terminate() == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "with concurrency > 1 a destination's progress is one cursor: batches delivered after an "
-    "unfinished one cannot be recorded, so a clean stop while the head batch waits to retry makes "
-    "the restarted relay send them again; fixing it needs finished ranges beyond the cursor in "
-    "the progress table (relay/store.py, relay/queue.py)"))
 async def test_a_clean_stop_with_concurrency_does_not_resend_batches_finished_after_a_failing_one(
         start_relay, upstreams):
     failing = {"on": True}
@@ -154,4 +149,4 @@ async def test_a_clean_stop_with_concurrency_does_not_resend_batches_finished_af
     await start_relay(destinations=config)  # the same queue file: a clean restart
     await upstream.wait_for(10)
     await asyncio.sleep(0.3)
-    assert sorted(upstream.delivered_ids()) == ids  # fails: ids[5:] arrive twice
+    assert sorted(upstream.delivered_ids()) == ids  # ids[5:] are not sent again
