@@ -9,7 +9,7 @@ an ``Event``: the one typed envelope that every later stage receives.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -79,10 +79,10 @@ class Arrival:
     sent_at: object = None
     context: dict[str, Any] | None = None
     integrations: dict[str, Any] | None = None
+    received_iso: str = field(init=False)
 
-    @property
-    def received_iso(self) -> str:
-        return timestamps.iso(self.received_at)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "received_iso", timestamps.iso(self.received_at))
 
 
 def normalise(message: object, arrival: Arrival, type_hint: str | None = None) -> Event:
@@ -97,9 +97,9 @@ def normalise(message: object, arrival: Arrival, type_hint: str | None = None) -
     message["type"] = msg_type
     if not (_is_id(message.get("userId")) or _is_id(message.get("anonymousId"))):
         raise InvalidMessage("message needs a userId or an anonymousId")
-    for field in REQUIRED_BY_TYPE.get(msg_type, ()):
-        if not _is_id(message.get(field)):
-            raise InvalidMessage(f"{msg_type} needs {field}")
+    for required in REQUIRED_BY_TYPE.get(msg_type, ()):
+        if not _is_id(message.get(required)):
+            raise InvalidMessage(f"{msg_type} needs {required}")
     message_id = _message_id(message)
     message.pop("writeKey", None)
     context = _merge(message, "context", arrival.context)
@@ -176,7 +176,7 @@ def _set_times(message: dict[str, Any], arrival: Arrival, server_side: bool) -> 
     original = _time(message, "originalTimestamp") or _time(message, "timestamp")
     sent_at = _time(message, "sentAt") or _time({}, "sentAt", arrival.sent_at)
     if original is None:
-        message["timestamp"] = message["receivedAt"]
+        message["timestamp"] = arrival.received_iso
         return
     message["originalTimestamp"] = timestamps.iso(original)
     if sent_at is not None:
@@ -191,7 +191,7 @@ def _set_times(message: dict[str, Any], arrival: Arrival, server_side: bool) -> 
             raise InvalidMessage("sentAt and the event's time are too far apart to correct") from None
         message["timestamp"] = timestamps.iso(corrected)
     else:
-        message["timestamp"] = timestamps.iso(original)
+        message["timestamp"] = message["originalTimestamp"]
 
 
 def check_size(encoded: bytes) -> None:

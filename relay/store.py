@@ -228,7 +228,9 @@ def id_range(conn: sqlite3.Connection) -> tuple[int, int]:
     """(first, last) id in the events table, (0, 0) when empty. Events are only ever
     appended (ids from AUTOINCREMENT) and deleted from the front, so the ids in the table
     are contiguous and the count is ``last - first + 1``: no scan, whatever the backlog."""
-    first, last = conn.execute("SELECT min(id), max(id) FROM events").fetchone()
+    # one aggregate a query: SQLite answers a lone min() or max() from the index end, both
+    # together with a scan
+    first, last = conn.execute("SELECT (SELECT min(id) FROM events), (SELECT max(id) FROM events)").fetchone()
     return (first or 0, last or 0)
 
 

@@ -1,0 +1,36 @@
+"""Status figures must not cost a scan of the events table, whatever the backlog: they are
+read on the queue's own thread (every /metrics scrape, every STATUS= line), where a scan
+of a million events would stall commits. Checked on SQLite's own query plans."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from relay import store
+
+
+def plans_of(conn: sqlite3.Connection, call) -> list[tuple[str, str]]:
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    call()
+    conn.set_trace_callback(None)
+    plans = []
+    for sql in statements:
+        if not sql.lstrip().upper().startswith("SELECT"):
+            continue
+        for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}").fetchall():
+            plans.append((sql, row[-1]))
+    return plans
+
+
+def test_status_and_destination_status_search_the_events_table_never_scan_it(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "q.db", isolation_level=None)
+    store.prepare(conn, "os", 1 << 30)
+    store.insert_events(conn, [(1.0, "k", f"m{i}", "track", b"{}") for i in range(100)])
+    store.register_destinations(conn, ["up"], 0.0)
+    plans = plans_of(conn, lambda: store.status(conn))
+    plans += plans_of(conn, lambda: store.destination_status(conn, "up", "segment", 0.0))
+    assert any("events" in sql for sql, _ in plans)
+    scans = [(sql, plan) for sql, plan in plans if plan.startswith("SCAN events")]
+    assert scans == []
