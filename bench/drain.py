@@ -110,8 +110,8 @@ def delivered(db: Path) -> int:
         conn.close()
 
 
-def run_mode(args: argparse.Namespace, gzip: bool, generator: common.Generator | None, procs: common.Processes,
-             relay_cpu: int | None, other_cpu: int | None) -> dict[str, Any]:
+def run_mode(args: argparse.Namespace, gzip: bool, generator: common.Generator | None,
+             procs: common.Processes, relay_cpu: int | None, other_cpu: int | None) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="relay-drain-"))
     try:
         db = workdir / "queue.db"
@@ -185,12 +185,15 @@ def main(argv: list[str] | None = None) -> int:
                 f" = {r['events_per_s']:,.0f} events/s, peak RSS {r['peak_rss_mib']:.0f} MiB")
         if "ingest_events_per_s" in r:
             line += (f"; with ingest: {r['ingest_events_per_s']:,.0f} ingest events/s (p99 "
-                     f"{r['ingest_p99_ms']:.1f} ms), drain {r['drain_events_per_s_during_ingest']:,.0f} events/s")
+                     f"{r['ingest_p99_ms']:.1f} ms), drain "
+                     f"{r['drain_events_per_s_during_ingest']:,.0f} events/s")
         print(line)
     drains = [r["events_per_s"] for r in results if "ingest_events_per_s" not in r]
     rss = [r["peak_rss_mib"] for r in results if r["peak_rss_mib"] is not None]
-    print(f"targets: drain >= {DRAIN_TARGET_EVENTS:,} events/s: {'met' if min(drains) >= DRAIN_TARGET_EVENTS else 'NOT met'}"
-          f"; peak RSS < {RSS_TARGET_MIB} MB: {'met' if max(rss) < RSS_TARGET_MIB else 'NOT met'}")
+    drain_met = "met" if min(drains) >= DRAIN_TARGET_EVENTS else "NOT met"
+    rss_met = "met" if max(rss) < RSS_TARGET_MIB else "NOT met"
+    print(f"targets: drain >= {DRAIN_TARGET_EVENTS:,} events/s: {drain_met}; "
+          f"peak RSS < {RSS_TARGET_MIB} MB: {rss_met}")
     return 0
 
 
