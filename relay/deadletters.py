@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from relay import timestamps
+from relay import store, timestamps
 from relay.errors import InvalidMessage
 from relay.event import Arrival, check_size, normalise
 
@@ -121,8 +121,7 @@ def replay(conn: sqlite3.Connection, flt: Filter, progress: Callable[[int], None
         if not rows:
             return result
         last = rows[-1][0]
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with store.transaction(conn):
             for letter_id, destination, write_key, message_id, received_at, body in rows:
                 event_row = _requeue(destination, write_key, message_id, received_at, body)
                 if event_row is None:
@@ -134,10 +133,6 @@ def replay(conn: sqlite3.Connection, flt: Filter, progress: Callable[[int], None
                 )
                 conn.execute("DELETE FROM dead_letters WHERE id = ?", (letter_id,))
                 result.queued += 1
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         if progress:
             progress(len(rows))
 
@@ -164,11 +159,6 @@ def _requeue(destination: str | None, write_key: str, message_id: str | None, re
 
 def purge(conn: sqlite3.Connection, flt: Filter) -> int:
     where, params = flt.where()
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with store.transaction(conn):
         deleted = conn.execute(f"DELETE FROM dead_letters{where}", params).rowcount
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return int(deleted)

@@ -26,7 +26,8 @@ import hashlib
 import sqlite3
 import time
 import urllib.parse
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,20 @@ class DeadLetter:
     status: int | None = None
     response: str | None = None
     attempts: int = 0
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any error (the connection is in
+    autocommit mode, ``isolation_level=None``)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def open_read_only(path: str) -> sqlite3.Connection:
@@ -297,8 +312,7 @@ def record_progress(
 ) -> None:
     """One transaction: the destination's dead letters, its cursor and counts, and the
     deletion of events every configured destination has finished."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         if dead:
             insert_dead_letters(conn, dead, now)
         conn.execute(
@@ -309,11 +323,6 @@ def record_progress(
         if delete_through > 0:
             conn.execute("DELETE FROM events WHERE id <= ?", (delete_through,))
         conn.execute("DELETE FROM done_ranges WHERE destination = ? AND last_id <= ?", (destination, cursor))
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
 
 
 def record_done_range(
@@ -321,8 +330,7 @@ def record_done_range(
     dead: Sequence[DeadLetter], now: float,
 ) -> None:
     """A batch finished beyond the cursor: its dead letters, counts and id range, at once."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         if dead:
             insert_dead_letters(conn, dead, now)
         conn.execute(
@@ -331,11 +339,6 @@ def record_done_range(
             (delivered, len(dead), now, destination),
         )
         conn.execute("INSERT OR REPLACE INTO done_ranges VALUES (?, ?, ?)", (destination, first, last))
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
 
 
 def done_ranges(conn: sqlite3.Connection, destination: str) -> list[tuple[int, int]]:
