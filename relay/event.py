@@ -80,9 +80,19 @@ class Arrival:
     context: dict[str, Any] | None = None
     integrations: dict[str, Any] | None = None
     received_iso: str = field(init=False)
+    received_ts: float = field(init=False)
+    batch_sent_at: datetime | None = field(init=False)  # None too when sent_at is unreadable
+    batch_sent_iso: str = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "received_iso", timestamps.iso(self.received_at))
+        object.__setattr__(self, "received_ts", self.received_at.timestamp())
+        try:
+            sent = _time(self.sent_at, "sentAt") if _given(self.sent_at) else None
+        except InvalidMessage:
+            sent = None
+        object.__setattr__(self, "batch_sent_at", sent)
+        object.__setattr__(self, "batch_sent_iso", _canonical(self.sent_at, sent) if sent else "")
 
 
 def normalise(message: object, arrival: Arrival, type_hint: str | None = None) -> Event:
@@ -114,7 +124,7 @@ def normalise(message: object, arrival: Arrival, type_hint: str | None = None) -
         message_id=message_id,
         write_key=arrival.write_key,
         type=msg_type,
-        received_at=arrival.received_at.timestamp(),
+        received_at=arrival.received_ts,
         body=message,
     )
     return event
@@ -160,33 +170,54 @@ def _is_server_library(context: dict[str, Any]) -> bool:
     return isinstance(name, str) and name.lower() in SERVER_LIBRARIES
 
 
-def _time(message: dict[str, Any], field: str, fallback: object = None) -> datetime | None:
-    value = message.get(field, fallback)
-    if value is None or value == "":
-        return None
+def _time(value: object, field: str) -> datetime:
     try:
         return timestamps.parse(value)
     except (ValueError, OverflowError):
         raise InvalidMessage(f"{field} is not an ISO-8601 date-time") from None
 
 
+def _given(value: object) -> bool:
+    return value is not None and value != ""
+
+
+def _canonical(given: object, parsed: datetime) -> str:
+    """``given`` when it already reads as the relay writes times (millisecond UTC with a
+    ``Z``, as analytics.js sends them), else ``parsed`` written that way."""
+    if isinstance(given, str) and len(given) == 24 and given[23] == "Z" and given[19] == ".":
+        return given
+    return timestamps.iso(parsed)
+
+
 def _set_times(message: dict[str, Any], arrival: Arrival, server_side: bool) -> None:
-    received = arrival.received_at
+    """receivedAt, originalTimestamp, sentAt (written in UTC with a Z) and the corrected
+    timestamp; each given time is parsed once, the batch's sentAt once per request."""
     message["receivedAt"] = arrival.received_iso
-    original = _time(message, "originalTimestamp") or _time(message, "timestamp")
-    sent_at = _time(message, "sentAt") or _time({}, "sentAt", arrival.sent_at)
-    if original is None:
+    explicit = message.get("timestamp")
+    given = message.get("originalTimestamp")
+    field = "originalTimestamp" if _given(given) else "timestamp"
+    if not _given(given):
+        given = explicit
+    if not _given(given):
         message["timestamp"] = arrival.received_iso
         return
-    message["originalTimestamp"] = timestamps.iso(original)
-    if sent_at is not None:
-        message["sentAt"] = timestamps.iso(sent_at)
-    explicit = _time(message, "timestamp")
-    if server_side and explicit is not None:
-        message["timestamp"] = timestamps.iso(explicit)
+    original = _time(given, field)
+    message["originalTimestamp"] = _canonical(given, original)
+    sent = message.get("sentAt")
+    sent_at: datetime | None = None
+    if _given(sent):
+        sent_at = _time(sent, "sentAt")
+        message["sentAt"] = _canonical(sent, sent_at)
+    elif _given(arrival.sent_at):
+        sent_at = arrival.batch_sent_at or _time(arrival.sent_at, "sentAt")  # parsed once a request
+        message["sentAt"] = arrival.batch_sent_iso
+    if server_side and _given(explicit):
+        same = field == "timestamp"
+        message["timestamp"] = (message["originalTimestamp"] if same
+                                else _canonical(explicit, _time(explicit, "timestamp")))
     elif sent_at is not None:
         try:
-            corrected = timestamps.corrected(received, sent_at, original)
+            corrected = timestamps.corrected(arrival.received_at, sent_at, original)
         except OverflowError:
             raise InvalidMessage("sentAt and the event's time are too far apart to correct") from None
         message["timestamp"] = timestamps.iso(corrected)

@@ -33,6 +33,7 @@ FULL_RETRY_AFTER = 5
 FULL_CLEAR_RATIO = 0.9
 DEDUP_PRUNE_INTERVAL = 60.0
 DEDUP_PRUNE_CHUNK = 50_000
+DEDUP_ROTATE_ROWS = 65_536  # recent sightings merged into the old generation past this many
 # Estimated bytes on disk per stored event beyond its body (row header, index entries).
 ROW_OVERHEAD = 96
 # Estimated bytes on disk per dedup entry (row and index entry).
@@ -69,6 +70,7 @@ class Queue:
         self.stored_events = 0  # events committed since start
         self.duplicates = 0  # events acknowledged but not stored again (dedup hits)
         self.dedup_forgotten = 0  # dedup entries dropped early to keep events under the cap
+        self._recent_sightings = 0  # rows in the recent dedup generation (see store)
         self._committed = asyncio.Event()
         self._cursors: dict[str, int] = {}
         self._deleted_through = 0
@@ -98,6 +100,7 @@ class Queue:
         try:
             await self.run(store.prepare, self.config.durability, self.config.max_bytes)
             self._used_bytes = await self.run(store.used_bytes)
+            self._recent_sightings = await self.run(store.recent_sightings)
             if moved is not None:
                 await self.run(_note_corrupt_file, moved)
         except BaseException:
@@ -161,6 +164,8 @@ class Queue:
                     log.exception("queue write failed")
                     outcomes = [QueueError(f"the queue could not be written: {exc}")] * len(group)
                 self._announce()
+                if self._recent_sightings > DEDUP_ROTATE_ROWS:
+                    await self._rotate_sightings()
                 for pending, outcome in zip(group, outcomes, strict=True):
                     if isinstance(outcome, AppendResult):
                         self.stored_events += outcome.stored
@@ -218,6 +223,7 @@ class Queue:
                 if self.config.dedup_window and rows:
                     firsts = store.first_sightings(conn, [(r[1], r[2]) for r in rows], now,
                                                    self.config.dedup_window)
+                    self._recent_sightings += len(rows)
                     kept = [r for r, first in zip(rows, firsts, strict=True) if first]
                     duplicates = len(rows) - len(kept)
                     rows = kept
@@ -309,6 +315,14 @@ class Queue:
 
     # --- maintenance ---------------------------------------------------------------------------
 
+    async def _rotate_sightings(self) -> None:
+        try:
+            await self.run(store.rotate_sightings)
+        except sqlite3.Error as exc:  # retried after the next commits; dedup stays correct meanwhile
+            log.warning("dedup rotation failed: %s", exc)
+            return
+        self._recent_sightings = 0
+
     def _shrink_dedup(self, conn: sqlite3.Connection, over: int) -> int:
         """Queued events come before dedup memory: at the cap, forget the oldest sightings
         (enough to free ``over`` bytes) before refusing or evicting events. Returns bytes freed."""
@@ -332,22 +346,10 @@ class Queue:
         if not self.config.dedup_window:
             return 0
         cutoff = (time.time() if now is None else now) - self.config.dedup_window
-        return await self.run(_prune_seen, cutoff)
+        return await self.run(store.forget_sightings_before, cutoff, DEDUP_PRUNE_CHUNK)
 
     async def status(self) -> dict[str, Any]:
         return await self.run(store.status)
-
-
-def _prune_seen(conn: sqlite3.Connection, cutoff: float) -> int:
-    total = 0
-    while True:
-        deleted = conn.execute(
-            "DELETE FROM seen WHERE h IN (SELECT h FROM seen WHERE at < ? LIMIT ?)",
-            (cutoff, DEDUP_PRUNE_CHUNK),
-        ).rowcount
-        total += deleted
-        if deleted < DEDUP_PRUNE_CHUNK:
-            return total
 
 
 def _note_corrupt_file(conn: sqlite3.Connection, moved: str) -> None:

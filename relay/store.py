@@ -13,7 +13,10 @@ Schema:
   cursor has passed it.
 - ``dead_letters``: events that were rejected at ingest (``destination`` is NULL) or
   permanently refused by a destination, with the reason and the upstream's answer.
-- ``seen``: a 64-bit hash of (writeKey, messageId) for deduplication, with its time.
+- ``seen_recent`` and ``seen``: a 64-bit hash of (writeKey, messageId) for deduplication,
+  with its time, in two generations: new sightings go to the small recent table, which is
+  merged into the large one now and then, so that a commit dirties few pages whatever the
+  size of the window.
 - ``done_ranges``: batches a destination finished beyond its cursor when a clean stop came
   while an earlier batch was still unfinished (``concurrency > 1``); skipped after a
   restart, and forgotten once the cursor passes them.
@@ -35,6 +38,7 @@ from typing import Any
 SCHEMA_VERSION = 1
 HEADROOM_PAGES = 256
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
+PAGE_CACHE_KIB = 16 * 1024
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -71,6 +75,8 @@ CREATE INDEX IF NOT EXISTS events_target ON events(target) WHERE target IS NOT N
 CREATE INDEX IF NOT EXISTS dead_letters_destination ON dead_letters(destination, id);
 CREATE TABLE IF NOT EXISTS seen (h INTEGER PRIMARY KEY, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS seen_at ON seen(at);
+CREATE TABLE IF NOT EXISTS seen_recent (h INTEGER PRIMARY KEY, at REAL NOT NULL);
+CREATE TEMP TABLE IF NOT EXISTS incoming (i INTEGER PRIMARY KEY, h INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS done_ranges (
     destination TEXT NOT NULL,
@@ -138,6 +144,8 @@ def prepare(conn: sqlite3.Connection, durability: str, max_bytes: int) -> None:
     conn.execute(f"PRAGMA synchronous = {'FULL' if durability == 'fsync' else 'NORMAL'}")
     conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")  # WAL truncated back after checkpoints
     conn.execute("PRAGMA foreign_keys = OFF")
+    conn.execute("PRAGMA temp_store = MEMORY")
+    conn.execute(f"PRAGMA cache_size = -{PAGE_CACHE_KIB}")
     conn.executescript(SCHEMA)
     conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
     page_size = conn.execute("PRAGMA page_size").fetchone()[0]
@@ -169,23 +177,65 @@ def first_sightings(
     conn: sqlite3.Connection, keys: Sequence[tuple[str, str]], now: float, window: float = 0
 ) -> list[bool]:
     """Record each key as seen; True where it was not seen before (inside the transaction),
-    or, when ``window`` is set, was last recorded more than ``window`` seconds ago."""
-    out = []
-    execute = conn.execute
+    or, when ``window`` is set, was last seen more than ``window`` seconds ago. Set-based:
+    the group's keys go to a temporary table and are looked up and recorded in three
+    statements; new sightings land in the small ``seen_recent`` generation."""
     cutoff = now - window if window else float("-inf")
-    for write_key, message_id in keys:
-        cur = execute(
-            "INSERT INTO seen VALUES (?, ?) ON CONFLICT(h) DO UPDATE SET at = excluded.at WHERE at < ?",
-            (dedup_hash(write_key, message_id), now, cutoff),
-        )
-        out.append(cur.rowcount == 1)
+    hashes = [dedup_hash(write_key, message_id) for write_key, message_id in keys]
+    conn.execute("DELETE FROM temp.incoming")
+    conn.executemany("INSERT INTO temp.incoming VALUES (?, ?)", enumerate(hashes))
+    repeated = {i for (i,) in conn.execute(
+        "SELECT i FROM temp.incoming AS n"
+        " WHERE EXISTS (SELECT 1 FROM seen_recent AS r WHERE r.h = n.h AND r.at >= ?1)"
+        " OR EXISTS (SELECT 1 FROM seen AS s WHERE s.h = n.h AND s.at >= ?1)", (cutoff,))}
+    conn.execute(
+        "INSERT INTO seen_recent (h, at) SELECT h, ?1 FROM temp.incoming WHERE true"
+        " ON CONFLICT(h) DO UPDATE SET at = excluded.at WHERE at < ?2", (now, cutoff))
+    out: list[bool] = []
+    in_group: set[int] = set()
+    for i, h in enumerate(hashes):
+        out.append(i not in repeated and h not in in_group)  # the first of a repeat inside the group wins
+        in_group.add(h)
     return out
 
 
+def recent_sightings(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT count(*) FROM seen_recent").fetchone()[0])
+
+
+def rotate_sightings(conn: sqlite3.Connection) -> int:
+    """Move the recent generation into the old one in key order, in one transaction: each
+    page of the old table is written once per rotation, not once per commit."""
+    with transaction(conn):
+        moved = conn.execute(
+            "INSERT INTO seen (h, at) SELECT h, at FROM seen_recent WHERE true ORDER BY h"
+            " ON CONFLICT(h) DO UPDATE SET at = max(at, excluded.at)").rowcount
+        conn.execute("DELETE FROM seen_recent")
+    return int(moved)
+
+
 def forget_oldest_sightings(conn: sqlite3.Connection, count: int) -> int:
-    return conn.execute(
+    forgotten = conn.execute(
         "DELETE FROM seen WHERE h IN (SELECT h FROM seen ORDER BY at LIMIT ?)", (count,)
     ).rowcount
+    if forgotten < count:
+        forgotten += conn.execute(
+            "DELETE FROM seen_recent WHERE h IN (SELECT h FROM seen_recent ORDER BY at LIMIT ?)",
+            (count - forgotten,),
+        ).rowcount
+    return int(forgotten)
+
+
+def forget_sightings_before(conn: sqlite3.Connection, cutoff: float, chunk: int) -> int:
+    """Drop sightings older than ``cutoff`` (the old generation in chunks, by its time index)."""
+    total = conn.execute("DELETE FROM seen_recent WHERE at < ?", (cutoff,)).rowcount
+    while True:
+        deleted = conn.execute(
+            "DELETE FROM seen WHERE h IN (SELECT h FROM seen WHERE at < ? LIMIT ?)", (cutoff, chunk)
+        ).rowcount
+        total += deleted
+        if deleted < chunk:
+            return int(total)
 
 
 def insert_events(conn: sqlite3.Connection, rows: Iterable[Row]) -> None:

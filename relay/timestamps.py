@@ -22,8 +22,14 @@ def parse(value: object) -> datetime:
 
 def iso(moment: datetime) -> str:
     """Millisecond ISO-8601 in UTC with a ``Z``, as Segment writes times."""
-    text = moment.astimezone(UTC).isoformat(timespec="milliseconds")
-    return text[:-6] + "Z"
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    # %-formatting the fields: 0.8 us, where isoformat(timespec=...) on an aware datetime and
+    # an f-string with format specs both take 1.3 us; this runs 2-3 times per message.
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (  # noqa: UP031
+        moment.year, moment.month, moment.day, moment.hour, moment.minute, moment.second,
+        moment.microsecond // 1000,
+    )
 
 
 def corrected(received_at: datetime, sent_at: datetime, original: datetime) -> datetime:
