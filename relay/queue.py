@@ -33,6 +33,7 @@ FULL_RETRY_AFTER = 5
 FULL_CLEAR_RATIO = 0.9
 DEDUP_PRUNE_INTERVAL = 60.0
 DEDUP_PRUNE_CHUNK = 50_000
+CHECKPOINT_INTERVAL = 0.5
 DEDUP_ROTATE_ROWS = 65_536  # recent sightings merged into the old generation past this many
 # Estimated bytes on disk per stored event beyond its body (row header, index entries).
 ROW_OVERHEAD = 96
@@ -63,6 +64,10 @@ class Queue:
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._pruner: asyncio.Task[None] | None = None
+        self._checkpoints: asyncio.Task[None] | None = None
+        # Checkpoints run on a second connection (its own thread), so that copying the WAL
+        # back into the file never sits inside a commit that requests are waiting on.
+        self._checkpointer: aiosqlite.Connection | None = None
         self._closing = False
         self._used_bytes = 0
         self.full_since: float | None = None
@@ -106,17 +111,23 @@ class Queue:
         except BaseException:
             await self.stop()
             raise
+        self._checkpointer = await aiosqlite.connect(self.config.path, isolation_level=None)
         self._writer = asyncio.create_task(self._write_loop(), name="queue-writer")
         self._pruner = asyncio.create_task(self._prune_loop(), name="queue-maintenance")
+        self._checkpoints = asyncio.create_task(self._checkpoint_loop(), name="queue-checkpoints")
 
     async def stop(self) -> None:
         """Refuse new appends, commit what is waiting, close the file. Safe to call twice."""
         self._closing = True
         self._wake.set()
-        if self._pruner is not None:
-            self._pruner.cancel()
-            await asyncio.gather(self._pruner, return_exceptions=True)
-            self._pruner = None
+        for task in (self._pruner, self._checkpoints):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._pruner = self._checkpoints = None
+        if self._checkpointer is not None:
+            checkpointer, self._checkpointer = self._checkpointer, None
+            await checkpointer.close()
         if self._writer is not None:
             await asyncio.gather(self._writer, return_exceptions=True)
             self._writer = None
@@ -341,6 +352,14 @@ class Queue:
                 await self.run(store.reclaim_space)
             except (sqlite3.Error, QueueClosed) as exc:
                 log.warning("queue maintenance failed: %s", exc)
+
+    async def _checkpoint_loop(self) -> None:
+        while self._checkpointer is not None:
+            await asyncio.sleep(CHECKPOINT_INTERVAL)
+            try:
+                await self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as exc:  # PASSIVE never waits for a lock; the next one catches up
+                log.debug("checkpoint skipped: %s", exc)
 
     async def prune_seen(self, now: float | None = None) -> int:
         if not self.config.dedup_window:

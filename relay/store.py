@@ -39,6 +39,7 @@ SCHEMA_VERSION = 1
 HEADROOM_PAGES = 256
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
 PAGE_CACHE_KIB = 16 * 1024
+WAL_BACKSTOP_PAGES = 16384
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -143,6 +144,9 @@ def prepare(conn: sqlite3.Connection, durability: str, max_bytes: int) -> None:
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute(f"PRAGMA synchronous = {'FULL' if durability == 'fsync' else 'NORMAL'}")
     conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")  # WAL truncated back after checkpoints
+    # the queue checkpoints from a connection of its own; this one checkpoints only as a
+    # backstop, when the WAL has grown large
+    conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_BACKSTOP_PAGES}")
     conn.execute("PRAGMA foreign_keys = OFF")
     conn.execute("PRAGMA temp_store = MEMORY")
     conn.execute(f"PRAGMA cache_size = -{PAGE_CACHE_KIB}")
