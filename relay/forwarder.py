@@ -228,8 +228,11 @@ class Forwarder:
             return []
         result = await self.pipeline.run_destination(self.name, message)
         for rejection in result.rejected:
-            self._refuse(row, f"refused by plugin {rejection.plugin}: {rejection.reason}",
-                         _encode(rejection.message))
+            reason = f"refused by plugin {rejection.plugin}: {rejection.reason}"
+            self._refuse(row, reason, _encode(rejection.message))
+            await self.pipeline.run_after(Delivery(self.name, [rejection.message], "dead_lettered", reason))
+        for drop in result.drops:
+            await self.pipeline.run_after(Delivery(self.name, [drop.message], "dropped", drop.reason))
         copies = []
         for out in result.messages:
             message_id, kind = out.get("messageId"), out.get("type")

@@ -148,6 +148,8 @@ class Ingest:
         except InvalidMessage as exc:
             if strict:
                 raise self._reject(400, "invalid_message", str(exc)) from None
+            if self.pipeline is not None:  # what a scrubber (privacy) removes is not stored
+                message = await self.pipeline.scrub(message)
             admitted.refuse(self, message, arrival, str(exc), index)
             return
         result = await self.pipeline.run_ingest(event.body)

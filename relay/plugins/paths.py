@@ -62,8 +62,33 @@ def _walk(node: Any, parts: Sequence[str], i: int, found: list[Slot]) -> None:
             _walk(node[key], parts, i + 1, found)
 
 
+def slot(root: Any, parts: Sequence[str]) -> Slot | None:
+    """The (container, key) a path without wildcards reaches, or None: ``locate`` without
+    the lists, for the paths that name one value (most of them)."""
+    node = root
+    key: Any = None
+    for i, part in enumerate(parts):
+        if i:
+            node = node[key]
+        if isinstance(node, dict):
+            if part not in node:
+                return None
+            key = part
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            key = int(part)
+        else:
+            return None
+    return (node, key) if parts else None
+
+
 def remove(root: Any, parts: Sequence[str]) -> int:
     """Delete what ``parts`` reaches; return how many values went."""
+    if WILDCARD not in parts:
+        one = slot(root, parts)
+        if one is None:
+            return 0
+        del one[0][one[1]]
+        return 1
     found = locate(root, parts)
     indexed: list[Slot] = []
     for container, key in found:
@@ -78,6 +103,13 @@ def remove(root: Any, parts: Sequence[str]) -> int:
 
 def replace(root: Any, parts: Sequence[str], change: Callable[[Any], Any]) -> int:
     """Replace each value ``parts`` reaches by ``change(value)``; return how many."""
+    if WILDCARD not in parts:
+        one = slot(root, parts)
+        if one is None:
+            return 0
+        container, key = one
+        container[key] = change(container[key])
+        return 1
     found = locate(root, parts)
     for container, key in found:
         container[key] = change(container[key])

@@ -11,6 +11,10 @@
 - After a delivery (``run_after``): every ``after`` plugin; an error is logged and counted.
 - A hook that runs past its budget counts as an error. A hook that never suspends is run
   directly; one that awaits something runs under a deadline and is cancelled at it.
+- Scrubbing: a ``before`` plugin that sets ``scrubs = True`` (``privacy`` does) also runs on
+  every message about to be dead-lettered at ingest that it has not seen: one refused by a
+  plugin ahead of it, and (through ``scrub``) one that breaks the protocol. What it removes
+  does not reach the dead-letter table either.
 
 Where an instance runs is decided by placement first: an instance that a destination lists
 runs on that destination's copies (whatever its type), and only there. Otherwise its type
@@ -40,6 +44,8 @@ log = logging.getLogger(__name__)
 LOAD_TIMEOUT = 60.0  # seconds for one plugin's load() or unload()
 ERROR_LOG_INTERVAL = 60.0  # seconds between log lines for one failing plugin
 INTEGRATIONS = "integrations"
+_monotonic = time.monotonic
+_CoroutineType = types.CoroutineType
 
 
 @dataclass(slots=True)
@@ -52,7 +58,7 @@ class PluginStats:
 
 @dataclass(slots=True)
 class Rejection:
-    """A message to dead-letter, and why."""
+    """A message to dead-letter (or, in ``Result.drops``, one dropped on purpose), and why."""
 
     plugin: str
     reason: str
@@ -63,12 +69,14 @@ class Rejection:
 class Result:
     """What became of one message: ``messages`` go on (usually the one given, changed in
     place); ``rejected`` are dead-lettered; ``dropped`` counts messages dropped on purpose;
-    ``skipped`` says why a destination does not get the message at all."""
+    ``skipped`` says why a destination does not get the message at all; ``drops`` are the
+    dropped messages, each with the plugin that dropped it."""
 
     messages: list[Message]
     rejected: list[Rejection] = field(default_factory=list)
     dropped: int = 0
     skipped: str | None = None
+    drops: list[Rejection] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -77,6 +85,7 @@ class _Step:
     stage: str  # before | enrichment | destination | after
     hooks: dict[str, Any]  # message type (or "delivered") -> bound hook
     stats: PluginStats
+    scrubs: bool = False  # also run on messages dead-lettered at ingest (see ``Pipeline.scrub``)
 
     @property
     def fatal(self) -> bool:
@@ -88,7 +97,8 @@ class _Step:
 class _Target:
     type: str
     steps: list[_Step]
-    routers: list[tuple[str, Router]]
+    routers: list[tuple[str, Router]]  # the ones it lists
+    asked: tuple[tuple[str, Router], ...] = ()  # every router it is asked by: unlisted ones first
 
 
 class Pipeline:
@@ -133,6 +143,7 @@ class Pipeline:
                     target.routers.append((plugin.name, _router(plugin)))
                 if hooks(plugin.plugin):
                     target.steps.append(self._step(plugin, "destination"))
+            target.asked = (*self._routers, *target.routers)
             self._targets[destination] = target
         self._loaded: list[Loaded] = []
         self._errors = _ErrorLog()
@@ -144,7 +155,8 @@ class Pipeline:
         return cls(load_all(config.plugins, base), destinations)
 
     def _step(self, loaded: Loaded, stage: str) -> _Step:
-        return _Step(loaded, stage, hooks(loaded.plugin), self.stats[loaded.name])
+        scrubs = stage == "before" and getattr(loaded.plugin, "scrubs", False) is True
+        return _Step(loaded, stage, hooks(loaded.plugin), self.stats[loaded.name], scrubs)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -192,6 +204,28 @@ class Pipeline:
             await self._run(self._ingest, result)
         return result
 
+    async def scrub(self, message: Any) -> Any:
+        """``message`` (about to be dead-lettered at ingest without having been through the
+        plugins) after every scrubbing ``before`` plugin; anything but a dict as it is."""
+        return await self._scrub(message, self._ingest) if isinstance(message, dict) else message
+
+    async def _scrub(self, message: Message, steps: Sequence[_Step]) -> Message:
+        for step in steps:
+            if not step.scrubs:
+                continue
+            hook = step.hooks.get(message.get("type", "")) or getattr(step.loaded.plugin, "event", None)
+            if not callable(hook):
+                continue
+            try:
+                value = await _call(hook, message, step.loaded, time.monotonic())
+            except Exception as exc:  # Block included: scrubbing never refuses anything
+                if not isinstance(exc, Block):
+                    self._failed(step, exc)
+                continue
+            if isinstance(value, dict):
+                message = value
+        return message
+
     def passthrough(self, destination: str) -> bool:
         """True when ``destination`` gets every message unchanged (no decoding needed)."""
         target = self._targets.get(destination)
@@ -201,11 +235,11 @@ class Pipeline:
     def route(self, destination: str, message: Message) -> str | None:
         """Why ``destination`` does not get ``message`` (a router's name, or "integrations"),
         or None when it does. Routers are asked before ``integrations``."""
-        target = self._targets.get(destination) or _Target("", [], [])
-        for name, router in (*self._routers, *target.routers):
+        target = self._targets.get(destination)
+        for name, router in self._routers if target is None else target.asked:
             if not router.allows(destination, message):
                 return name
-        if not integrations_allow(destination, target.type, message):
+        if not integrations_allow(destination, "" if target is None else target.type, message):
             return INTEGRATIONS
         return None
 
@@ -248,46 +282,74 @@ class Pipeline:
     # --- running steps ------------------------------------------------------------------------
 
     async def _run(self, steps: Sequence[_Step], result: Result) -> None:
+        # The hot path: ``_call`` inlined (a hook that never suspends costs one ``send``).
         messages = result.messages
-        for step in steps:
+        for index, step in enumerate(steps):
             if not messages:
                 break
             out: list[Message] = []
+            refused = len(result.rejected)
+            hooks_for, loaded = step.hooks.get, step.loaded
             for message in messages:
-                hook = step.hooks.get(message.get("type", ""))
+                hook = hooks_for(message.get("type", ""))
                 if hook is None:
                     out.append(message)
+                    continue
+                started = _monotonic()
+                try:
+                    value = hook(message)
+                    if type(value) is _CoroutineType:
+                        try:
+                            pending = value.send(None)
+                        except StopIteration as done:
+                            value = done.value  # it finished without suspending: no timer needed
+                        else:
+                            value = await _finish(value, pending, loaded, started)
+                    if _monotonic() - started > loaded.budget:
+                        raise _over_budget(loaded)
+                    if type(value) is not dict:
+                        value = _messages(value, loaded.name)
+                except Block as block:
+                    self._blocked(step, block, message, out, result)
+                    continue
+                except Exception as exc:
+                    self._error(step, exc, message, out, result)
+                    continue
+                if value is None:
+                    self._dropped(step, message, result)
+                elif isinstance(value, dict):
+                    out.append(value)
                 else:
-                    await self._apply(step, hook, message, out, result)
+                    out.extend(value)
+            if steps is self._ingest and len(result.rejected) > refused:
+                # refused here: the scrubbers after this step have not run on them
+                for rejection in result.rejected[refused:]:
+                    rejection.message = await self._scrub(rejection.message, steps[index + 1:])
             messages = out
         result.messages = messages
 
-    async def _apply(self, step: _Step, hook: Any, message: Message, out: list[Message],
-                     result: Result) -> None:
+    def _blocked(self, step: _Step, block: Block, message: Message, out: list[Message],
+                 result: Result) -> None:
         name = step.loaded.name
-        started = time.monotonic()
-        try:
-            value = await _call(hook, message, step.loaded, started)
-            value = _messages(value, name)
-        except Block as block:
-            step.stats.rejected += 1
-            result.rejected.append(Rejection(name, f"blocked by {name}: {block.reason}", message))
-            out.extend(block.emit)
-            return
-        except Exception as exc:
-            self._failed(step, exc)
-            if step.fatal:
-                result.rejected.append(Rejection(name, f"plugin {name} failed: {_describe(exc)}", message))
-            else:
-                out.append(message)
-            return
-        if value is None:
-            step.stats.dropped += 1
-            result.dropped += 1
-        elif isinstance(value, dict):
-            out.append(value)
+        step.stats.rejected += 1
+        result.rejected.append(Rejection(name, f"blocked by {name}: {block.reason}", message))
+        out.extend(block.emit)
+
+    def _error(self, step: _Step, exc: Exception, message: Message, out: list[Message],
+               result: Result) -> None:
+        name = step.loaded.name
+        self._failed(step, exc)
+        if step.fatal:
+            result.rejected.append(Rejection(name, f"plugin {name} failed: {_describe(exc)}", message))
         else:
-            out.extend(value)
+            out.append(message)
+
+    @staticmethod
+    def _dropped(step: _Step, message: Message, result: Result) -> None:
+        name = step.loaded.name
+        step.stats.dropped += 1
+        result.dropped += 1
+        result.drops.append(Rejection(name, f"dropped by {name}", message))
 
     def _failed(self, step: _Step, exc: Exception) -> None:
         step.stats.errors += 1
@@ -299,23 +361,29 @@ class Pipeline:
 async def _call(hook: Any, argument: Any, loaded: Loaded, started: float) -> Any:
     """Call ``hook(argument)`` within ``loaded.budget`` seconds of ``started``."""
     value = hook(argument)
-    if type(value) is types.CoroutineType:
+    if type(value) is _CoroutineType:
         try:
             pending = value.send(None)
         except StopIteration as done:
             value = done.value  # it finished without suspending: no timer needed
         else:
-            deadline = asyncio.timeout(max(loaded.budget - (time.monotonic() - started), 0))
-            try:
-                async with deadline:
-                    value = await _resume(value, pending)
-            except TimeoutError:
-                if deadline.expired():
-                    raise _over_budget(loaded) from None
-                raise
-    if time.monotonic() - started > loaded.budget:
+            value = await _finish(value, pending, loaded, started)
+    if _monotonic() - started > loaded.budget:
         raise _over_budget(loaded)
     return value
+
+
+async def _finish(coro: Coroutine[Any, Any, Any], pending: Any, loaded: Loaded, started: float) -> Any:
+    """Go on with a hook that suspended (``pending`` is what it yielded), under the deadline
+    its budget leaves."""
+    deadline = asyncio.timeout(max(loaded.budget - (_monotonic() - started), 0))
+    try:
+        async with deadline:
+            return await _resume(coro, pending)
+    except TimeoutError:
+        if deadline.expired():
+            raise _over_budget(loaded) from None
+        raise
 
 
 def _over_budget(loaded: Loaded) -> PluginTimeout:

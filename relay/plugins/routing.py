@@ -44,4 +44,7 @@ def consent_allows(categories: Collection[str], message: dict[str, Any]) -> bool
     preferences = category_preferences(message)
     if preferences is None:
         return True
-    return all(preferences.get(category) is True for category in categories)
+    for category in categories:  # a loop, not all(): this runs for every copy of every event
+        if preferences.get(category) is not True:
+            return False
+    return True

@@ -1,7 +1,9 @@
 """``privacy``: remove or hash fields by dotted path, and anonymise ``context.ip``.
 
-Run as a ``before`` plugin (its type), what it removes is never written to disk; listed by a
-destination, it changes only that destination's copies.
+Run as a ``before`` plugin (its type), what it removes is never written to disk, not even in
+the dead-letter table: it is a scrubber, applied also to a message refused at ingest (one that
+breaks the protocol, or that a plugin ahead of it refused). Listed by a destination, it
+changes only that destination's copies.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
+import re
 from typing import Any
 
 import msgspec
@@ -18,6 +21,8 @@ from relay.plugins import Message, paths
 
 IPV4_PREFIX = 24
 IPV6_PREFIX = 48
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # 0-255, no leading zero
+_IPV4 = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}").fullmatch
 _encode = msgspec.json.Encoder().encode
 
 
@@ -43,10 +48,8 @@ def anonymise_ip(value: object) -> str | None:
     """The address with its host part zeroed (IPv4 /24, IPv6 /48); None when not an address."""
     if not isinstance(value, str):
         return None
-    octets = value.split(".")
-    if len(octets) == 4 and all(o.isdigit() and len(o) <= 3 and (o == "0" or o[0] != "0") and int(o) < 256
-                                for o in octets):
-        return f"{octets[0]}.{octets[1]}.{octets[2]}.0"  # the common case, without ipaddress
+    if _IPV4(value) is not None:  # the common case, without ipaddress
+        return value[: value.rindex(".")] + ".0"
     try:
         address = ipaddress.ip_address(value.strip())
     except ValueError:
@@ -72,6 +75,7 @@ class Privacy:
     type = "before"
     version = __version__
     Options = PrivacyOptions
+    scrubs = True  # also applied to what is dead-lettered at ingest (see relay.plugins.pipeline)
 
     def __init__(self) -> None:
         self._remove: list[paths.Path] = []

@@ -231,8 +231,27 @@ class TrackingPlan:
         return None
 
     async def event(self, message: Message) -> Message | list[Message]:
-        options = self.options
+        # The fast path, for a message that keeps to the plan: validate only (no lists, no
+        # per-violation work); anything else is checked again in full by ``_enforce``.
         schema = self._schema_for(message)
+        if schema is None and message.get("type") == "track":
+            return self._enforce(message, schema)  # an unplanned event
+        if (schema is not None and schema.planned is not None
+                and self.options.unplanned_properties == "omit"):
+            fields = message.get(SECTIONS.get(message.get("type", ""), ""))
+            if isinstance(fields, dict) and not fields.keys() <= schema.planned:
+                return self._enforce(message, schema)
+        try:
+            if self.plan.common is not None:
+                self.plan.common.validate(message)
+            if schema is not None:
+                schema.validate(message)
+        except fastjsonschema.JsonSchemaException:
+            return self._enforce(message, schema)
+        return message
+
+    def _enforce(self, message: Message, schema: Schema | None) -> Message | list[Message]:
+        options = self.options
         violations: list[Violation] = []
         omitted: list[str] = []
         invalid: list[str] = []

@@ -2,13 +2,12 @@
 ``context.device`` with ua-parser (the maintained uap-core rules).
 
 Fields a message already has (a mobile SDK's ``context.os``, say) are kept unless
-``overwrite`` is set. Results are cached per user-agent string by the parser.
+``overwrite`` is set. Results are cached per user-agent string (the last ``CACHE_SIZE``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 from typing import Any
 
 import msgspec
@@ -48,12 +47,7 @@ def describe(result: ua_parser.Result) -> dict[str, dict[str, str]]:
             if any(v is not None for v in fields.values())}
 
 
-Described = tuple[tuple[str, tuple[tuple[str, str], ...]], ...]
-
-
-@functools.lru_cache(maxsize=CACHE_SIZE)
-def _described(parser: ua_parser.Parser, agent: str) -> Described:
-    return tuple((key, tuple(fields.items())) for key, fields in describe(parser.parse(agent)).items())
+Described = tuple[tuple[str, dict[str, str]], ...]  # ("browser", {"name": ...}), ...: copied out
 
 
 class UserAgent:
@@ -65,11 +59,21 @@ class UserAgent:
     def __init__(self) -> None:
         self._overwrite = False
         self._parser: ua_parser.Parser | None = None
+        self._cache: dict[str, Described] = {}  # user agent -> its fields; the oldest goes first
 
     async def load(self, options: UserAgentOptions) -> None:
         self._overwrite = options.overwrite
         # the rules take ~0.1 s to compile: off the event loop, once for all instances
         self._parser = await asyncio.to_thread(lambda: ua_parser.parser)
+
+    def _described(self, parser: ua_parser.Parser, agent: str) -> Described:
+        found = self._cache.get(agent)
+        if found is None:
+            found = tuple(describe(parser.parse(agent)).items())
+            if len(self._cache) >= CACHE_SIZE:
+                del self._cache[next(iter(self._cache))]
+            self._cache[agent] = found
+        return found
 
     async def event(self, message: Message) -> Message:
         context = message.get("context")
@@ -78,13 +82,13 @@ class UserAgent:
         agent = context.get("userAgent")
         if not isinstance(agent, str) or not agent or self._parser is None:
             return message
-        for key, fields in _described(self._parser, agent):
+        for key, fields in self._described(self._parser, agent):
             current = context.get(key)
             if not isinstance(current, dict):
                 if current is None or self._overwrite:
-                    context[key] = dict(fields)
+                    context[key] = fields.copy()
                 continue
-            for name, value in fields:
+            for name, value in fields.items():
                 if self._overwrite or name not in current:
                     current[name] = value
         return message
