@@ -1,0 +1,730 @@
+"""Ingest benchmark: the relay against a bare aiohttp + uvloop handler, under the same load.
+
+How to run it (from the repository root; no Makefile needed, `make bench` does the same):
+
+    .venv/bin/python bench/ingest.py                      # both workloads, 10 s each
+    .venv/bin/python bench/ingest.py --duration 30 --connections 64 --only batch
+    .venv/bin/python bench/ingest.py --json               # machine-readable output
+    .venv/bin/python bench/ingest.py --plugins            # also the relay with a typical plugin chain
+
+For each workload it starts, one after the other, (a) bench/bare.py, an aiohttp + uvloop server
+that reads the body and answers 200 {"success": true}, and (b) the relay itself
+(`python -m relay run` with a temporary config: durability "fsync", the queue in a temporary
+directory, port 0; every other key at its default, deduplication included). Each server is a
+fresh process (so that its peak RSS belongs to that workload), pinned to the first CPU, and is
+driven from the second CPU by the same load generator: wrk with bench/ingest.lua when `wrk` is
+installed (`apt-get install wrk`), else bench/loadgen.py in a process of its own.
+
+Workloads (every event carries a fresh messageId, so the relay stores all of them):
+  single   POST /v1/track, one event a request
+  batch    POST /v1/batch, 100 events a request (an analytics-python batch)
+
+Printed for each: requests/s, events/s, p50/p99 latency, peak RSS of the server process
+(VmHWM), the CPU the server got, the ratio relay/bare, and the issue's targets on one core:
+single-event requests/s at least 0.7 of the bare handler's; batch at least 150,000 events/s
+with durability fsync. The relay's queue is checked afterwards (`relay status`): it must hold
+every acknowledged event. A warning says when other processes used the CPUs meanwhile (the
+figures are then disturbed). The servers are stopped and the temporary directories removed at
+the end, on Ctrl-C and SIGTERM too.
+
+Other options: --warmup S (default 2, not counted), --generator auto|wrk|python, --threads N
+(wrk threads), --dir PATH (where the queue goes; keep it off tmpfs), --no-pin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import math
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+PLACEHOLDER = "@@MID@@"
+WRITE_KEY = "bench-write-key"
+AUTHORIZATION = "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()
+BATCH_EVENTS = 100
+SINGLE_TARGET_RATIO = 0.7
+PLUGINS_TARGET_RATIO = 0.6
+BATCH_TARGET_EVENTS = 150_000
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 20.0
+# Well above what a 10 s run writes, so that the byte cap never answers 503 during a run.
+QUEUE_MAX_BYTES = 64 << 30
+NOISE_WARNING_PCT = 10.0
+
+
+# --- the request bodies ---------------------------------------------------------------------------
+
+
+USER_AGENT = ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 "
+              "(KHTML, like Gecko) Version/17.4 Safari/605.1.15")
+# The "typical chain" of issue 4, for --plugins: privacy + user_agent + consent + tracking_plan.
+TRACKING_PLAN = {
+    "common": {"type": "object", "properties": {"context": {"type": "object", "required": ["library"]}}},
+    "events": {"Order Completed": {"type": "object", "properties": {"properties": {
+        "type": "object", "required": ["orderId", "revenue"],
+        "properties": {"orderId": {"type": "string"}, "revenue": {"type": "number", "minimum": 0},
+                       "currency": {"enum": ["EUR", "USD", "GBP"]}, "coupon": {},
+                       "products": {"type": "array", "items": {"type": "object"}}}}}}},
+}
+PLUGIN_CHAIN = """
+[[plugins]]
+use = "privacy"
+options = { remove = ["properties.coupon"], hash = ["context.traits.email"], salt = "bench-salt" }
+[[plugins]]
+use = "user_agent"
+[[plugins]]
+use = "consent"
+options = { destinations = { ads = ["advertising"] } }
+[[plugins]]
+use = "tracking_plan"
+options = { plan = "@PLAN@", unplanned_properties = "omit", violations = "omit" }
+"""
+
+
+def _event(index: int, with_type: bool) -> dict[str, Any]:
+    """A realistic server-side track event (the shape analytics-python sends)."""
+    event: dict[str, Any] = {}
+    if with_type:
+        event["type"] = "track"
+    event.update({
+        "messageId": PLACEHOLDER,
+        "userId": f"user-{1000 + index}",
+        "anonymousId": "3f1c2a9e-6b7d-4c1e-9a55-0d6f4e2b8c71",
+        "event": "Order Completed",
+        "properties": {
+            "orderId": f"order-{50000 + index}",
+            "revenue": 42.5 + index,
+            "currency": "EUR",
+            "coupon": None,
+            "products": [
+                {"sku": "SKU-1001", "name": "Espresso beans", "price": 12.5, "quantity": 2},
+                {"sku": "SKU-2002", "name": "Milk frother", "price": 17.5, "quantity": 1},
+            ],
+        },
+        "context": {"library": {"name": "analytics-python", "version": "2.3.0"},
+                    "userAgent": USER_AGENT, "traits": {"email": "ada@example.com"}},
+        "integrations": {},
+        "timestamp": f"2024-05-01T12:00:00.{index % 1000:03d}000+00:00",
+    })
+    return event
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    path: str
+    events: int  # a request
+
+    def body_template(self) -> str:
+        if self.events == 1:
+            body: dict[str, Any] = _event(0, with_type=False)
+        else:
+            body = {
+                "batch": [_event(i, with_type=True) for i in range(self.events)],
+                "sentAt": "2024-05-01T12:00:01.000000+00:00",
+            }
+        return json.dumps(body, separators=(",", ":"))
+
+
+WORKLOADS = {
+    "single": Workload("single", "/v1/track", 1),
+    "batch": Workload("batch", "/v1/batch", BATCH_EVENTS),
+}
+
+
+# --- processes ------------------------------------------------------------------------------------
+
+
+class Processes:
+    """Every child this run started, so that all of them are stopped whatever happens."""
+
+    def __init__(self) -> None:
+        self.live: list[subprocess.Popen[bytes]] = []
+
+    def start(self, argv: list[str], cpu: int | None, **kwargs: Any) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(argv, preexec_fn=_pin(cpu), start_new_session=True, **kwargs)
+        self.live.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> int | None:
+        """SIGTERM (a graceful stop), then SIGKILL after ``timeout``; return the exit status."""
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc in self.live:
+            self.live.remove(proc)
+        return proc.returncode
+
+    def stop_all(self) -> None:
+        for proc in list(self.live):
+            self.stop(proc, timeout=5.0)
+
+
+def _pin(cpu: int | None) -> Callable[[], None] | None:
+    if cpu is None:
+        return None
+
+    def pin() -> None:
+        os.sched_setaffinity(0, {cpu})
+
+    return pin
+
+
+def _child_env() -> dict[str, str]:
+    """The environment without RELAY_* overrides, so that the temporary config is what runs."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env.pop("STATE_DIRECTORY", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def peak_rss_bytes(pid: int) -> int | None:
+    """The process's peak resident set size (VmHWM), read before it exits."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+@dataclass
+class Server:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    port: int = 0
+    config_path: Path | None = None
+
+    def wait_listening(self, timeout: float = START_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.log_path.read_text(errors="replace").splitlines():
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(entry, dict) and entry.get("message") == "listening":
+                    self.port = int(entry["port"])
+                    return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name} did not report listening within {timeout} s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def start_bare(procs: Processes, workdir: Path, cpu: int | None) -> Server:
+    log_path = workdir / "bare.log"
+    with open(log_path, "wb") as log:
+        proc = procs.start([sys.executable, str(BENCH / "bare.py"), "--port", "0"], cpu,
+                           stdout=log, stderr=subprocess.STDOUT, env=_child_env(), cwd=workdir)
+    server = Server("bare", proc, log_path)
+    server.wait_listening()
+    return server
+
+
+def start_relay(procs: Processes, workdir: Path, cpu: int | None, plugins: bool = False) -> Server:
+    config_path = workdir / "relay.toml"
+    chain = ""
+    if plugins:
+        plan_path = workdir / "plan.json"
+        plan_path.write_text(json.dumps(TRACKING_PLAN))
+        chain = PLUGIN_CHAIN.replace("@PLAN@", str(plan_path))
+    config_path.write_text(chain + "\n" +
+        "[server]\n"
+        'host = "127.0.0.1"\n'
+        "port = 0\n"
+        "shutdown_timeout = 5.0\n"
+        "[queue]\n"
+        f"path = {json.dumps(str(workdir / 'queue.db'))}\n"
+        'durability = "fsync"\n'
+        f"max_bytes = {QUEUE_MAX_BYTES}\n"
+    )
+    log_path = workdir / "relay.log"
+    with open(log_path, "wb") as log:
+        proc = procs.start(
+            [sys.executable, "-m", "relay", "run", "--config", str(config_path), "--log-level", "info"],
+            cpu, stdout=log, stderr=subprocess.STDOUT, env=_child_env(), cwd=ROOT,
+        )
+    server = Server("relay", proc, log_path, config_path=config_path)
+    server.wait_listening()
+    return server
+
+
+def queue_status(config_path: Path) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-m", "relay", "status", "--config", str(config_path), "--json"],
+        capture_output=True, text=True, env=_child_env(), cwd=ROOT, timeout=120, check=True,
+    )
+    report: dict[str, Any] = json.loads(out.stdout)
+    return report
+
+
+# --- load generators ------------------------------------------------------------------------------
+
+
+@dataclass
+class Load:
+    """What one load-generator run measured."""
+
+    requests: int  # answered, whatever the status
+    non2xx: int
+    errors: int  # connect/read/write errors and timeouts
+    duration_s: float
+    latency_us: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> int:
+        return self.requests - self.non2xx
+
+
+class Generator:
+    name = ""
+
+    def __init__(self, procs: Processes, cpu: int | None, threads: int, connections: int) -> None:
+        self.procs = procs
+        self.cpu = cpu
+        self.threads = threads
+        self.connections = connections
+
+    def run(self, url: str, template: Path, duration: float, nonce: str) -> Load:
+        raise NotImplementedError
+
+    def _communicate(self, argv: list[str], duration: float) -> str:
+        proc = self.procs.start(argv, self.cpu, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            out, err = proc.communicate(timeout=duration + 60)
+        finally:
+            self.procs.stop(proc, timeout=5.0)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{argv[0]} failed ({proc.returncode}): {err.decode(errors='replace')}")
+        return out.decode(errors="replace")
+
+
+class Wrk(Generator):
+    name = "wrk"
+
+    def run(self, url: str, template: Path, duration: float, nonce: str) -> Load:
+        seconds = max(1, math.ceil(duration))  # wrk takes whole seconds only
+        argv = [
+            "wrk", "-t", str(self.threads), "-c", str(self.connections), "-d", f"{seconds}s",
+            "--timeout", "30s", "--latency", "-s", str(BENCH / "ingest.lua"), url,
+            "--", str(template), nonce, AUTHORIZATION,
+        ]
+        return parse_wrk(self._communicate(argv, seconds))
+
+
+class PythonLoad(Generator):
+    name = "python (bench/loadgen.py)"
+
+    def run(self, url: str, template: Path, duration: float, nonce: str) -> Load:
+        argv = [
+            sys.executable, str(BENCH / "loadgen.py"), "--url", url, "--template", str(template),
+            "--connections", str(self.connections), "--duration", f"{duration:g}", "--nonce", nonce,
+            "--header", f"Authorization: {AUTHORIZATION}",
+        ]
+        out = self._communicate(argv, duration)
+        data = json.loads(out.strip().splitlines()[-1])
+        return Load(int(data["requests"]), int(data["non2xx"]), int(data["errors"]),
+                    float(data["duration_s"]), {k: float(v) for k, v in data["latency_us"].items()})
+
+
+_UNITS_US = {"us": 1.0, "ms": 1e3, "s": 1e6, "m": 60e6, "h": 3600e6}
+
+
+def parse_wrk_distribution(text: str) -> dict[str, float]:
+    """The percentiles of wrk's --latency 'Latency Distribution' block, in microseconds."""
+    found: dict[str, float] = {}
+    block = text.partition("Latency Distribution")[2]
+    for pct, value, unit in re.findall(r"^\s*(\d+)%\s+([\d.]+)(us|ms|s|m|h)\s*$", block, re.M):
+        found[f"p{pct}"] = float(value) * _UNITS_US[unit]
+    return found
+
+
+def parse_wrk(text: str) -> Load:
+    """wrk's result: the WRK_RESULT line of bench/ingest.lua's done(), else wrk's own text."""
+    for line in text.splitlines():
+        if line.startswith("WRK_RESULT "):
+            data = json.loads(line[len("WRK_RESULT "):])
+            errors = (data["connect_errors"] + data["read_errors"] + data["write_errors"]
+                      + data["timeouts"])
+            return Load(int(data["requests"]), int(data["status_errors"]), int(errors),
+                        data["duration_us"] / 1e6, {k: float(v) for k, v in data["latency_us"].items()})
+    # No done() output (an old wrk, a changed script): read the human-readable summary.
+    summary = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m|h)", text)
+    if summary is None:
+        raise RuntimeError(f"cannot read wrk's output:\n{text}")
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    return Load(
+        requests=int(summary.group(1)),
+        non2xx=int(non2xx.group(1)) if non2xx else 0,
+        errors=sum(int(g) for g in socket.groups()) if socket else 0,
+        duration_s=float(summary.group(2)) * _UNITS_US[summary.group(3)] / 1e6,
+        latency_us=parse_wrk_distribution(text),
+    )
+
+
+# --- one measurement ------------------------------------------------------------------------------
+
+
+@dataclass
+class Measurement:
+    server: str
+    load: Load
+    events_per_request: int
+    peak_rss: int | None
+    exit_status: int | None
+    server_cpu: float = 0.0  # CPUs the server used during the measurement (1.0 = one core)
+    other_cpu: float = 0.0  # CPUs used meanwhile by processes that are not part of this run
+    steal_cpu: float = 0.0  # CPUs the hypervisor took away meanwhile
+    stored: int | None = None
+    acknowledged: int | None = None
+    dead_letters: int | None = None
+
+    def figures(self) -> dict[str, Any]:
+        rps = self.load.ok / self.load.duration_s if self.load.duration_s else 0.0
+        return {
+            "requests_per_s": rps,
+            "events_per_s": rps * self.events_per_request,
+            "p50_ms": self.load.latency_us.get("p50", 0.0) / 1000,
+            "p99_ms": self.load.latency_us.get("p99", 0.0) / 1000,
+            "peak_rss_mib": self.peak_rss / 2**20 if self.peak_rss is not None else None,
+            "requests": self.load.requests,
+            "non_2xx": self.load.non2xx,
+            "socket_errors": self.load.errors,
+            "duration_s": self.load.duration_s,
+            "server_cpu_pct": self.server_cpu * 100,
+            "events_per_server_cpu_s": (rps * self.events_per_request / self.server_cpu
+                                        if self.server_cpu else None),
+            "other_processes_cpu_pct": self.other_cpu * 100,
+            "steal_cpu_pct": self.steal_cpu * 100,
+            "exit_status": self.exit_status,
+            "queue_stored_events": self.stored,
+            "acknowledged_events": self.acknowledged,
+            "queue_dead_letters": self.dead_letters,
+        }
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """CPU seconds: the server's, this script's and its reaped children's (the load generator),
+    and the whole machine's, to tell how much of a core the server got and who else ran."""
+
+    at: float
+    server: float
+    ours: float
+    busy: float
+    steal: float
+
+    @classmethod
+    def take(cls, pid: int) -> CpuSample:
+        tick = os.sysconf("SC_CLK_TCK")
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+            server = (int(fields[11]) + int(fields[12])) / tick  # utime, stime (all threads)
+        except (OSError, IndexError, ValueError):
+            server = 0.0
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        ours = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+        busy = steal = 0.0
+        try:
+            with open("/proc/stat") as f:
+                cpu = [int(v) / tick for v in f.readline().split()[1:]]
+            busy, steal = cpu[0] + cpu[1] + cpu[2], cpu[7]  # user, nice, system; steal
+        except (OSError, IndexError, ValueError):
+            pass
+        return cls(time.monotonic(), server, ours, busy, steal)
+
+    def since(self, before: CpuSample) -> tuple[float, float, float]:
+        """(server, other processes, steal) in CPUs over the interval."""
+        elapsed = max(self.at - before.at, 1e-9)
+        server = self.server - before.server
+        other = (self.busy - before.busy) - server - (self.ours - before.ours)
+        return server / elapsed, max(0.0, other) / elapsed, (self.steal - before.steal) / elapsed
+
+
+@dataclass
+class Plan:
+    duration: float
+    warmup: float
+    generator: Generator
+    server_cpu: int | None
+    base_dir: str | None
+    run_id: str
+
+
+def measure(plan: Plan, procs: Processes, kind: str, workload: Workload) -> Measurement:
+    workdir = Path(tempfile.mkdtemp(prefix=f"relay-bench-{kind}-{workload.name}-", dir=plan.base_dir))
+    try:
+        template = workdir / "body.json"
+        template.write_text(workload.body_template())
+        if kind == "bare":
+            server = start_bare(procs, workdir, plan.server_cpu)
+        else:
+            server = start_relay(procs, workdir, plan.server_cpu, plugins=kind == "plugins")
+        try:
+            url = f"http://127.0.0.1:{server.port}{workload.path}"
+            warm = None
+            if plan.warmup > 0:
+                warm = plan.generator.run(url, template, plan.warmup, f"{plan.run_id}-{kind}-warm")
+            before = CpuSample.take(server.proc.pid)
+            load = plan.generator.run(url, template, plan.duration, f"{plan.run_id}-{kind}-run")
+            cpu = CpuSample.take(server.proc.pid).since(before)
+            rss = peak_rss_bytes(server.proc.pid)
+        finally:
+            status = procs.stop(server.proc)
+        result = Measurement(kind, load, workload.events, rss, status, *cpu)
+        if kind != "bare" and server.config_path is not None:
+            report = queue_status(server.config_path)
+            result.stored = int(report["queue"]["events"])
+            result.dead_letters = int(report["dead_letter"]["events"])
+            result.acknowledged = (load.ok + (warm.ok if warm else 0)) * workload.events
+        return result
+    finally:
+        with shielded():
+            procs.stop_all()  # nothing may still write into the directory being removed
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def ratios(bare: dict[str, Any], relay: dict[str, Any]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for key in ("requests_per_s", "events_per_s", "p50_ms", "p99_ms", "peak_rss_mib"):
+        b, r = bare.get(key), relay.get(key)
+        out[key] = r / b if b and r is not None else None
+    return out
+
+
+def target(workload: Workload, relay: dict[str, Any], ratio: dict[str, Any]) -> dict[str, Any]:
+    if workload.name == "single":
+        value = ratio["requests_per_s"] or 0.0
+        return {"what": f"relay/bare requests/s >= {SINGLE_TARGET_RATIO}", "value": value,
+                "met": value >= SINGLE_TARGET_RATIO}
+    value = relay["events_per_s"]
+    return {"what": f"relay events/s >= {BATCH_TARGET_EVENTS:,} (fsync)", "value": value,
+            "met": value >= BATCH_TARGET_EVENTS}
+
+
+# --- output ---------------------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_workload(workload: Workload, results: dict[str, Any], out: Callable[[str], None]) -> None:
+    bare, relay, ratio, goal = results["bare"], results["relay"], results["ratio"], results["target"]
+    out("")
+    out(f"{workload.name}: POST {workload.path}, {workload.events} event(s) a request, "
+        f"body {results['body_bytes']:,} bytes")
+    out(f"  {'server':<11}{'requests/s':>12}{'events/s':>12}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'peak RSS MiB':>14}{'CPU %':>7}{'non-2xx':>9}{'errors':>8}")
+    for name, row in (("bare", bare), ("relay", relay)):
+        out(f"  {name:<11}{row['requests_per_s']:>12,.0f}{row['events_per_s']:>12,.0f}"
+            f"{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}{_fmt(row['peak_rss_mib'], '.1f'):>14}"
+            f"{row['server_cpu_pct']:>7.0f}{row['non_2xx']:>9}{row['socket_errors']:>8}")
+    out(f"  {'relay/bare':<11}{_fmt(ratio['requests_per_s'], '.2f'):>12}"
+        f"{_fmt(ratio['events_per_s'], '.2f'):>12}{_fmt(ratio['p50_ms'], '.2f'):>9}"
+        f"{_fmt(ratio['p99_ms'], '.2f'):>9}{_fmt(ratio['peak_rss_mib'], '.2f'):>14}")
+    if relay["queue_stored_events"] is not None:
+        held = relay["queue_stored_events"] >= relay["acknowledged_events"]
+        out(f"  queue check: {relay['queue_stored_events']:,} events stored, "
+            f"{relay['acknowledged_events']:,} acknowledged (warm-up included), "
+            f"{relay['queue_dead_letters']} dead letters: {'OK' if held else 'EVENTS MISSING'}")
+    noise = max(bare["other_processes_cpu_pct"] + bare["steal_cpu_pct"],
+                relay["other_processes_cpu_pct"] + relay["steal_cpu_pct"])
+    if noise >= NOISE_WARNING_PCT:
+        out(f"  warning: other processes took up to {noise:.0f}% of a CPU meanwhile; the figures are "
+            "disturbed (CPU % is what each server got)")
+    shown = f"{goal['value']:.2f}" if workload.name == "single" else f"{goal['value']:,.0f}"
+    out(f"  target: {goal['what']}: {shown} -> {'MET' if goal['met'] else 'MISSED'}")
+    if "plugins" in results:
+        chain, share = results["plugins"], results["plugins_ratio"]["events_per_s"]
+        out(f"  with the plugin chain (privacy + user_agent + consent + tracking_plan): "
+            f"{chain['events_per_s']:,.0f} events/s, p99 {chain['p99_ms']:.2f} ms, "
+            f"{_fmt(share, '.2f')} of the plugin-free relay "
+            f"(target >= {PLUGINS_TARGET_RATIO}): "
+            f"{'MET' if share is not None and share >= PLUGINS_TARGET_RATIO else 'MISSED'}")
+
+
+def filesystem_of(path: str) -> str:
+    """The file system type holding ``path`` (from /proc/mounts), to flag tmpfs (free fsync)."""
+    best, fstype = "", "unknown"
+    real = os.path.realpath(path)
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                fields = line.split()
+                mount = fields[1].replace("\\040", " ")
+                if (real == mount or real.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
+                    best, fstype = mount, fields[2]
+    except OSError:
+        pass
+    return fstype
+
+
+# --- main -----------------------------------------------------------------------------------------
+
+
+def choose_cpus(pin: bool) -> tuple[int | None, int | None, str]:
+    cpus = sorted(os.sched_getaffinity(0))
+    if not pin:
+        return None, None, "not pinned (--no-pin)"
+    if len(cpus) < 2:
+        return None, None, f"not pinned: only {len(cpus)} CPU available"
+    return cpus[0], cpus[1], f"server on CPU {cpus[0]}, load generator on CPU {cpus[1]}"
+
+
+@contextmanager
+def shielded() -> Iterator[None]:
+    """Clean-up runs to its end even when Ctrl-C is pressed again meanwhile."""
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in sigs}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP end the run like Ctrl-C does, through the same clean-up."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Benchmark the relay's ingest against a bare aiohttp+uvloop handler.",
+        epilog="Run from the repository root: .venv/bin/python bench/ingest.py",
+    )
+    parser.add_argument("--duration", type=float, default=10.0,
+                        help="seconds a measurement (default 10; whole seconds with wrk)")
+    parser.add_argument("--connections", type=int, default=64, help="concurrent connections (default 64)")
+    parser.add_argument("--only", choices=sorted(WORKLOADS), help="run one workload only")
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON only")
+    parser.add_argument("--plugins", action="store_true",
+                        help="also measure the relay with a typical plugin chain (issue 4)")
+    parser.add_argument("--warmup", type=float, default=2.0,
+                        help="seconds of load before each measurement, not counted (default 2)")
+    parser.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto",
+                        help="load generator: wrk when installed (auto), or the Python one")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="wrk threads (default: the number of CPUs the load generator has)")
+    parser.add_argument("--dir", help="where the temporary queue directories go (default: $TMPDIR)")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    args = parser.parse_args(argv)
+    if args.duration <= 0 or args.connections < 1 or args.warmup < 0:
+        parser.error("--duration and --connections must be positive, --warmup not negative")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out: Callable[[str], None] = (lambda _: None) if args.json else (lambda s: print(s, flush=True))
+    server_cpu, load_cpu, pinning = choose_cpus(not args.no_pin)
+    if load_cpu is not None:
+        os.sched_setaffinity(0, {load_cpu})  # keep this script off the server's CPU too
+    have_wrk = shutil.which("wrk") is not None
+    if args.generator == "wrk" and not have_wrk:
+        print("bench: wrk is not installed (apt-get install wrk)", file=sys.stderr)
+        return 2
+    use_wrk = have_wrk and args.generator != "python"
+    threads = args.threads or (1 if load_cpu is not None else len(os.sched_getaffinity(0)))
+    threads = max(1, min(threads, args.connections))
+    procs = Processes()
+    generator: Generator = (Wrk if use_wrk else PythonLoad)(procs, load_cpu, threads, args.connections)
+    base_dir = args.dir or tempfile.gettempdir()
+    plan = Plan(args.duration, args.warmup, generator, server_cpu, base_dir, f"{time.time_ns():x}")
+    names = [args.only] if args.only else list(WORKLOADS)
+    report: dict[str, Any] = {
+        "setup": {
+            "generator": generator.name + (f" -t{threads}" if use_wrk else ""),
+            "connections": args.connections,
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "pinning": pinning,
+            "durability": "fsync",
+            "queue_filesystem": filesystem_of(base_dir),
+            "python": sys.version.split()[0],
+            "cpus": os.cpu_count(),
+        },
+        "workloads": {},
+    }
+    setup = report["setup"]
+    out(f"relay ingest benchmark: {setup['generator']}, {args.connections} connections, "
+        f"{args.duration:g} s per measurement after {args.warmup:g} s warm-up; {pinning}")
+    out(f"queue: durability fsync, in {base_dir} ({setup['queue_filesystem']})")
+    if setup["queue_filesystem"] == "tmpfs":
+        out("warning: the queue is on tmpfs, where fsync costs nothing; use --dir on a real disk")
+    if not use_wrk:
+        why = "--generator python" if have_wrk else "wrk is not installed"
+        out(f"note: {why}; the Python load generator may limit the bare handler's figures")
+    try:
+        with stop_on_signals():
+            for name in names:
+                workload = WORKLOADS[name]
+                results: dict[str, Any] = {"path": workload.path, "events_per_request": workload.events,
+                                           "body_bytes": len(workload.body_template())}
+                kinds = ("bare", "relay", "plugins") if args.plugins else ("bare", "relay")
+                for kind in kinds:
+                    out(f"  measuring {name} on {kind} ...")
+                    results[kind] = measure(plan, procs, kind, workload).figures()
+                results["ratio"] = ratios(results["bare"], results["relay"])
+                results["target"] = target(workload, results["relay"], results["ratio"])
+                if args.plugins:
+                    results["plugins_ratio"] = ratios(results["relay"], results["plugins"])
+                report["workloads"][name] = results
+                print_workload(workload, results, out)
+    except KeyboardInterrupt:
+        print("\nbench: interrupted; servers stopped, temporary files removed", file=sys.stderr)
+        return 130
+    finally:
+        with shielded():
+            procs.stop_all()
+    report["targets_met"] = all(w["target"]["met"] for w in report["workloads"].values())
+    if args.json:
+        print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
