@@ -76,8 +76,8 @@ def fill(path: Path, count: int) -> int:
     return total
 
 
-def start_relay(procs: common.Processes, workdir: Path, cpu: int | None, upstream: int, gzip: bool
-                ) -> common.Server:
+def start_relay(procs: common.Processes, workdir: Path, cpu: int | None, upstream: int, gzip: bool,
+                concurrency: int = 1) -> common.Server:
     config_path = workdir / "relay.toml"
     config_path.write_text(
         '[server]\nhost = "127.0.0.1"\nport = 0\nshutdown_timeout = 5.0\n'
@@ -86,7 +86,7 @@ def start_relay(procs: common.Processes, workdir: Path, cpu: int | None, upstrea
         "[admin]\nenabled = false\n"
         '[[destinations]]\nname = "upstream"\ntype = "segment"\n'
         f'endpoint = "http://127.0.0.1:{upstream}"\ngzip = {"true" if gzip else "false"}\n'
-        "max_events = 500\n"
+        f"max_events = 500\nconcurrency = {concurrency}\n"
     )
     log_path = workdir / "relay.log"
     with open(log_path, "wb") as log:
@@ -118,7 +118,7 @@ def run_mode(args: argparse.Namespace, gzip: bool, generator: common.Generator |
         body_bytes = fill(db, args.events)
         upstream = common.start_bare(procs, workdir, other_cpu)
         started = time.monotonic()
-        relay = start_relay(procs, workdir, relay_cpu, upstream.port, gzip)
+        relay = start_relay(procs, workdir, relay_cpu, upstream.port, gzip, args.concurrency)
         ingest: dict[str, Any] | None = None
         if generator is not None:
             template = workdir / "batch.json"
@@ -141,7 +141,8 @@ def run_mode(args: argparse.Namespace, gzip: bool, generator: common.Generator |
         procs.stop(relay.proc)
         procs.stop(upstream.proc)
         result: dict[str, Any] = {
-            "gzip": gzip, "events": args.events, "delivered": done, "seconds": elapsed,
+            "gzip": gzip, "concurrency": args.concurrency, "events": args.events, "delivered": done,
+            "seconds": elapsed,
             "events_per_s": done / elapsed if elapsed else 0.0,
             "peak_rss_mib": rss / 2**20 if rss else None, "body_bytes": body_bytes,
         }
@@ -160,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ingest-duration", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--no-ingest", action="store_true", help="skip the drain-while-ingesting runs")
+    parser.add_argument("--concurrency", type=int, default=1,
+                        help="the destination's requests in flight (1, the default, keeps strict order)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     relay_cpu, other_cpu, _ = common.choose_cpus(True)
