@@ -23,7 +23,7 @@ from relay.retry import Answer
 from relay.sinks import Outgoing
 from relay.sinks import fields as f
 from relay.sinks import options as opts
-from relay.sinks.http import HttpClient
+from relay.sinks.http import HttpClient, HttpSink
 from relay.store import Stored
 
 DEFAULT_ENDPOINT = "https://api2.amplitude.com"
@@ -238,7 +238,7 @@ def interpret(answer: Answer, throttle_wait: float) -> Answer:
 # --- the sink ---------------------------------------------------------------------------------
 
 
-class AmplitudeSink:
+class AmplitudeSink(HttpSink):
     def __init__(self, config: DestinationConfig) -> None:
         self.config = config
         self.options = opts.parse(config.options, AmplitudeOptions)
@@ -262,15 +262,6 @@ class AmplitudeSink:
 
     def __repr__(self) -> str:
         return f"AmplitudeSink({self.config.name!r}, {self._http.shown_url!r})"
-
-    async def start(self) -> None:
-        await self._http.start()
-
-    async def stop(self) -> None:
-        await self._http.stop()
-
-    async def probe(self) -> bool:
-        return await self._http.probe()
 
     def prepare(self, event: Stored) -> Outgoing | None:
         events = to_amplitude(_decode(event.body), self.options)

@@ -91,6 +91,21 @@ class HttpClient:
         return text.replace(self.url, self.shown_url)
 
 
+class HttpSink:
+    """start, stop and probe for a sink that talks to its upstream through ``_http``."""
+
+    _http: HttpClient
+
+    async def start(self) -> None:
+        await self._http.start()
+
+    async def stop(self) -> None:
+        await self._http.stop()
+
+    async def probe(self) -> bool:
+        return await self._http.probe()
+
+
 async def _read_capped(stream: aiohttp.StreamReader) -> bytes:
     """Up to ``MAX_ANSWER_BYTES`` of an answer's body (``read(n)`` may stop at a chunk)."""
     chunks: list[bytes] = []

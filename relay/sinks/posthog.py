@@ -25,7 +25,7 @@ from relay.retry import Answer
 from relay.sinks import Outgoing
 from relay.sinks import fields as f
 from relay.sinks import options as opts
-from relay.sinks.http import HttpClient
+from relay.sinks.http import HttpClient, HttpSink
 from relay.store import Stored
 
 DEFAULT_ENDPOINT = "https://us.i.posthog.com"
@@ -163,7 +163,7 @@ def event_uuid(message_id: object) -> str | None:
 # --- the sink ---------------------------------------------------------------------------------
 
 
-class PostHogSink:
+class PostHogSink(HttpSink):
     def __init__(self, config: DestinationConfig) -> None:
         self.config = config
         self.options = opts.parse(config.options, PostHogOptions)
@@ -176,15 +176,6 @@ class PostHogSink:
 
     def __repr__(self) -> str:
         return f"PostHogSink({self.config.name!r}, {self._http.shown_url!r})"
-
-    async def start(self) -> None:
-        await self._http.start()
-
-    async def stop(self) -> None:
-        await self._http.stop()
-
-    async def probe(self) -> bool:
-        return await self._http.probe()
 
     def prepare(self, event: Stored) -> Outgoing:
         return Outgoing(event, _encode(to_posthog(_decode(event.body), self.options)), "")

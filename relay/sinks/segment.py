@@ -19,14 +19,14 @@ from relay import timestamps
 from relay.config import DestinationConfig
 from relay.retry import Answer
 from relay.sinks import Outgoing
-from relay.sinks.http import HttpClient
+from relay.sinks.http import HttpClient, HttpSink
 from relay.store import Stored
 
 _decode = msgspec.json.Decoder(dict[str, Any]).decode
 _encode = msgspec.json.Encoder().encode
 
 
-class SegmentSink:
+class SegmentSink(HttpSink):
     def __init__(self, config: DestinationConfig) -> None:
         self.config = config
         self._http = HttpClient(config, config.endpoint.rstrip("/") + "/v1/batch")
@@ -35,15 +35,6 @@ class SegmentSink:
     @property
     def url(self) -> str:
         return self._http.url
-
-    async def start(self) -> None:
-        await self._http.start()
-
-    async def stop(self) -> None:
-        await self._http.stop()
-
-    async def probe(self) -> bool:
-        return await self._http.probe()
 
     def prepare(self, event: Stored) -> Outgoing:
         body = _decode(event.body)

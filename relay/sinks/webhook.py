@@ -27,7 +27,7 @@ from relay.config import DestinationConfig
 from relay.retry import Answer
 from relay.sinks import Outgoing
 from relay.sinks import options as opts
-from relay.sinks.http import HttpClient
+from relay.sinks.http import HttpClient, HttpSink
 from relay.store import Stored
 
 SIGNATURE_HEADER = "X-Signature"
@@ -61,7 +61,7 @@ def batch_body(events: Sequence[bytes]) -> bytes:
     return b'{"batch":[' + b",".join(events) + b"]}"
 
 
-class WebhookSink:
+class WebhookSink(HttpSink):
     def __init__(self, config: DestinationConfig) -> None:
         self.config = config
         self.options = opts.parse(config.options, WebhookOptions)
@@ -81,15 +81,6 @@ class WebhookSink:
 
     def __repr__(self) -> str:
         return f"WebhookSink({self.config.name!r}, {self.options!r})"
-
-    async def start(self) -> None:
-        await self._http.start()
-
-    async def stop(self) -> None:
-        await self._http.stop()
-
-    async def probe(self) -> bool:
-        return await self._http.probe()
 
     def prepare(self, event: Stored) -> Outgoing:
         return Outgoing(event, event.body, "")
