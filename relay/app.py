@@ -208,6 +208,7 @@ class Relay:
         """What ``relay status --json`` prints (and the admin listener's /status answers)."""
         report = await self.queue.status()
         report["queue"]["path"] = self.config.queue.path
+        report["queue"]["max_bytes"] = self.config.queue.max_bytes
         report["destinations"] = [await f.status() for f in self.forwarders]
         return report
 

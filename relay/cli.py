@@ -108,6 +108,7 @@ def status_report(cfg: config.Config) -> dict[str, Any]:
             store.destination_status(conn, d.name, d.type, now) for d in cfg.destinations
         ]
     report["queue"]["path"] = cfg.queue.path
+    report["queue"]["max_bytes"] = cfg.queue.max_bytes
     return report
 
 
@@ -121,7 +122,7 @@ def _text_status(report: dict[str, Any]) -> str:
     lines = [
         f"queue         {q['path']}",
         f"  events      {q['events']}",
-        f"  bytes       {q['bytes']} in use of the file (cap {q.get('max_bytes', '-')})",
+        f"  bytes       {q['bytes']} in use of the file (cap {q['max_bytes']})",
         f"  oldest age  {q['oldest_age_s']} s",
         f"  evicted     {q['evicted_events']}",
         f"dead letters  {d['events']}",
