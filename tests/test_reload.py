@@ -125,3 +125,31 @@ async def test_sighup_and_relay_reload_apply_a_good_file_and_refuse_a_bad_one(re
         while delivered() != ["m1", "m2", "m4"]:
             await asyncio.sleep(0.05)
     assert await asyncio.to_thread(proc.terminate) == 0
+
+
+async def test_admin_token_and_cors_origins_change_live(start_relay, tmp_path):
+    import aiohttp
+
+    relay = await start_relay(admin={"token": "old-token"}, server={"cors_origins": ["https://a.example"]})
+
+    async def admin_status(token: str) -> int:
+        async with relay.session.get(f"{relay.admin_url}/status",
+                                     headers={"Authorization": f"Bearer {token}"},
+                                     timeout=aiohttp.ClientTimeout(total=10)) as resp:
+            return resp.status
+
+    async def allowed_origin(origin: str) -> str | None:
+        async with relay.session.options(f"{relay.url}/v1/t", headers={
+                "Origin": origin, "Access-Control-Request-Method": "POST"},
+                timeout=aiohttp.ClientTimeout(total=10)) as resp:
+            return resp.headers.get("Access-Control-Allow-Origin")
+
+    assert (await admin_status("old-token"), await admin_status("new-token")) == (200, 401)
+    assert (await allowed_origin("https://a.example"), await allowed_origin("https://b.example")) == (
+        "https://a.example", None)
+    new = make_config(tmp_path, admin={"token": "new-token"},
+                      server={"cors_origins": ["https://b.example"]})
+    assert await relay.relay.reload(new) == []
+    assert (await admin_status("old-token"), await admin_status("new-token")) == (401, 200)
+    assert (await allowed_origin("https://a.example"), await allowed_origin("https://b.example")) == (
+        None, "https://b.example")
