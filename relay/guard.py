@@ -2,9 +2,11 @@
 
 aiohttp bounds idle keep-alive connections but not a client that sends its headers a
 byte at a time (slowloris). The guard wraps aiohttp's protocol by composition: a new
-connection past ``max_connections`` is refused at once, and a connection that has not
-sent a complete request head (``\\r\\n\\r\\n``) within ``header_timeout`` of connecting is
-closed. Request bodies are bounded by ``server.body_timeout`` where they are read.
+connection past ``max_connections`` is refused at once, and a request head must be
+complete within ``header_timeout`` of the connection opening or of its first byte. The
+guard follows request boundaries (``Framing``) to know where each head starts; after a
+chunked body it stops following and later heads on that connection are not timed.
+Request bodies are bounded by ``server.body_timeout`` where they are read.
 """
 
 from __future__ import annotations
@@ -17,6 +19,72 @@ from typing import Any, cast
 
 log = logging.getLogger(__name__)
 HEAD_END = b"\r\n\r\n"
+MAX_HEAD_BYTES = 64 * 1024
+
+
+def content_length(head: bytes) -> int | None:
+    """The body length a request head announces: 0 without one, None when it cannot be
+    followed from the bytes alone (chunked, or a malformed or repeated length)."""
+    lowered = head.lower()
+    if b"\r\ntransfer-encoding:" in lowered:
+        return None
+    lengths = [line[len(b"content-length:"):].strip() for line in lowered.split(b"\r\n")
+               if line.startswith(b"content-length:")]
+    if not lengths:
+        return 0
+    if len(lengths) > 1 or not lengths[0].isdigit():
+        return None
+    return int(lengths[0])
+
+
+class Framing:
+    """Request boundaries on one connection, read from the bytes as they arrive: a head
+    ends at ``\\r\\n\\r\\n`` and a body of Content-Length bytes follows. ``feed`` returns
+    how many heads started and how many ended in ``data``."""
+
+    IDLE, HEAD, BODY, LOST = range(4)
+
+    def __init__(self) -> None:
+        self.state = self.IDLE
+        self._head = bytearray()
+        self._remaining = 0
+
+    def feed(self, data: bytes) -> tuple[int, int]:
+        started = ended = 0
+        pos, size = 0, len(data)
+        while pos < size and self.state != self.LOST:
+            if self.state == self.IDLE:
+                if data[pos] in b"\r\n":  # blank lines between requests are allowed
+                    pos += 1
+                    continue
+                self.state, started = self.HEAD, started + 1
+                self._head.clear()
+            elif self.state == self.HEAD:
+                before = len(self._head)
+                self._head += data[pos:]
+                at = self._head.find(HEAD_END, max(0, before - 3))
+                if at < 0:
+                    pos = size
+                    if len(self._head) > MAX_HEAD_BYTES:
+                        self.state = self.LOST  # aiohttp refuses such a head anyway
+                    continue
+                pos += at + len(HEAD_END) - before
+                length = content_length(bytes(self._head[:at]))
+                self._head.clear()
+                ended += 1
+                if length is None:
+                    self.state = self.LOST
+                elif length:
+                    self.state, self._remaining = self.BODY, length
+                else:
+                    self.state = self.IDLE
+            else:
+                take = min(self._remaining, size - pos)
+                pos += take
+                self._remaining -= take
+                if not self._remaining:
+                    self.state = self.IDLE
+        return started, ended
 
 
 @dataclass(slots=True)
@@ -37,7 +105,7 @@ class ConnectionGuard(asyncio.Protocol):
         self._inner: Any = None
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._tail = b""
+        self._framing = Framing()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -57,12 +125,15 @@ class ConnectionGuard(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._inner is None:
             return
-        if self._timer is not None:
-            if HEAD_END in self._tail + data[:4] or HEAD_END in data:
-                self._timer.cancel()
-                self._timer = None
-            else:
-                self._tail = (self._tail + data)[-3:]
+        _, ended = self._framing.feed(data)
+        if self._framing.state == Framing.HEAD:
+            if self._timer is None or ended:  # a head began after the last one ended: its own deadline
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._timer = asyncio.get_running_loop().call_later(self._header_timeout, self._expire)
+        elif self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:

@@ -83,3 +83,34 @@ async def test_connections_past_the_limit_are_refused_and_served_again_once_othe
         await asyncio.sleep(0.02)
     status, body, _ = await relay.post("/v1/track", {"userId": "u", "event": "After"})
     assert (status, body) == (200, {"success": True})
+
+
+async def test_a_slowloris_after_a_good_request_on_a_kept_alive_connection_is_cut_off(start_relay):
+    relay = await start_relay(server={"header_timeout": 0.5})
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.relay.port)
+    body = json.dumps({"userId": "u", "event": "First"}).encode()
+    writer.write(HEAD + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.readuntil(b'{"success":true}'), 10)
+    assert answer.startswith(b"HTTP/1.1 200")
+    writer.write(HEAD)  # the second request's head never ends
+    stop = asyncio.Event()
+
+    async def dribble() -> None:
+        while not stop.is_set():
+            try:
+                writer.write(b"X-Slow: y\r\n")
+                await writer.drain()
+            except (ConnectionError, RuntimeError):
+                return
+            await asyncio.sleep(0.05)
+
+    task = asyncio.create_task(dribble())
+    try:
+        assert await closed_by_peer(reader) == b""
+        assert relay.relay.guard.header_timeouts == 1
+    finally:
+        stop.set()
+        await task
+        writer.close()
+    assert [e["event"] for e in relay.events()] == ["First"]

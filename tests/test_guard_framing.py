@@ -1,0 +1,41 @@
+"""Request boundaries read from the bytes alone, so that each head gets its own deadline."""
+
+from __future__ import annotations
+
+import pytest
+
+from relay.guard import Framing, content_length
+
+HEAD = b"POST /v1/track HTTP/1.1\r\nHost: r\r\nContent-Length: 2\r\n\r\n"
+GET = b"GET /v1/pixel/track?userId=u HTTP/1.1\r\nHost: r\r\n\r\n"
+
+
+@pytest.mark.parametrize(("head", "expected"), [
+    (b"GET / HTTP/1.1\r\nHost: r", 0),
+    (b"POST / HTTP/1.1\r\nContent-Length: 17", 17),
+    (b"POST / HTTP/1.1\r\ncontent-length:  5 ", 5),
+    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked", None),
+    (b"POST / HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3", None),
+    (b"POST / HTTP/1.1\r\nContent-Length: -1", None),
+    (b"POST / HTTP/1.1\r\nContent-Length: x", None),
+])
+def test_content_length_is_read_or_refused(head, expected):
+    assert content_length(head) == expected
+
+
+@pytest.mark.parametrize(("chunks", "state", "heads"), [
+    ([HEAD + b"{}"], Framing.IDLE, (1, 1)),  # one whole request
+    ([HEAD[:10], HEAD[10:30], HEAD[30:] + b"{"], Framing.BODY, (1, 1)),  # head in pieces, half a body
+    ([HEAD + b"{}" + HEAD[:5]], Framing.HEAD, (2, 1)),  # the next request has begun
+    ([HEAD + b"{}" + GET + GET], Framing.IDLE, (3, 3)),  # pipelined, bodiless GETs
+    ([HEAD[:-2], b"\r\n{}\r\n"], Framing.IDLE, (1, 1)),  # CRLFCRLF split across reads; a stray CRLF
+    ([b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}"], Framing.LOST, (1, 1)),
+    ([b"GET / HTTP/1.1\r\n" + b"X: " + b"y" * 70_000], Framing.LOST, (1, 0)),
+])
+def test_framing_follows_heads_and_bodies(chunks, state, heads):
+    framing = Framing()
+    started = ended = 0
+    for chunk in chunks:
+        s, e = framing.feed(chunk)
+        started, ended = started + s, ended + e
+    assert (framing.state, (started, ended)) == (state, heads)
