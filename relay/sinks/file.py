@@ -39,10 +39,6 @@ class FileSink:
         self._written = 0
         self._lock = asyncio.Lock()
 
-    @property
-    def current_path(self) -> Path | None:
-        return Path(self._file.name) if self._file is not None else None
-
     async def start(self) -> None:
         await asyncio.to_thread(self._trim_torn_tail)
 
