@@ -196,11 +196,39 @@ def _require_filter(args: argparse.Namespace) -> deadletters.Filter:
 def cmd_dlq_replay(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     flt = _require_filter(args)
-    with _open_queue(cfg, write=True) as conn, _progress(deadletters.count(conn, flt), "replay") as bar:
-        result = deadletters.replay(conn, flt, bar)
+    with _ingest_plugins(cfg) as admit, _open_queue(cfg, write=True) as conn, \
+            _progress(deadletters.count(conn, flt), "replay") as bar:
+        result = deadletters.replay(conn, flt, bar, admit=admit)
     _emit({"queued": result.queued, "still_invalid": result.still_invalid}, args.json,
           lambda r: f"queued {r['queued']} dead letters again; {r['still_invalid']} still invalid")
     return 0
+
+
+@contextmanager
+def _ingest_plugins(cfg: config.Config) -> Iterator[deadletters.Admit | None]:
+    """The configured ingest plugins, loaded on an event loop of this command's own, as a
+    replay's ``admit`` step (None when no plugin runs at ingest)."""
+    import asyncio
+
+    from relay.ingest import through_ingest_plugins
+    from relay.plugins.pipeline import Pipeline
+
+    pipeline = Pipeline.from_config(cfg)
+    if not pipeline.runs_at_ingest:
+        yield None
+        return
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(pipeline.start())
+
+        def admit(event: Any, arrival: Any) -> Any:
+            events, refused = loop.run_until_complete(through_ingest_plugins(pipeline, event, arrival))
+            return None if refused else events
+
+        yield admit
+    finally:
+        loop.run_until_complete(pipeline.stop())
+        loop.close()
 
 
 def cmd_dlq_purge(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ import msgspec
 
 from relay import store, timestamps
 from relay.errors import InvalidMessage
-from relay.event import Arrival, check_size, normalise
+from relay.event import Arrival, Event, check_size, normalise
 
 INGEST = "(ingest)"
 _decode = msgspec.json.decode
@@ -106,9 +106,15 @@ class ReplayResult:
     still_invalid: int = 0
 
 
+Admit = Callable[[Event, Arrival], "list[Event] | None"]
+"""Runs the ingest plugins on a re-validated ingest dead letter: the events to queue, or
+None when a plugin refuses it again."""
+
+
 def replay(conn: sqlite3.Connection, flt: Filter, progress: Callable[[int], None] | None = None,
-           chunk: int = 500) -> ReplayResult:
-    """Queue matching dead letters again (each chunk in one transaction) and remove them."""
+           chunk: int = 500, admit: Admit | None = None) -> ReplayResult:
+    """Queue matching dead letters again (each chunk in one transaction) and remove them.
+    Ingest dead letters are validated again and, with ``admit``, pass the ingest plugins."""
     result = ReplayResult()
     where, params = flt.where()
     joiner = " AND " if where else " WHERE "
@@ -123,13 +129,13 @@ def replay(conn: sqlite3.Connection, flt: Filter, progress: Callable[[int], None
         last = rows[-1][0]
         with store.transaction(conn):
             for letter_id, destination, write_key, message_id, received_at, body in rows:
-                event_row = _requeue(destination, write_key, message_id, received_at, body)
-                if event_row is None:
+                event_rows = _requeue(destination, write_key, message_id, received_at, body, admit)
+                if event_rows is None:
                     result.still_invalid += 1
                     continue
-                conn.execute(
+                conn.executemany(
                     "INSERT INTO events (received_at, write_key, message_id, type, body, target)"
-                    " VALUES (?,?,?,?,?,?)", event_row,
+                    " VALUES (?,?,?,?,?,?)", event_rows,
                 )
                 conn.execute("DELETE FROM dead_letters WHERE id = ?", (letter_id,))
                 result.queued += 1
@@ -138,7 +144,7 @@ def replay(conn: sqlite3.Connection, flt: Filter, progress: Callable[[int], None
 
 
 def _requeue(destination: str | None, write_key: str, message_id: str | None, received_at: float | None,
-             body: bytes) -> tuple[Any, ...] | None:
+             body: bytes, admit: Admit | None) -> list[tuple[Any, ...]] | None:
     when = received_at if received_at is not None else time.time()
     try:
         message = _decode(body)
@@ -146,15 +152,18 @@ def _requeue(destination: str | None, write_key: str, message_id: str | None, re
         return None
     if destination is not None:
         kind = message.get("type", "track") if isinstance(message, dict) else "track"
-        return (when, write_key, message_id or "", kind, bytes(body), destination)
+        return [(when, write_key, message_id or "", kind, bytes(body), destination)]
     arrival = Arrival(write_key=write_key, received_at=datetime.fromtimestamp(when, UTC))
     try:
         event = normalise(message, arrival)
-        encoded = event.encode()
-        check_size(encoded)
+        if admit is None:
+            check_size(event.encode())
     except InvalidMessage:
         return None
-    return (event.received_at, event.write_key, event.message_id, event.type, encoded, None)
+    events = [event] if admit is None else admit(event, arrival)  # admit checks sizes itself
+    if not events:
+        return None
+    return [(e.received_at, e.write_key, e.message_id, e.type, e.encode(), None) for e in events]
 
 
 def purge(conn: sqlite3.Connection, flt: Filter) -> int:

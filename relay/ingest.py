@@ -60,7 +60,29 @@ def _rewrap(event: Event, body: dict[str, Any]) -> Event:
         raise InvalidMessage("a plugin left the message without a valid type or messageId")
     if kind != event.type or message_id != event.message_id:
         return Event(message_id, event.write_key, kind, event.received_at, body)
+    event.data = b""  # the plugins may have changed the body since it was last encoded
     return event
+
+
+async def through_ingest_plugins(
+    pipeline: Pipeline, event: Event, arrival: Arrival
+) -> tuple[list[Event], list[tuple[object, str]]]:
+    """Run the ``before`` and ``enrichment`` plugins on a normalised event: the events to
+    store (checked again, encoded), and the messages refused with the reason."""
+    result = await pipeline.run_ingest(event.body)
+    refused: list[tuple[object, str]] = [
+        (r.message, f"refused by plugin {r.plugin}: {r.reason}") for r in result.rejected
+    ]
+    events: list[Event] = []
+    for body in result.messages:
+        try:
+            out = _rewrap(event, body) if body is event.body else normalise(body, arrival)
+            check_size(out.encode())
+        except InvalidMessage as exc:
+            refused.append((body, f"after the ingest plugins: {exc}"))
+            continue
+        events.append(out)
+    return events, refused
 
 
 class Ingest:
@@ -152,18 +174,10 @@ class Ingest:
                 message = await self.pipeline.scrub(message)
             admitted.refuse(self, message, arrival, str(exc), index)
             return
-        result = await self.pipeline.run_ingest(event.body)
-        for rejection in result.rejected:
-            admitted.refuse(self, rejection.message, arrival,
-                            f"refused by plugin {rejection.plugin}: {rejection.reason}", index)
-        for body in result.messages:
-            try:
-                out = _rewrap(event, body) if body is event.body else normalise(body, arrival)
-                check_size(out.encode())
-            except InvalidMessage as exc:
-                admitted.refuse(self, body, arrival, f"after the ingest plugins: {exc}", index)
-                continue
-            admitted.events.append(out)
+        events, refused = await through_ingest_plugins(self.pipeline, event, arrival)
+        admitted.events.extend(events)
+        for body, reason in refused:
+            admitted.refuse(self, body, arrival, reason, index)
 
     async def pixel(self, request: web.Request) -> web.StreamResponse:
         try:

@@ -98,3 +98,26 @@ async def test_purge_and_export_dead_letters_from_ingest(relay, tmp_path):
     purged = json.loads(cli(config, "dlq", "purge", "--reason", "needs event", "--json").stdout)
     assert purged == {"deleted": 1}
     assert relay.dead_letters() == []
+
+
+async def test_replaying_ingest_dead_letters_runs_the_ingest_plugins_of_the_new_config(start_relay, tmp_path):
+    plan = {"use": "tracking_plan", "options": {"events": {"Known": {}}, "unplanned_events": "block"}}
+    relay = await start_relay(plugins=[plan])
+    batch = [{"type": "track", "userId": "u", "event": "Legacy Name", "messageId": "legacy"},
+             {"type": "track", "userId": "u", "event": "Unheard Of", "messageId": "unheard"}]
+    status, body, _ = await relay.post("/v1/batch", {"batch": batch})
+    assert (status, body["accepted"], body["rejected"]) == (200, 0, 2)
+    await relay.relay.stop()
+
+    config = tmp_path / "new.toml"
+    config.write_text(
+        f'[queue]\npath = "{relay.db_path}"\n'
+        '[[plugins]]\nuse = "rename"\noptions = { events = { "Legacy Name" = "Known" } }\n'
+        '[[plugins]]\nuse = "tracking_plan"\n'
+        'options = { events = { Known = {} }, unplanned_events = "block" }\n'
+    )
+    replayed = json.loads(cli(config, "dlq", "replay", "--ingest", "--json").stdout)
+    assert replayed == {"queued": 1, "still_invalid": 1}  # the plan still blocks "Unheard Of"
+    [event] = relay.events()
+    assert (event["messageId"], event["event"]) == ("legacy", "Known")  # rename ran on the replay
+    assert [r[2] for r in relay.dead_letters()] == ["unheard"]
