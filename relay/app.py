@@ -34,10 +34,10 @@ LINGERING_TIME = 2.0
 
 
 class Relay:
-    """Start order: queue, admin listener, forwarders, ingest listener. Stop order, the
-    reverse: ingest listener (finishing requests in flight), forwarders (finishing sends in
-    flight), admin listener, queue. ``start`` and ``stop`` may each be called more than once;
-    a ``start`` that fails stops what it had started."""
+    """Start order: queue, plugins, admin listener, forwarders, ingest listener. Stop order,
+    the reverse: ingest listener (finishing requests in flight), forwarders (finishing sends
+    in flight), admin listener, plugins, queue. ``start`` and ``stop`` may each be called
+    more than once; a ``start`` that fails stops what it had started."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -70,6 +70,7 @@ class Relay:
     async def start(self) -> None:
         if self._runner is not None:
             return
+        self._stopping = False
         try:
             await self.queue.start()
             await self.pipeline.start()
