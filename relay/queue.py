@@ -19,7 +19,7 @@ from typing import Any, TypeVar, cast
 
 import aiosqlite
 
-from relay import salvage, store
+from relay import salvage, sightings, store
 from relay.config import QueueConfig
 from relay.errors import QueueClosed, QueueError, QueueFull
 from relay.event import Event
@@ -105,7 +105,7 @@ class Queue:
         try:
             await self.run(store.prepare, self.config.durability, self.config.max_bytes)
             self._used_bytes = await self.run(store.used_bytes)
-            self._recent_sightings = await self.run(store.recent_sightings)
+            self._recent_sightings = await self.run(sightings.recent_sightings)
             if moved is not None:
                 await self.run(_note_corrupt_file, moved)
         except BaseException:
@@ -232,7 +232,7 @@ class Queue:
                     used -= freed + ROW_OVERHEAD * evicted
                 duplicates = 0
                 if self.config.dedup_window and rows:
-                    firsts = store.first_sightings(conn, [(r[1], r[2]) for r in rows], now,
+                    firsts = sightings.first_sightings(conn, [(r[1], r[2]) for r in rows], now,
                                                    self.config.dedup_window)
                     self._recent_sightings += len(rows)
                     kept = [r for r, first in zip(rows, firsts, strict=True) if first]
@@ -328,7 +328,7 @@ class Queue:
 
     async def _rotate_sightings(self) -> None:
         try:
-            await self.run(store.rotate_sightings)
+            await self.run(sightings.rotate_sightings)
         except sqlite3.Error as exc:  # retried after the next commits; dedup stays correct meanwhile
             log.warning("dedup rotation failed: %s", exc)
             return
@@ -338,7 +338,7 @@ class Queue:
         """Queued events come before dedup memory: at the cap, forget the oldest sightings
         (enough to free ``over`` bytes) before refusing or evicting events. Returns bytes freed."""
         before = store.used_bytes(conn)
-        forgotten = store.forget_oldest_sightings(conn, over // DEDUP_ROW_BYTES + 1)
+        forgotten = sightings.forget_oldest_sightings(conn, over // DEDUP_ROW_BYTES + 1)
         if forgotten:
             self.dedup_forgotten += forgotten
             log.warning("queue at its cap: forgot the %d oldest dedup entries", forgotten)
@@ -365,7 +365,7 @@ class Queue:
         if not self.config.dedup_window:
             return 0
         cutoff = (time.time() if now is None else now) - self.config.dedup_window
-        return await self.run(store.forget_sightings_before, cutoff, DEDUP_PRUNE_CHUNK)
+        return await self.run(sightings.forget_sightings_before, cutoff, DEDUP_PRUNE_CHUNK)
 
     async def status(self) -> dict[str, Any]:
         return await self.run(store.status)

@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 
-from relay import store
+from relay import sightings, store
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def recover(source: str, live: sqlite3.Connection,
             if not _is_json(body):
                 counts["unreadable"] += 1
                 continue
-            if not store.first_sightings(live, [(write_key, message_id)], now)[0]:
+            if not sightings.first_sightings(live, [(write_key, message_id)], now)[0]:
                 counts["duplicates"] += 1
                 continue
             store.insert_events(live, [(received_at, write_key, message_id, kind, body)])
