@@ -189,21 +189,29 @@ def _canonical(given: object, parsed: datetime) -> str:
     return timestamps.iso(parsed)
 
 
+TIME_FIELDS = ("receivedAt", "sentAt", "originalTimestamp", "timestamp")
+
+
 def _set_times(message: dict[str, Any], arrival: Arrival, server_side: bool) -> None:
     """receivedAt, originalTimestamp, sentAt (written in UTC with a Z) and the corrected
-    timestamp; each given time is parsed once, the batch's sentAt once per request."""
+    timestamp; each given time is parsed once, the batch's sentAt once per request. They
+    are written last, in ``TIME_FIELDS`` order, so that forwarding can rewrite them on the
+    encoded event without decoding it (``relay.sinks.segment``)."""
+    message.pop("receivedAt", None)
+    explicit = message.pop("timestamp", None)
+    given = message.pop("originalTimestamp", None)
+    sent = message.pop("sentAt", None)
     message["receivedAt"] = arrival.received_iso
-    explicit = message.get("timestamp")
-    given = message.get("originalTimestamp")
     field = "originalTimestamp" if _given(given) else "timestamp"
     if not _given(given):
         given = explicit
     if not _given(given):
+        if _given(sent):
+            message["sentAt"] = sent  # nothing to correct without the event's own time: kept
         message["timestamp"] = arrival.received_iso
         return
     original = _time(given, field)
-    message["originalTimestamp"] = _canonical(given, original)
-    sent = message.get("sentAt")
+    original_iso = _canonical(given, original)
     sent_at: datetime | None = None
     if _given(sent):
         sent_at = _time(sent, "sentAt")
@@ -211,9 +219,9 @@ def _set_times(message: dict[str, Any], arrival: Arrival, server_side: bool) -> 
     elif _given(arrival.sent_at):
         sent_at = arrival.batch_sent_at or _time(arrival.sent_at, "sentAt")  # parsed once a request
         message["sentAt"] = arrival.batch_sent_iso
+    message["originalTimestamp"] = original_iso
     if server_side and _given(explicit):
-        same = field == "timestamp"
-        message["timestamp"] = (message["originalTimestamp"] if same
+        message["timestamp"] = (original_iso if field == "timestamp"
                                 else _canonical(explicit, _time(explicit, "timestamp")))
     elif sent_at is not None:
         try:
@@ -222,7 +230,7 @@ def _set_times(message: dict[str, Any], arrival: Arrival, server_side: bool) -> 
             raise InvalidMessage("sentAt and the event's time are too far apart to correct") from None
         message["timestamp"] = timestamps.iso(corrected)
     else:
-        message["timestamp"] = message["originalTimestamp"]
+        message["timestamp"] = original_iso
 
 
 def check_size(encoded: bytes) -> None:

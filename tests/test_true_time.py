@@ -104,3 +104,32 @@ async def test_an_event_keeps_its_true_time_after_waiting_in_the_queue(start_rel
     if outage == "503":  # every resend carried a fresh sentAt
         sent = [r.sent_at for r in upstream.requests]
         assert len(sent) == len(set(sent)) > 1
+
+
+def test_the_encoded_rewrite_equals_decoding_and_encoding_for_every_shape_ingest_writes():
+    """The segment type rewrites the time fields on the stored bytes; whatever times a
+    message came with, the result is what decoding, editing and encoding would give."""
+    from datetime import UTC, datetime
+
+    import msgspec
+
+    from relay.event import Arrival, normalise
+    from relay.sinks.segment import retime
+
+    shapes = [{}, {"timestamp": "2024-01-01T00:00:00Z"}, {"sentAt": "2024-01-01T00:00:05Z"},
+              {"timestamp": "2024-01-01T00:00:00.000Z", "sentAt": "2024-01-01T00:00:05.000Z"},
+              {"originalTimestamp": "2024-01-01T00:00:00Z", "timestamp": "2024-01-01T00:00:01Z"},
+              {"timestamp": 1717243200000, "context": {"library": {"name": "analytics-python"}}}]
+    tricky = {"properties": {"note": '","receivedAt":"x","timestamp":"y"}', "receivedAt": "nested"}}
+    for batch_sent_at in (None, "2024-01-01T00:00:09Z"):
+        for shape in shapes:
+            message = {"type": "track", "userId": "u", "event": "E", **tricky, **shape}
+            body = normalise(message, Arrival("k", datetime.now(UTC), None, batch_sent_at)).encode()
+            expected = msgspec.json.decode(body)
+            expected.pop("sentAt", None)
+            expected["originalTimestamp"] = expected["timestamp"]
+            fast = retime(body)
+            assert fast is not None, body
+            assert msgspec.json.decode(fast) == expected
+    assert retime(b'{"a":{"receivedAt":"x","timestamp":"y"}}') is None  # nested, not ours
+    assert retime(b'{"receivedAt":"x","timestamp":"y","later":1}') is None  # not the tail
