@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 SCHEMA_VERSION = 1
 HEADROOM_PAGES = 256
@@ -87,9 +87,9 @@ Row = tuple[float, str, str, str, bytes]
 """An event to store: (received_at, write_key, message_id, type, body)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Stored:
-    """An event read back from the queue."""
+class Stored(NamedTuple):
+    """An event read back from the queue (a named tuple: a backlog is read a million at a
+    time, and a tuple is built three times faster than a frozen dataclass)."""
 
     id: int
     received_at: float

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 from relay.config import DestinationConfig
@@ -18,15 +17,16 @@ from relay.retry import Answer
 from relay.store import Stored
 
 
-@dataclass(frozen=True, slots=True)
 class Outgoing:
-    event: Stored
-    data: bytes
-    key: str
+    """An event as one destination sends it; ``key`` groups what may share a request."""
 
-    @property
-    def size(self) -> int:
-        return len(self.data)
+    __slots__ = ("data", "event", "key", "size")
+
+    def __init__(self, event: Stored, data: bytes, key: str) -> None:
+        self.event = event
+        self.data = data
+        self.key = key
+        self.size = len(data)
 
 
 class Sink(Protocol):
