@@ -34,6 +34,7 @@ FULL_CLEAR_RATIO = 0.9
 DEDUP_PRUNE_INTERVAL = 60.0
 DEDUP_PRUNE_CHUNK = 50_000
 CHECKPOINT_INTERVAL = 0.5
+DELETE_CHUNK = 10_000  # finished events deleted at once (sooner when the queue is caught up)
 DEDUP_ROTATE_ROWS = 65_536  # recent sightings merged into the old generation past this many
 # Estimated bytes on disk per stored event beyond its body (row header, index entries).
 ROW_OVERHEAD = 96
@@ -291,15 +292,20 @@ class Queue:
         through = min(self._cursors.values()) if self._cursors else 0
         if through <= self._deleted_through:
             through = 0
-        await self.run(self._record, destination, cursor, delivered, dead, through)
-        if through:
+        # Deleting in chunks rewrites each page once rather than at every batch; a queue
+        # that has caught up is emptied at once.
+        chunked = through - self._deleted_through >= DELETE_CHUNK
+        deleted = await self.run(self._record, destination, cursor, delivered, dead, through, chunked)
+        if deleted:
             self._deleted_through = through
 
     def _record(self, conn: sqlite3.Connection, destination: str, cursor: int, delivered: int,
-                dead: Sequence[DeadLetter], through: int) -> None:
+                dead: Sequence[DeadLetter], through: int, chunked: bool) -> bool:
         relaxed = self.config.durability == "fsync"
         if relaxed:
             conn.execute("PRAGMA synchronous = NORMAL")
+        if through and not chunked and through < store.id_range(conn)[1]:
+            through = 0  # not a full chunk and more events follow: delete later
         try:
             store.record_progress(conn, destination, cursor, delivered, dead, through, time.time())
             if through and conn.execute("SELECT 1 FROM events LIMIT 1").fetchone() is None:
@@ -310,6 +316,7 @@ class Queue:
         self._used_bytes = store.used_bytes(conn)
         if self.full_since is not None and self._used_bytes < self.config.max_bytes * FULL_CLEAR_RATIO:
             self.full_since = None  # deliveries made room: ready again before the next write proves it
+        return bool(through)
 
     async def record_done_range(self, destination: str, first: int, last: int, delivered: int,
                                 dead: Sequence[DeadLetter]) -> None:
