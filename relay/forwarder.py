@@ -1,6 +1,6 @@
 """One destination's delivery loop: read the queue after its cursor, send, record progress.
 
-The loop holds at most ``2 x max_events`` events in memory whatever the backlog. Batches
+The loop holds at most ``READ_AHEAD x max_events`` events in memory whatever the backlog. Batches
 are sent in queue order; with ``concurrency > 1`` several are in flight at once and the
 cursor still advances only over a contiguous run of finished batches. A batch is finished
 when all of its events are delivered or dead-lettered; until then it is retried (see
@@ -41,6 +41,7 @@ IDLE_POLL = 1.0  # seconds between looks at the queue when nothing was announced
 PROBE_INTERVAL = 1.0  # seconds between reachability probes while an upstream is down
 STATE_PERSIST_INTERVAL = 5.0
 RESTART_DELAY = 1.0
+READ_AHEAD = 4  # batches of events held in memory at most, read ahead of the sends
 MAX_RESPONSE_CHARS = 4096
 # upper bounds (seconds) of the request latency histogram's buckets; the last bucket is +Inf
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -200,7 +201,8 @@ class Forwarder:
             await asyncio.gather(*(t for _, t in inflight), return_exceptions=True)
 
     async def _fill(self, buffer: deque[Outgoing]) -> None:
-        rows = await self.queue.read(self.name, self._read_to, 2 * self.config.max_events - len(buffer))
+        limit = READ_AHEAD * self.config.max_events - len(buffer)
+        rows = await self.queue.read(self.name, self._read_to, limit)
         plain = self.pipeline is None or self.pipeline.passthrough(self.name)
         for row in rows:
             if self._done and self._already_done(row.id):
