@@ -21,22 +21,23 @@ async def closed_by_peer(reader: asyncio.StreamReader, timeout: float = 10.0) ->
     return data
 
 
+async def dribble(writer: asyncio.StreamWriter, stop: asyncio.Event) -> None:
+    """A header line every 50 ms, the head never finished: a slowloris."""
+    while not stop.is_set():
+        try:
+            writer.write(b"X-Slow: y\r\n")
+            await writer.drain()
+        except (ConnectionError, RuntimeError):
+            return
+        await asyncio.sleep(0.05)
+
+
 async def test_a_slowloris_is_cut_off_while_other_clients_are_served(start_relay):
     relay = await start_relay(server={"header_timeout": 0.5})
     reader, writer = await asyncio.open_connection("127.0.0.1", relay.relay.port)
     writer.write(HEAD)  # the head never ends
     dribble_stop = asyncio.Event()
-
-    async def dribble() -> None:
-        while not dribble_stop.is_set():
-            try:
-                writer.write(b"X-Slow: y\r\n")
-                await writer.drain()
-            except (ConnectionError, RuntimeError):
-                return
-            await asyncio.sleep(0.05)
-
-    task = asyncio.create_task(dribble())
+    task = asyncio.create_task(dribble(writer, dribble_stop))
     try:
         status, body, _ = await relay.post("/v1/track", {"userId": "u", "event": "Fast"})
         assert (status, body) == (200, {"success": True})  # served while the slowloris holds on
@@ -95,17 +96,7 @@ async def test_a_slowloris_after_a_good_request_on_a_kept_alive_connection_is_cu
     assert answer.startswith(b"HTTP/1.1 200")
     writer.write(HEAD)  # the second request's head never ends
     stop = asyncio.Event()
-
-    async def dribble() -> None:
-        while not stop.is_set():
-            try:
-                writer.write(b"X-Slow: y\r\n")
-                await writer.drain()
-            except (ConnectionError, RuntimeError):
-                return
-            await asyncio.sleep(0.05)
-
-    task = asyncio.create_task(dribble())
+    task = asyncio.create_task(dribble(writer, stop))
     try:
         assert await closed_by_peer(reader) == b""
         assert relay.relay.guard.header_timeouts == 1
