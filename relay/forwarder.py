@@ -82,13 +82,11 @@ class Counters:
     dead_lettered: int = 0
     retries: int = 0
     requests: int = 0
-    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=1024))
     latency_sum: float = 0.0
     latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
 
     def observe(self, seconds: float) -> None:
-        """One request's latency: kept in ``latencies`` and counted in its bucket."""
-        self.latencies.append(seconds)
+        """One request's latency, counted in its histogram bucket."""
         self.latency_sum += seconds
         self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
 

@@ -89,10 +89,13 @@ class Framing:
 
 @dataclass(slots=True)
 class GuardStats:
-    open: int = 0
     refused: int = 0
     header_timeouts: int = 0
     connections: set[ConnectionGuard] = field(default_factory=set)
+
+    @property
+    def open(self) -> int:
+        return len(self.connections)
 
 
 class ConnectionGuard(asyncio.Protocol):
@@ -117,7 +120,6 @@ class ConnectionGuard(asyncio.Protocol):
             self._transport.abort()
             return
         self._stats.connections.add(self)
-        self._stats.open = len(self._stats.connections)
         self._timer = asyncio.get_running_loop().call_later(self._header_timeout, self._expire)
         self._inner = self._factory()
         self._inner.connection_made(transport)
@@ -152,7 +154,6 @@ class ConnectionGuard(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         self._stats.connections.discard(self)
-        self._stats.open = len(self._stats.connections)
         if self._inner is not None:
             inner, self._inner = self._inner, None
             inner.connection_lost(exc)
