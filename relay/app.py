@@ -23,7 +23,7 @@ from relay.errors import ConfigError, QueueError
 from relay.forwarder import Forwarder
 from relay.guard import ConnectionGuard, GuardStats
 from relay.ingest import Ingest
-from relay.middleware import Cors, errors_as_json
+from relay.middleware import Cors, error_response
 from relay.plugins.pipeline import Pipeline
 from relay.queue import Queue
 from relay.sinks import make_sink
@@ -62,7 +62,7 @@ class Relay:
         return self._server is not None
 
     def build_app(self) -> web.Application:
-        app = web.Application(middlewares=[self._track, self.cors.middleware, errors_as_json],
+        app = web.Application(middlewares=[self._edge],
                               client_max_size=2**31)
         app.add_routes(self.ingest.routes())
         return app
@@ -139,10 +139,21 @@ class Relay:
                         extra={"requests": self._in_flight})
 
     @web.middleware
-    async def _track(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def _edge(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """The one middleware of the ingest listener (one layer, as it runs on every event):
+        counts requests in flight for the graceful stop, answers CORS, and turns every
+        error into its JSON body."""
         self._in_flight += 1
         try:
-            response = await handler(request)
+            allowed = self.cors.allow(request.headers.get("Origin"))
+            response = self.cors.preflight(request, allowed)
+            if response is None:
+                try:
+                    response = await handler(request)
+                except Exception as exc:
+                    response = error_response(request, exc)
+            if allowed:
+                self.cors.decorate(response, allowed)
             if self._stopping:
                 response.force_close()  # the client reconnects elsewhere (or after the restart)
             return response

@@ -30,12 +30,18 @@ async def read_raw(request: web.Request, timeout: float = DEFAULT_BODY_TIMEOUT) 
     the client takes longer than ``timeout`` seconds to send it (a slow client)."""
     if request.content_length is not None and request.content_length > MAX_REQUEST_BYTES:
         raise too_large("request body")
+    content = request.content
+    if content.is_eof():  # the whole body came with the head (the usual case): nothing to wait for
+        data = content.read_nowait()
+        if len(data) > MAX_REQUEST_BYTES:
+            raise too_large("request body")
+        return data
     chunks: list[bytes] = []
     size = 0
     try:
         async with asyncio.timeout(timeout):
             while True:
-                chunk = await request.content.read(READ_CHUNK)
+                chunk = await content.read(READ_CHUNK)
                 if not chunk:
                     break
                 size += len(chunk)

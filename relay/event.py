@@ -9,7 +9,6 @@ an ``Event``: the one typed envelope that every later stage receives.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -69,30 +68,43 @@ class Event(msgspec.Struct, gc=False):
         return self.data
 
 
-@dataclass(frozen=True, slots=True)
 class Arrival:
-    """What one request says about all of its messages."""
+    """What one request says about all of its messages (read-only by convention; a plain
+    slotted class, because one is built for every request)."""
 
-    write_key: str
-    received_at: datetime
-    peer_ip: str | None = None
-    sent_at: object = None
-    context: dict[str, Any] | None = None
-    integrations: dict[str, Any] | None = None
-    received_iso: str = field(init=False)
-    received_ts: float = field(init=False)
-    batch_sent_at: datetime | None = field(init=False)  # None too when sent_at is unreadable
-    batch_sent_iso: str = field(init=False)
+    __slots__ = (
+        "batch_sent_at",
+        "batch_sent_iso",
+        "context",
+        "integrations",
+        "peer_ip",
+        "received_at",
+        "received_iso",
+        "received_ts",
+        "sent_at",
+        "write_key",
+    )
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "received_iso", timestamps.iso(self.received_at))
-        object.__setattr__(self, "received_ts", self.received_at.timestamp())
-        try:
-            sent = _time(self.sent_at, "sentAt") if _given(self.sent_at) else None
-        except InvalidMessage:
-            sent = None
-        object.__setattr__(self, "batch_sent_at", sent)
-        object.__setattr__(self, "batch_sent_iso", _canonical(self.sent_at, sent) if sent else "")
+    def __init__(self, write_key: str, received_at: datetime, peer_ip: str | None = None,
+                 sent_at: object = None, context: dict[str, Any] | None = None,
+                 integrations: dict[str, Any] | None = None, received_iso: str | None = None) -> None:
+        self.write_key = write_key
+        self.received_at = received_at
+        self.peer_ip = peer_ip
+        self.sent_at = sent_at
+        self.context = context
+        self.integrations = integrations
+        self.received_iso: str = received_iso or timestamps.iso(received_at)
+        self.received_ts: float = received_at.timestamp()
+        # None too when sent_at is unreadable (each message's own sentAt is then used)
+        self.batch_sent_at: datetime | None = None
+        self.batch_sent_iso = ""
+        if _given(sent_at):
+            try:
+                self.batch_sent_at = _time(sent_at, "sentAt")
+            except InvalidMessage:
+                return
+            self.batch_sent_iso = _canonical(sent_at, self.batch_sent_at)
 
 
 def normalise(message: object, arrival: Arrival, type_hint: str | None = None) -> Event:

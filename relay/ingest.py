@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -11,7 +12,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from relay import auth, bodies, browser, responses
+from relay import auth, bodies, browser, responses, timestamps
 from relay.config import ServerConfig
 from relay.errors import InvalidMessage, QueueClosed, QueueError, QueueFull
 from relay.event import MESSAGE_TYPES, Arrival, Event, check_size, normalise
@@ -92,6 +93,8 @@ class Ingest:
         self.apply(config)
         self.counters: dict[str, int] = {}
         self.received = 0  # messages in requests that passed the request-level checks
+        self._clock_ms = 0
+        self._now = (datetime.now(UTC), "")
 
     def apply(self, config: ServerConfig) -> None:
         """Take (new) write keys, proxies and limits; used at start and on reload."""
@@ -232,9 +235,11 @@ class Ingest:
         header_key = auth.basic_username(request.headers.get("Authorization"))
         key = auth.write_key(header_key, body.get("writeKey"))
         write_key = self._authorise(key)
+        received_at, received_iso = self._clock()
         return Arrival(
             write_key=write_key,
-            received_at=datetime.now(UTC),
+            received_at=received_at,
+            received_iso=received_iso,
             peer_ip=auth.client_ip(
                 request.remote, request.headers.get("X-Forwarded-For"), self._trusted
             ),
@@ -242,6 +247,16 @@ class Ingest:
             integrations=batch[1] if batch else None,
             sent_at=batch[2] if batch else None,
         )
+
+    def _clock(self) -> tuple[datetime, str]:
+        """Now, to the millisecond (as receivedAt is written), and its ISO form: requests
+        arriving within the same millisecond share both."""
+        ms = time.time_ns() // 1_000_000
+        if ms != self._clock_ms:
+            self._clock_ms = ms
+            moment = datetime.fromtimestamp(ms / 1000, UTC)
+            self._now = (moment, timestamps.iso(moment))
+        return self._now
 
     def _authorise(self, key: str | None) -> str:
         if not self._keys:

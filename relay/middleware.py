@@ -33,39 +33,45 @@ class Cors:
             return "*"
         return origin if origin in self.origins else None
 
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        origin = request.headers.get("Origin")
-        allowed = self.allow(origin)
+    def preflight(self, request: web.Request, allowed: str | None) -> web.StreamResponse | None:
+        """The answer to a CORS preflight (OPTIONS on a known path), or None for any other request."""
+        if request.method != "OPTIONS":
+            return None
         unmatched = request.match_info.http_exception
-        if request.method == "OPTIONS" and (unmatched is None or unmatched.status == 405):
-            response: web.StreamResponse = web.Response(status=204)
-            if allowed:
-                response.headers["Access-Control-Allow-Methods"] = ALLOWED_METHODS
-                response.headers["Access-Control-Allow-Headers"] = ALLOWED_HEADERS
-                response.headers["Access-Control-Max-Age"] = PREFLIGHT_MAX_AGE
-        else:
-            response = await handler(request)
+        if unmatched is not None and unmatched.status != 405:
+            return None
+        response = web.Response(status=204)
         if allowed:
-            response.headers["Access-Control-Allow-Origin"] = allowed
-            if allowed != "*":
-                response.headers["Vary"] = "Origin"
+            response.headers["Access-Control-Allow-Methods"] = ALLOWED_METHODS
+            response.headers["Access-Control-Allow-Headers"] = ALLOWED_HEADERS
+            response.headers["Access-Control-Max-Age"] = PREFLIGHT_MAX_AGE
         return response
+
+    @staticmethod
+    def decorate(response: web.StreamResponse, allowed: str) -> None:
+        response.headers["Access-Control-Allow-Origin"] = allowed
+        if allowed != "*":
+            response.headers["Vary"] = "Origin"
+
+
+def error_response(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """The JSON answer for an exception a handler raised (re-raised when it is not an error)."""
+    if isinstance(exc, Rejection):
+        return exc.response()
+    if isinstance(exc, web.HTTPException):
+        if exc.status < 400:
+            raise exc
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        code = _CODES.get(exc.status, "http_error")
+        return responses.error(exc.status, code, f"{exc.reason}: {request.method} {request.path}",
+                               headers)
+    log.exception("unexpected error handling a request", extra={"path": request.path})
+    return responses.error(500, "internal_error", "the relay failed to handle this request; see its log")
 
 
 @web.middleware
 async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except Rejection as exc:
-        return exc.response()
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        code = _CODES.get(exc.status, "http_error")
-        return responses.error(exc.status, code, f"{exc.reason}: {request.method} {request.path}",
-                               headers)
-    except Exception:
-        log.exception("unexpected error handling a request", extra={"path": request.path})
-        return responses.error(500, "internal_error", "the relay failed to handle this request; see its log")
+    except Exception as exc:
+        return error_response(request, exc)

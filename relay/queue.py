@@ -55,6 +55,7 @@ class _Pending:
     dead: Sequence[DeadLetter]
     future: asyncio.Future[AppendResult]
     rows: list[store.Row] = field(default_factory=list)
+    outcome: AppendResult | QueueError | None = None
 
 
 class Queue:
@@ -161,6 +162,9 @@ class Queue:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            # One turn of the loop first: requests whose bytes have already arrived reach
+            # ``append`` and join this group, so a commit carries more of them.
+            await asyncio.sleep(0)
             while self._pending:
                 group = self._take_group()
                 for pending in group:
@@ -176,8 +180,6 @@ class Queue:
                     log.exception("queue write failed")
                     outcomes = [QueueError(f"the queue could not be written: {exc}")] * len(group)
                 self._announce()
-                if self._recent_sightings > DEDUP_ROTATE_ROWS:
-                    await self._rotate_sightings()
                 for pending, outcome in zip(group, outcomes, strict=True):
                     if isinstance(outcome, AppendResult):
                         self.stored_events += outcome.stored
@@ -188,6 +190,8 @@ class Queue:
                         pending.future.set_exception(outcome)
                     else:
                         pending.future.set_result(outcome)
+                if self._recent_sightings > DEDUP_ROTATE_ROWS:  # after answering, not before
+                    await self._rotate_sightings()
             if self._closing:
                 return
 
@@ -217,7 +221,11 @@ class Queue:
         outcomes: list[AppendResult | QueueError] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
+            # The cap is checked request by request, in arrival order, before anything of
+            # the group is written; then the accepted requests' events are deduplicated and
+            # inserted together: a few statements per commit rather than per request.
             used = self._used_bytes
+            accepted: list[_Pending] = []
             for pending in group:
                 rows = pending.rows
                 need = sum(len(r[4]) for r in rows) + ROW_OVERHEAD * len(rows)
@@ -226,30 +234,39 @@ class Queue:
                     used -= self._shrink_dedup(conn, used + need - cap)
                 if used + need > cap:
                     if self.config.when_full == "reject" or need > cap:
-                        outcomes.append(QueueFull("the queue is at its byte cap", FULL_RETRY_AFTER))
+                        pending.outcome = QueueFull("the queue is at its byte cap", FULL_RETRY_AFTER)
                         continue
                     evicted, freed = store.evict_oldest(conn, used + need - cap)
                     log.warning("queue at its cap: evicted the %d oldest events", evicted)
                     used -= freed + ROW_OVERHEAD * evicted
-                duplicates = 0
-                if self.config.dedup_window and rows:
-                    firsts = sightings.first_sightings(conn, [(r[1], r[2]) for r in rows], now,
-                                                   self.config.dedup_window)
-                    self._recent_sightings += len(rows)
-                    kept = [r for r, first in zip(rows, firsts, strict=True) if first]
-                    duplicates = len(rows) - len(kept)
-                    rows = kept
-                store.insert_events(conn, rows)
-                if pending.dead:
-                    store.insert_dead_letters(conn, pending.dead, now)
                 used += need
-                outcomes.append(AppendResult(len(rows), duplicates, len(pending.dead)))
+                accepted.append(pending)
+            rows = [row for pending in accepted for row in pending.rows]
+            firsts: list[bool] = []
+            if self.config.dedup_window and rows:
+                firsts = sightings.first_sightings(conn, [(r[1], r[2]) for r in rows], now,
+                                                   self.config.dedup_window)
+                self._recent_sightings += len(rows)
+                rows = [r for r, first in zip(rows, firsts, strict=True) if first]
+            store.insert_events(conn, rows)
+            dead = [d for pending in accepted for d in pending.dead]
+            if dead:
+                store.insert_dead_letters(conn, dead, now)
+            start = 0
+            for pending in accepted:
+                count = len(pending.rows)
+                stored = sum(firsts[start:start + count]) if firsts else count
+                start += count
+                pending.outcome = AppendResult(stored, count - stored, len(pending.dead))
+            outcomes = [pending.outcome or QueueError("the event was not written")
+                        for pending in group]
+            used = store.used_bytes(conn)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        self._used_bytes = store.used_bytes(conn)
+        self._used_bytes = used
         if self.full_since is not None and not any(isinstance(o, QueueFull) for o in outcomes):
             self.full_since = None
         elif any(isinstance(o, QueueFull) for o in outcomes):

@@ -155,11 +155,12 @@ def prepare(conn: sqlite3.Connection, durability: str, max_bytes: int) -> None:
 
 
 def used_bytes(conn: sqlite3.Connection) -> int:
-    """Bytes of the file in use (pages not on the free list)."""
-    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-    pages = conn.execute("PRAGMA page_count").fetchone()[0]
-    free = conn.execute("PRAGMA freelist_count").fetchone()[0]
-    return int((pages - free) * page_size)
+    """Bytes of the file in use (pages not on the free list). One statement: inside the
+    writer's transaction it costs no extra lock, which three PRAGMAs outside it did."""
+    row = conn.execute("SELECT (c.page_count - f.freelist_count) * s.page_size"
+                       " FROM pragma_page_count() AS c, pragma_freelist_count() AS f,"
+                       " pragma_page_size() AS s").fetchone()
+    return int(row[0])
 
 
 def integrity_problem(conn: sqlite3.Connection) -> str | None:
