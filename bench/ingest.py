@@ -27,8 +27,14 @@ every acknowledged event. A warning says when other processes used the CPUs mean
 figures are then disturbed). The servers are stopped and the temporary directories removed at
 the end, on Ctrl-C and SIGTERM too.
 
+Beside the two servers, each workload runs bench/reference.py on the server's CPU: raw SQLite
+inserting the same events into the relay's schema with fsync (one commit per round of requests,
+no relay code), and msgspec decoding the body and encoding its messages. From those and the bare
+handler it prints the floor: the events/s at which HTTP, decode/encode and the raw insert alone
+use the whole core, i.e. the most any relay that stores one row per event could reach here.
+
 Other options: --warmup S (default 2, not counted), --generator auto|wrk|python, --threads N
-(wrk threads), --dir PATH (where the queue goes; keep it off tmpfs), --no-pin.
+(wrk threads), --dir PATH (where the queue goes; keep it off tmpfs), --no-pin, --no-reference.
 """
 
 from __future__ import annotations
@@ -516,6 +522,43 @@ def measure(plan: Plan, procs: Processes, kind: str, workload: Workload) -> Meas
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+def measure_references(plan: Plan, procs: Processes, workload: Workload, connections: int) -> dict[str, Any]:
+    """bench/reference.py on the server's CPU: raw SQLite inserting the workload's events
+    (relay schema, fsync, one commit per round of requests: ``connections`` x events a
+    request), and msgspec decoding the body and encoding its messages. With the bare
+    handler's figure they give the floor: what a relay storing one row per event could reach
+    on this core if it did nothing but HTTP, decode/encode and the insert."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"relay-bench-reference-{workload.name}-", dir=plan.base_dir))
+    try:
+        body = workdir / "body.json"
+        body.write_text(workload.body_template())
+        commit_events = connections * workload.events
+        out: dict[str, Any] = {"commit_events": commit_events}
+        for kind, extra in (("sqlite", ["--commit-events", str(commit_events), "--dir", str(workdir)]),
+                            ("codec", [])):
+            proc = procs.start([sys.executable, str(BENCH / "reference.py"), kind, "--body", str(body),
+                                "--duration", f"{plan.duration:g}", *extra],
+                               plan.server_cpu, stdout=subprocess.PIPE, env=_child_env(), cwd=ROOT)
+            try:
+                stdout, _ = proc.communicate(timeout=plan.duration + START_TIMEOUT)
+            finally:
+                procs.stop(proc)
+            if proc.returncode != 0:
+                raise RuntimeError(f"bench/reference.py {kind} failed with status {proc.returncode}")
+            last = stdout.decode().strip().splitlines()[-1]
+            out[f"{kind}_events_per_s"] = float(json.loads(last)["events_per_s"])
+        return out
+    finally:
+        with shielded():
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def floor(bare: dict[str, Any], reference: dict[str, Any]) -> float:
+    """Events/s when the per-event costs of bare HTTP, raw SQLite and the codec add up."""
+    rates = (bare["events_per_s"], reference["sqlite_events_per_s"], reference["codec_events_per_s"])
+    return 1.0 / sum(1.0 / r for r in rates) if all(rates) else 0.0
+
+
 def ratios(bare: dict[str, Any], relay: dict[str, Any]) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     for key in ("requests_per_s", "events_per_s", "p50_ms", "p99_ms", "peak_rss_mib"):
@@ -565,6 +608,14 @@ def print_workload(workload: Workload, results: dict[str, Any], out: Callable[[s
     if noise >= NOISE_WARNING_PCT:
         out(f"  warning: other processes took up to {noise:.0f}% of a CPU meanwhile; the figures are "
             "disturbed (CPU % is what each server got)")
+    if "reference" in results:
+        ref = results["reference"]
+        out(f"  references on the server's CPU: raw SQLite insert (relay schema, fsync, "
+            f"{ref['commit_events']:,} rows a commit) {ref['sqlite_events_per_s']:,.0f} events/s; "
+            f"msgspec decode + encode {ref['codec_events_per_s']:,.0f} events/s")
+        out(f"  floor (bare HTTP + decode/encode + raw insert, nothing else): "
+            f"{ref['floor_events_per_s']:,.0f} events/s = {ref['floor_requests_per_s']:,.0f} requests/s "
+            f"({ref['floor_over_bare']:.2f} of bare); relay/floor {ref['relay_over_floor']:.2f}")
     shown = f"{goal['value']:.2f}" if workload.name == "single" else f"{goal['value']:,.0f}"
     out(f"  target: {goal['what']}: {shown} -> {'MET' if goal['met'] else 'MISSED'}")
     if "plugins" in results:
@@ -651,6 +702,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="wrk threads (default: the number of CPUs the load generator has)")
     parser.add_argument("--dir", help="where the temporary queue directories go (default: $TMPDIR)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    parser.add_argument("--no-reference", action="store_true",
+                        help="skip the raw SQLite and codec references (bench/reference.py)")
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.connections < 1 or args.warmup < 0:
         parser.error("--duration and --connections must be positive, --warmup not negative")
@@ -708,6 +761,14 @@ def main(argv: list[str] | None = None) -> int:
                 for kind in kinds:
                     out(f"  measuring {name} on {kind} ...")
                     results[kind] = measure(plan, procs, kind, workload).figures()
+                if not args.no_reference:
+                    out(f"  measuring {name} references (raw SQLite, codec) ...")
+                    ref = measure_references(plan, procs, workload, args.connections)
+                    ref["floor_events_per_s"] = floor(results["bare"], ref)
+                    ref["floor_requests_per_s"] = ref["floor_events_per_s"] / workload.events
+                    ref["floor_over_bare"] = ref["floor_events_per_s"] / results["bare"]["events_per_s"]
+                    ref["relay_over_floor"] = results["relay"]["events_per_s"] / ref["floor_events_per_s"]
+                    results["reference"] = ref
                 results["ratio"] = ratios(results["bare"], results["relay"])
                 results["target"] = target(workload, results["relay"], results["ratio"])
                 if args.plugins:
