@@ -108,7 +108,10 @@ class Arrival:
 
 
 def normalise(message: object, arrival: Arrival, type_hint: str | None = None) -> Event:
-    """Validate one message and fill the relay's fields; raise InvalidMessage naming the fault."""
+    """Validate one message and fill the relay's fields; raise InvalidMessage naming the fault.
+
+    It runs once for every event on the ingest path, so the common cases (string ids, a
+    messageId given, no batch-level context) take the shortest way through."""
     if not isinstance(message, dict):
         raise InvalidMessage("message must be a JSON object")
     msg_type = type_hint or message.get("type")
@@ -119,27 +122,34 @@ def normalise(message: object, arrival: Arrival, type_hint: str | None = None) -
     message["type"] = msg_type
     if not (_is_id(message.get("userId")) or _is_id(message.get("anonymousId"))):
         raise InvalidMessage("message needs a userId or an anonymousId")
-    for required in REQUIRED_BY_TYPE.get(msg_type, ()):
-        if not _is_id(message.get(required)):
-            raise InvalidMessage(f"{msg_type} needs {required}")
-    message_id = _message_id(message)
-    message.pop("writeKey", None)
-    context = _merge(message, "context", arrival.context)
-    _merge(message, "integrations", arrival.integrations)
-    server_side = _is_server_library(context)
+    required = REQUIRED_BY_TYPE.get(msg_type)
+    if required is not None:
+        for name in required:
+            if not _is_id(message.get(name)):
+                raise InvalidMessage(f"{msg_type} needs {name}")
+    message_id = message.get("messageId")
+    if not (isinstance(message_id, str) and 0 < len(message_id) <= MAX_MESSAGE_ID_CHARS):
+        message_id = _message_id(message)
+    if "writeKey" in message:
+        del message["writeKey"]
+    context = message.get("context")
+    if context is None:
+        context = {}
+    elif not isinstance(context, dict):
+        raise InvalidMessage("context must be an object")
+    if arrival.context:
+        context = message["context"] = {**arrival.context, **context}
+    if arrival.integrations or "integrations" in message:
+        _merge(message, "integrations", arrival.integrations)
+    library = context.get("library")
+    library_name = library.get("name") if isinstance(library, dict) else None
+    server_side = isinstance(library_name, str) and library_name.lower() in SERVER_LIBRARIES
     if not server_side and arrival.peer_ip and context.get("ip") is None:
         context["ip"] = arrival.peer_ip
     if context and "context" not in message:
         message["context"] = context
     _set_times(message, arrival, server_side)
-    event = Event(
-        message_id=message_id,
-        write_key=arrival.write_key,
-        type=msg_type,
-        received_at=arrival.received_ts,
-        body=message,
-    )
-    return event
+    return Event(message_id, arrival.write_key, msg_type, arrival.received_ts, message)
 
 
 def _is_id(value: object) -> bool:
@@ -174,14 +184,6 @@ def _merge(message: dict[str, Any], key: str, batch_level: dict[str, Any] | None
     return own
 
 
-def _is_server_library(context: dict[str, Any]) -> bool:
-    library = context.get("library")
-    if not isinstance(library, dict):
-        return False
-    name = library.get("name")
-    return isinstance(name, str) and name.lower() in SERVER_LIBRARIES
-
-
 def _time(value: object, field: str) -> datetime:
     try:
         return timestamps.parse(value)
@@ -195,10 +197,21 @@ def _given(value: object) -> bool:
 
 def _canonical(given: object, parsed: datetime) -> str:
     """``given`` when it already reads as the relay writes times (millisecond UTC with a
-    ``Z``, as analytics.js sends them), else ``parsed`` written that way."""
-    if isinstance(given, str) and len(given) == 24 and given[23] == "Z" and given[19] == ".":
-        return given
+    ``Z``, as analytics.js sends them), else ``parsed`` written that way. A UTC time with
+    more digits (``...00.123456+00:00``, as the server SDKs send) is cut to milliseconds
+    without formatting it again: ``given`` parsed, so its fields are a valid time."""
+    if isinstance(given, str):
+        if len(given) == 24 and given[23] == "Z" and given[19] == ".":
+            return given
+        if (len(given) > 24 and given[4] == "-" and given[7] == "-" and given[10] == "T"
+                and given[13] == ":" and given[16] == ":" and given[19] == "."
+                and given[20:23].isdigit() and given.endswith(_UTC_SUFFIXES)
+                and given[23:].rstrip("Z").removesuffix("+00:00").isdigit()):
+            return given[:23] + "Z"
     return timestamps.iso(parsed)
+
+
+_UTC_SUFFIXES = ("Z", "+00:00")
 
 
 TIME_FIELDS = ("receivedAt", "sentAt", "originalTimestamp", "timestamp")

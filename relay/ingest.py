@@ -147,8 +147,19 @@ class Ingest:
             raise self._reject(400, "invalid_batch", "batch-level integrations must be an object")
         arrival = self._arrival(request, body, batch=(context, integrations, body.get("sentAt")))
         admitted = _Admitted()
-        for index, message in enumerate(messages):
-            await self._admit(message, arrival, admitted, index=index)
+        if self.pipeline is None or not self.pipeline.runs_at_ingest:
+            events = admitted.events  # no ingest plugins: no coroutine per message
+            for index, message in enumerate(messages):
+                try:
+                    event = normalise(message, arrival)
+                    check_size(event.encode())
+                except InvalidMessage as exc:
+                    await self._refuse(message, arrival, admitted, str(exc), index)
+                    continue
+                events.append(event)
+        else:
+            for index, message in enumerate(messages):
+                await self._admit(message, arrival, admitted, index=index)
         result = await self._store(admitted.events, admitted.dead)
         answer: dict[str, Any] = {
             "accepted": result.stored,
@@ -173,14 +184,19 @@ class Ingest:
         except InvalidMessage as exc:
             if strict:
                 raise self._reject(400, "invalid_message", str(exc)) from None
-            if self.pipeline is not None:  # what a scrubber (privacy) removes is not stored
-                message = await self.pipeline.scrub(message)
-            admitted.refuse(self, message, arrival, str(exc), index)
+            await self._refuse(message, arrival, admitted, str(exc), index)
             return
         events, refused = await through_ingest_plugins(self.pipeline, event, arrival)
         admitted.events.extend(events)
         for body, reason in refused:
             admitted.refuse(self, body, arrival, reason, index)
+
+    async def _refuse(self, message: object, arrival: Arrival, admitted: _Admitted, reason: str,
+                      index: int | None) -> None:
+        """Dead-letter a message that failed the protocol's checks."""
+        if self.pipeline is not None:  # what a scrubber (privacy) removes is not stored
+            message = await self.pipeline.scrub(message)
+        admitted.refuse(self, message, arrival, reason, index)
 
     async def pixel(self, request: web.Request) -> web.StreamResponse:
         try:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import base64
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relay import timestamps
 from relay.errors import InvalidMessage
-from relay.event import Arrival, normalise
+from relay.event import Arrival, _canonical, normalise
 
 RECEIVED = datetime(2024, 6, 1, 12, 0, 0, tzinfo=UTC)
 RECEIVED_ISO = "2024-06-01T12:00:00.000Z"
@@ -361,3 +363,42 @@ async def test_the_stored_event_is_compact_json_with_every_relay_field(relay):
     assert event["messageId"] == message_id
     for key in ("type", "userId", "event", "messageId", "receivedAt", "timestamp", "context", "properties"):
         assert key in event
+
+
+# --- the short way to the canonical form must agree with formatting the parsed time -----------
+
+SPELLINGS = [
+    lambda d: d.isoformat(timespec="microseconds"),  # ...00.123456+00:00 (the server SDKs)
+    lambda d: d.isoformat(timespec="milliseconds"),  # ...00.123+00:00
+    lambda d: d.isoformat(timespec="milliseconds").replace("+00:00", "Z"),  # analytics.js
+    lambda d: d.isoformat(timespec="microseconds").replace("+00:00", "Z"),
+    lambda d: d.isoformat(timespec="seconds"),  # no fraction
+    lambda d: d.isoformat(sep=" ", timespec="microseconds"),  # a space, not a T
+    lambda d: d.astimezone(timezone(timedelta(hours=2))).isoformat(timespec="microseconds"),
+    lambda d: d.astimezone(timezone(timedelta(hours=-5, minutes=-30))).isoformat(),
+    lambda d: d.isoformat(timespec="microseconds").replace("+00:00", "-00:00"),
+    lambda d: d.replace(tzinfo=None).isoformat(timespec="microseconds"),  # naive: taken as UTC
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(moment=st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(9998, 12, 31),
+                           timezones=st.just(UTC)),
+       spelling=st.sampled_from(range(len(SPELLINGS))))
+def test_canonical_time_matches_formatting_the_parsed_time(moment: datetime, spelling: int) -> None:
+    given_text = SPELLINGS[spelling](moment)
+    parsed = timestamps.parse(given_text)
+    assert _canonical(given_text, parsed) == timestamps.iso(parsed)
+    assert _canonical(given_text, parsed).endswith("Z")
+
+
+@pytest.mark.parametrize(("given_text", "expected"), [
+    ("2024-05-01T12:00:00.123456+00:00", "2024-05-01T12:00:00.123Z"),
+    ("2024-05-01T12:00:00.1239Z", "2024-05-01T12:00:00.123Z"),  # cut, not rounded
+    ("2024-05-01T12:00:00.123Z", "2024-05-01T12:00:00.123Z"),
+    ("2024-05-01T14:00:00.123456+02:00", "2024-05-01T12:00:00.123Z"),
+    ("2024-05-01T12:00:00.5+00:00", "2024-05-01T12:00:00.500Z"),
+    ("2024-05-01 12:00:00.123456+00:00", "2024-05-01T12:00:00.123Z"),
+])
+def test_canonical_time_table(given_text: str, expected: str) -> None:
+    assert _canonical(given_text, timestamps.parse(given_text)) == expected
