@@ -77,7 +77,7 @@ class Queue:
         self.stored_events = 0  # events committed since start
         self.duplicates = 0  # events acknowledged but not stored again (dedup hits)
         self.dedup_forgotten = 0  # dedup entries dropped early to keep events under the cap
-        self._recent_sightings = 0  # rows in the recent dedup generation (see store)
+        self.sightings = sightings.Sightings()  # used on the connection's thread only
         self._committed = asyncio.Event()
         self._cursors: dict[str, int] = {}
         self._deleted_through = 0
@@ -107,7 +107,7 @@ class Queue:
         try:
             await self.run(store.prepare, self.config.durability, self.config.max_bytes)
             self._used_bytes = await self.run(store.used_bytes)
-            self._recent_sightings = await self.run(sightings.recent_sightings)
+            await self.run(self.sightings.load)
             if moved is not None:
                 await self.run(_note_corrupt_file, moved)
         except BaseException:
@@ -190,7 +190,7 @@ class Queue:
                         pending.future.set_exception(outcome)
                     else:
                         pending.future.set_result(outcome)
-                if self._recent_sightings > DEDUP_ROTATE_ROWS:  # after answering, not before
+                if self.sightings.logged > DEDUP_ROTATE_ROWS:  # after answering, not before
                     await self._rotate_sightings()
             if self._closing:
                 return
@@ -244,9 +244,8 @@ class Queue:
             rows = [row for pending in accepted for row in pending.rows]
             firsts: list[bool] = []
             if self.config.dedup_window and rows:
-                firsts = sightings.first_sightings(conn, [(r[1], r[2]) for r in rows], now,
-                                                   self.config.dedup_window)
-                self._recent_sightings += len(rows)
+                firsts = self.sightings.first_sightings(conn, [(r[1], r[2]) for r in rows], now,
+                                                        self.config.dedup_window)
                 rows = [r for r, first in zip(rows, firsts, strict=True) if first]
             store.insert_events(conn, rows)
             dead = [d for pending in accepted for d in pending.dead]
@@ -265,7 +264,9 @@ class Queue:
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            self.sightings.rolled_back()
             raise
+        self.sightings.committed()
         self._used_bytes = used
         if self.full_since is not None and not any(isinstance(o, QueueFull) for o in outcomes):
             self.full_since = None
@@ -352,17 +353,15 @@ class Queue:
 
     async def _rotate_sightings(self) -> None:
         try:
-            await self.run(sightings.rotate_sightings)
+            await self.run(self.sightings.rotate)
         except sqlite3.Error as exc:  # retried after the next commits; dedup stays correct meanwhile
             log.warning("dedup rotation failed: %s", exc)
-            return
-        self._recent_sightings = 0
 
     def _shrink_dedup(self, conn: sqlite3.Connection, over: int) -> int:
         """Queued events come before dedup memory: at the cap, forget the oldest sightings
         (enough to free ``over`` bytes) before refusing or evicting events. Returns bytes freed."""
         before = store.used_bytes(conn)
-        forgotten = sightings.forget_oldest_sightings(conn, over // DEDUP_ROW_BYTES + 1)
+        forgotten = self.sightings.forget_oldest(conn, over // DEDUP_ROW_BYTES + 1)
         if forgotten:
             self.dedup_forgotten += forgotten
             log.warning("queue at its cap: forgot the %d oldest dedup entries", forgotten)
@@ -389,7 +388,7 @@ class Queue:
         if not self.config.dedup_window:
             return 0
         cutoff = (time.time() if now is None else now) - self.config.dedup_window
-        return await self.run(sightings.forget_sightings_before, cutoff, DEDUP_PRUNE_CHUNK)
+        return await self.run(self.sightings.forget_before, cutoff, DEDUP_PRUNE_CHUNK)
 
     async def status(self) -> dict[str, Any]:
         return await self.run(store.status)

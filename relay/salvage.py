@@ -119,12 +119,14 @@ def recover(source: str, live: sqlite3.Connection,
     try:
         live.execute("BEGIN IMMEDIATE")
         now = time.time()
+        seen = sightings.Sightings()
+        seen.load(live)
         for row in _rows(old, "events", "received_at, write_key, message_id, type, body"):
             _, received_at, write_key, message_id, kind, body = row
             if not _is_json(body):
                 counts["unreadable"] += 1
                 continue
-            if not sightings.first_sightings(live, [(write_key, message_id)], now)[0]:
+            if not seen.record_in_old_generation(live, [(write_key, message_id)], now)[0]:
                 counts["duplicates"] += 1
                 continue
             store.insert_events(live, [(received_at, write_key, message_id, kind, body)])

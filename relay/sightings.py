@@ -1,10 +1,20 @@
 """Dedup memory: which (writeKey, messageId) the queue has seen, and when.
 
-A 64-bit hash of the pair is kept in two generations in the queue file: new sightings go
-to the small ``seen_recent`` table, which is merged into the large ``seen`` table in key
-order now and then (``rotate_sightings``), so that a commit dirties few pages whatever
-the size of the window. Like ``relay.store``, these functions take the queue's
-connection and run on its thread.
+A 64-bit hash of the pair is kept in two generations:
+
+- the **recent** generation: every new sighting is appended to ``seen_log`` (a plain rowid
+  table, so a commit writes a few sequential pages however random the hashes are) and kept
+  in memory, hash -> time, for the lookups;
+- the **old** generation: the ``seen`` table, keyed by hash. Now and then the log is merged
+  into it in key order (``rotate``), so that each of its pages is written once per
+  rotation rather than once per commit.
+
+A lookup asks memory first and SQLite's ``seen`` only for the hashes memory does not hold.
+Memory changes only after the transaction that wrote the log committed, so a rolled-back
+commit never leaves a sighting behind (its events would otherwise be taken for duplicates
+when the client retries). ``Sightings`` is used on the queue connection's thread only; the
+relay that owns the queue is the only writer of ``seen_log``; other processes (``relay
+recover``) record into ``seen``, which the relay reads on every lookup.
 """
 
 from __future__ import annotations
@@ -21,66 +31,138 @@ def dedup_hash(write_key: str, message_id: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-def first_sightings(
-    conn: sqlite3.Connection, keys: Sequence[tuple[str, str]], now: float, window: float = 0
-) -> list[bool]:
-    """Record each key as seen; True where it was not seen before (inside the transaction),
-    or, when ``window`` is set, was last seen more than ``window`` seconds ago. Set-based:
-    the group's keys go to a temporary table and are looked up and recorded in three
-    statements; new sightings land in the small ``seen_recent`` generation."""
-    cutoff = now - window if window else float("-inf")
-    hashes = [dedup_hash(write_key, message_id) for write_key, message_id in keys]
-    conn.execute("DELETE FROM temp.incoming")
-    conn.executemany("INSERT INTO temp.incoming VALUES (?, ?)", enumerate(hashes))
-    repeated = {i for (i,) in conn.execute(
-        "SELECT i FROM temp.incoming AS n"
-        " WHERE EXISTS (SELECT 1 FROM seen_recent AS r WHERE r.h = n.h AND r.at >= ?1)"
-        " OR EXISTS (SELECT 1 FROM seen AS s WHERE s.h = n.h AND s.at >= ?1)", (cutoff,))}
-    conn.execute(
-        "INSERT INTO seen_recent (h, at) SELECT h, ?1 FROM temp.incoming WHERE true"
-        " ON CONFLICT(h) DO UPDATE SET at = excluded.at WHERE at < ?2", (now, cutoff))
-    out: list[bool] = []
-    in_group: set[int] = set()
-    for i, h in enumerate(hashes):
-        out.append(i not in repeated and h not in in_group)  # the first of a repeat inside the group wins
-        in_group.add(h)
-    return out
+def _json_array(hashes: Sequence[int]) -> str:
+    """Hashes as one JSON array, read back by SQLite's json_each: one bound parameter for
+    a whole group instead of a row per hash in a temporary table."""
+    return "[" + ",".join(map(str, hashes)) + "]"
 
 
-def recent_sightings(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("SELECT count(*) FROM seen_recent").fetchone()[0])
+def seen_in_old_generation(conn: sqlite3.Connection, hashes: Sequence[int], cutoff: float) -> set[int]:
+    if not hashes:
+        return set()
+    return {h for (h,) in conn.execute(
+        "SELECT value FROM json_each(?2)"
+        " WHERE EXISTS (SELECT 1 FROM seen WHERE seen.h = value AND seen.at >= ?1)",
+        (cutoff, _json_array(hashes)))}
 
 
-def rotate_sightings(conn: sqlite3.Connection) -> int:
-    """Move the recent generation into the old one in key order, in one transaction: each
-    page of the old table is written once per rotation, not once per commit."""
-    with transaction(conn):
-        moved = conn.execute(
-            "INSERT INTO seen (h, at) SELECT h, at FROM seen_recent WHERE true ORDER BY h"
-            " ON CONFLICT(h) DO UPDATE SET at = max(at, excluded.at)").rowcount
-        conn.execute("DELETE FROM seen_recent")
-    return int(moved)
+class Sightings:
+    def __init__(self) -> None:
+        self.recent: dict[int, float] = {}
+        self.logged = 0  # rows in seen_log: the recent generation's size on disk
+        self._staged: list[int] = []
+        self._staged_at = 0.0
+        self._reload = False  # memory may hold less than the log: read it again before use
+
+    def load(self, conn: sqlite3.Connection) -> None:
+        """Read the recent generation back into memory (after a restart), first merging the
+        generation an older version of the queue kept in ``seen_recent``. Inside the
+        caller's transaction when there is one."""
+        if conn.in_transaction:
+            self._load(conn)
+        else:
+            with transaction(conn):
+                self._load(conn)
+
+    def _load(self, conn: sqlite3.Connection) -> None:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'seen_recent'").fetchone():
+            conn.execute(
+                "INSERT INTO seen (h, at) SELECT h, at FROM seen_recent WHERE true ORDER BY h"
+                " ON CONFLICT(h) DO UPDATE SET at = max(at, excluded.at)")
+            conn.execute("DROP TABLE seen_recent")
+        self.recent = {int(h): float(at) for h, at in conn.execute(
+            "SELECT h, max(at) FROM seen_log GROUP BY h")}
+        self.logged = int(conn.execute("SELECT count(*) FROM seen_log").fetchone()[0])
+        self._staged = []
+        self._reload = False
+
+    def first_sightings(self, conn: sqlite3.Connection, keys: Sequence[tuple[str, str]], now: float,
+                        window: float = 0) -> list[bool]:
+        """Record each key as seen (inside the caller's transaction); True where it was not
+        seen before or, when ``window`` is set, was last seen more than ``window`` seconds
+        ago. The first of a repeat inside ``keys`` wins. Call ``committed`` or
+        ``rolled_back`` once the transaction ended."""
+        if self._reload:
+            self._load(conn)
+        cutoff = now - window if window else float("-inf")
+        hashes = [dedup_hash(write_key, message_id) for write_key, message_id in keys]
+        recent = self.recent
+        ask = [h for h in hashes if recent.get(h, cutoff - 1) < cutoff]
+        old = seen_in_old_generation(conn, ask, cutoff)
+        conn.execute("INSERT INTO seen_log (h, at) SELECT value, ?1 FROM json_each(?2)",
+                     (now, _json_array(hashes)))
+        out: list[bool] = []
+        in_group: set[int] = set()
+        for h in hashes:
+            out.append(recent.get(h, cutoff - 1) < cutoff and h not in old and h not in in_group)
+            in_group.add(h)
+        self._staged, self._staged_at = hashes, now
+        return out
+
+    def committed(self) -> None:
+        recent, at = self.recent, self._staged_at
+        for h in self._staged:
+            recent[h] = at
+        self.logged += len(self._staged)
+        self._staged = []
+
+    def rolled_back(self) -> None:
+        """The transaction's sightings never reached the log; anything it forgot is back."""
+        self._staged = []
+        self._reload = True
+
+    def rotate(self, conn: sqlite3.Connection) -> int:
+        """Merge the log into the old generation in key order, in one transaction."""
+        with transaction(conn):
+            moved = conn.execute(
+                "INSERT INTO seen (h, at) SELECT h, max(at) FROM seen_log GROUP BY h ORDER BY h"
+                " ON CONFLICT(h) DO UPDATE SET at = max(at, excluded.at)").rowcount
+            conn.execute("DELETE FROM seen_log")
+        self.recent = {}
+        self.logged = 0
+        return int(moved)
+
+    def forget_oldest(self, conn: sqlite3.Connection, count: int) -> int:
+        """Forget about ``count`` of the oldest sightings (old generation first), inside the
+        caller's transaction. The memory follows the log: it is read again from it."""
+        forgotten = int(conn.execute(
+            "DELETE FROM seen WHERE h IN (SELECT h FROM seen ORDER BY at LIMIT ?)", (count,)
+        ).rowcount)
+        if forgotten < count:
+            forgotten += int(conn.execute(
+                "DELETE FROM seen_log WHERE rowid IN (SELECT rowid FROM seen_log ORDER BY at LIMIT ?)",
+                (count - forgotten,),
+            ).rowcount)
+            self._reload = True  # read again from the log once this transaction is over
+        return forgotten
+
+    def forget_before(self, conn: sqlite3.Connection, cutoff: float, chunk: int) -> int:
+        """Drop sightings older than ``cutoff`` (the old generation in chunks, by its time index)."""
+        total = int(conn.execute("DELETE FROM seen_log WHERE at < ?", (cutoff,)).rowcount)
+        if total:
+            self.recent = {h: at for h, at in self.recent.items() if at >= cutoff}
+            self.logged -= total
+        while True:
+            deleted = int(conn.execute(
+                "DELETE FROM seen WHERE h IN (SELECT h FROM seen WHERE at < ? LIMIT ?)", (cutoff, chunk)
+            ).rowcount)
+            total += deleted
+            if deleted < chunk:
+                return total
 
 
-def forget_oldest_sightings(conn: sqlite3.Connection, count: int) -> int:
-    forgotten = conn.execute(
-        "DELETE FROM seen WHERE h IN (SELECT h FROM seen ORDER BY at LIMIT ?)", (count,)
-    ).rowcount
-    if forgotten < count:
-        forgotten += conn.execute(
-            "DELETE FROM seen_recent WHERE h IN (SELECT h FROM seen_recent ORDER BY at LIMIT ?)",
-            (count - forgotten,),
-        ).rowcount
-    return int(forgotten)
-
-
-def forget_sightings_before(conn: sqlite3.Connection, cutoff: float, chunk: int) -> int:
-    """Drop sightings older than ``cutoff`` (the old generation in chunks, by its time index)."""
-    total = conn.execute("DELETE FROM seen_recent WHERE at < ?", (cutoff,)).rowcount
-    while True:
-        deleted = conn.execute(
-            "DELETE FROM seen WHERE h IN (SELECT h FROM seen WHERE at < ? LIMIT ?)", (cutoff, chunk)
-        ).rowcount
-        total += deleted
-        if deleted < chunk:
-            return int(total)
+    def record_in_old_generation(self, conn: sqlite3.Connection, keys: Sequence[tuple[str, str]],
+                                 now: float) -> list[bool]:
+        """``first_sightings`` with no window, for a process other than the relay that owns
+        the queue (``relay recover``): the keys are recorded in ``seen``, where the relay
+        looks on every lookup, instead of the relay's own log."""
+        hashes = [dedup_hash(write_key, message_id) for write_key, message_id in keys]
+        old = seen_in_old_generation(conn, [h for h in hashes if h not in self.recent], float("-inf"))
+        conn.execute("INSERT INTO seen (h, at) SELECT value, ?1 FROM json_each(?2) WHERE true"
+                     " ON CONFLICT(h) DO UPDATE SET at = max(at, excluded.at)", (now, _json_array(hashes)))
+        out: list[bool] = []
+        in_group: set[int] = set()
+        for h in hashes:
+            out.append(h not in self.recent and h not in old and h not in in_group)
+            in_group.add(h)
+        return out

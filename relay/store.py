@@ -13,7 +13,7 @@ Schema:
   cursor has passed it.
 - ``dead_letters``: events that were rejected at ingest (``destination`` is NULL) or
   permanently refused by a destination, with the reason and the upstream's answer.
-- ``seen_recent`` and ``seen``: dedup memory in two generations (see ``relay.sightings``).
+- ``seen_log`` and ``seen``: dedup memory in two generations (see ``relay.sightings``).
 - ``done_ranges``: batches a destination finished beyond its cursor when a clean stop came
   while an earlier batch was still unfinished (``concurrency > 1``); skipped after a
   restart, and forgotten once the cursor passes them.
@@ -72,8 +72,7 @@ CREATE INDEX IF NOT EXISTS events_target ON events(target) WHERE target IS NOT N
 CREATE INDEX IF NOT EXISTS dead_letters_destination ON dead_letters(destination, id);
 CREATE TABLE IF NOT EXISTS seen (h INTEGER PRIMARY KEY, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS seen_at ON seen(at);
-CREATE TABLE IF NOT EXISTS seen_recent (h INTEGER PRIMARY KEY, at REAL NOT NULL);
-CREATE TEMP TABLE IF NOT EXISTS incoming (i INTEGER PRIMARY KEY, h INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS seen_log (h INTEGER NOT NULL, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS done_ranges (
     destination TEXT NOT NULL,

@@ -253,18 +253,17 @@ async def test_drop_oldest_evicts_to_make_room_for_a_large_valid_batch(
 async def test_a_repeat_is_caught_in_either_dedup_generation_and_rotation_keeps_times(
     start_relay: Callable[..., Any],
 ) -> None:
-    from relay import sightings
-
     relay = await start_relay(queue={"dedup_window": 3600})
     queue = relay.relay.queue
     first = {"type": "track", "userId": "u", "event": "E", "messageId": "gen-1"}
     assert (await relay.post("/v1/batch", {"batch": [first]}))[1]["accepted"] == 1
-    assert await queue.run(sightings.rotate_sightings) == 1  # gen-1 now lives in the old generation
-    assert relay.rows("SELECT count(*) FROM seen_recent") == [(0,)]
+    assert await queue.run(queue.sightings.rotate) == 1  # gen-1 now lives in the old generation
+    assert relay.rows("SELECT count(*) FROM seen_log") == [(0,)]
+    assert queue.sightings.recent == {}
     again = await relay.post("/v1/batch", {"batch": [first, {**first, "messageId": "gen-2"}]})
     assert (again[1]["accepted"], again[1]["duplicates"]) == (1, 1)
     # both generations age out by their own times: an hour and a bit later, gen-1 is new again
-    await queue.run(sightings.rotate_sightings)
+    await queue.run(queue.sightings.rotate)
     await queue.run(lambda conn: conn.execute("UPDATE seen SET at = at - 4000"))
     later = await relay.post("/v1/batch", {"batch": [first]})
     assert (later[1]["accepted"], later[1]["duplicates"]) == (1, 0)

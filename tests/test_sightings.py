@@ -1,0 +1,140 @@
+"""Dedup memory on a real queue file: the in-memory recent generation follows what committed."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from relay import sightings, store
+from relay.sightings import Sightings
+
+NOW = 1_700_000_000.0
+WINDOW = 3600.0
+
+
+@pytest.fixture
+def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
+    db = sqlite3.connect(str(tmp_path / "queue.db"), isolation_level=None)
+    store.prepare(db, "fsync", 1 << 30)
+    yield db
+    db.close()
+
+
+def see(conn: sqlite3.Connection, memory: Sightings, ids: list[str], now: float = NOW,
+        commit: bool = True) -> list[bool]:
+    conn.execute("BEGIN IMMEDIATE")
+    firsts = memory.first_sightings(conn, [("wk", i) for i in ids], now, WINDOW)
+    if commit:
+        conn.execute("COMMIT")
+        memory.committed()
+    else:
+        conn.execute("ROLLBACK")
+        memory.rolled_back()
+    return firsts
+
+
+def test_a_repeat_is_caught_in_memory_inside_a_group_and_across_write_keys(conn: sqlite3.Connection) -> None:
+    memory = Sightings()
+    memory.load(conn)
+    assert see(conn, memory, ["a", "b", "a"]) == [True, True, False]
+    assert see(conn, memory, ["a", "c"]) == [False, True]
+    conn.execute("BEGIN IMMEDIATE")
+    assert memory.first_sightings(conn, [("other-key", "a")], NOW, WINDOW) == [True]
+    conn.execute("ROLLBACK")
+    memory.rolled_back()
+    assert conn.execute("SELECT count(*) FROM seen_log").fetchone()[0] == 5  # every sighting, repeats too
+    assert memory.logged == 5
+
+
+def test_a_rolled_back_commit_leaves_no_sighting(conn: sqlite3.Connection) -> None:
+    """Otherwise the client's retry of events that were never stored would be taken for
+    duplicates and acknowledged: lost."""
+    memory = Sightings()
+    memory.load(conn)
+    assert see(conn, memory, ["x"], commit=False) == [True]
+    assert see(conn, memory, ["x"]) == [True]
+    assert see(conn, memory, ["x"]) == [False]
+
+
+def test_the_window_counts_from_the_last_sighting(conn: sqlite3.Connection) -> None:
+    memory = Sightings()
+    memory.load(conn)
+    assert see(conn, memory, ["w"], now=NOW) == [True]
+    assert see(conn, memory, ["w"], now=NOW + WINDOW - 1) == [False]
+    assert see(conn, memory, ["w"], now=NOW + 2 * WINDOW - 2) == [False]  # refreshed by the repeat
+    assert see(conn, memory, ["w"], now=NOW + 4 * WINDOW) == [True]
+
+
+def test_a_restart_reads_the_recent_generation_back(conn: sqlite3.Connection) -> None:
+    memory = Sightings()
+    memory.load(conn)
+    see(conn, memory, ["r1", "r2"])
+    after_restart = Sightings()
+    after_restart.load(conn)
+    assert after_restart.logged == 2
+    assert see(conn, after_restart, ["r1", "r3"]) == [False, True]
+
+
+def test_rotation_moves_the_log_into_the_old_generation_and_lookups_follow(conn: sqlite3.Connection) -> None:
+    memory = Sightings()
+    memory.load(conn)
+    see(conn, memory, ["o1", "o2"], now=NOW)
+    see(conn, memory, ["o1"], now=NOW + 10)
+    assert memory.rotate(conn) == 2
+    assert (memory.recent, memory.logged) == ({}, 0)
+    times = dict(conn.execute("SELECT h, at FROM seen").fetchall())
+    assert times[sightings.dedup_hash("wk", "o1")] == NOW + 10  # the latest time is kept
+    assert see(conn, memory, ["o1", "o2", "o3"], now=NOW + 20) == [False, False, True]
+
+
+def test_an_older_queue_files_recent_generation_is_merged_on_load(conn: sqlite3.Connection) -> None:
+    conn.execute("CREATE TABLE seen_recent (h INTEGER PRIMARY KEY, at REAL NOT NULL)")
+    conn.execute("INSERT INTO seen_recent VALUES (?, ?)", (sightings.dedup_hash("wk", "legacy"), NOW))
+    memory = Sightings()
+    memory.load(conn)
+    assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'seen_recent'").fetchone() is None
+    assert see(conn, memory, ["legacy", "new"], now=NOW + 1) == [False, True]
+
+
+def test_another_process_records_where_the_running_relay_looks(conn: sqlite3.Connection) -> None:
+    """``relay recover`` runs beside a live relay: its keys go to ``seen``, which the
+    relay's lookups read, and it sees the relay's log."""
+    relay_memory = Sightings()
+    relay_memory.load(conn)
+    see(conn, relay_memory, ["live"])
+    recover_memory = Sightings()
+    conn.execute("BEGIN IMMEDIATE")
+    recover_memory.load(conn)
+    firsts = recover_memory.record_in_old_generation(conn, [("wk", "live"), ("wk", "salvaged")], NOW)
+    conn.execute("COMMIT")
+    assert firsts == [False, True]
+    assert see(conn, relay_memory, ["salvaged", "fresh"]) == [False, True]
+
+
+def test_forgetting_at_the_cap_then_rolling_back_restores_the_memory(conn: sqlite3.Connection) -> None:
+    memory = Sightings()
+    memory.load(conn)
+    see(conn, memory, ["f1"], now=NOW)
+    see(conn, memory, ["f2"], now=NOW + 1)
+    conn.execute("BEGIN IMMEDIATE")
+    assert memory.forget_oldest(conn, 1) == 1
+    assert memory.first_sightings(conn, [("wk", "f1"), ("wk", "f2")], NOW + 2, WINDOW) == [True, False]
+    conn.execute("ROLLBACK")
+    memory.rolled_back()
+    assert see(conn, memory, ["f1"], now=NOW + 3) == [False]  # the forgetting was rolled back too
+
+
+def test_pruning_drops_old_sightings_from_memory_and_disk(conn: sqlite3.Connection) -> None:
+    memory = Sightings()
+    memory.load(conn)
+    see(conn, memory, ["p1"], now=NOW)
+    memory.rotate(conn)
+    see(conn, memory, ["p2"], now=NOW)
+    see(conn, memory, ["p3"], now=NOW + 100)
+    assert memory.forget_before(conn, NOW + 50, chunk=1) == 2
+    assert memory.logged == 1
+    assert list(memory.recent.values()) == [NOW + 100]
+    assert conn.execute("SELECT count(*) FROM seen").fetchone()[0] == 0
