@@ -36,6 +36,7 @@ DEDUP_PRUNE_CHUNK = 50_000
 CHECKPOINT_INTERVAL = 0.5
 DELETE_CHUNK = 10_000  # finished events deleted at once (sooner when the queue is caught up)
 DEDUP_ROTATE_ROWS = 65_536  # recent sightings merged into the old generation past this many
+DEDUP_ROTATE_STEP = 8_192  # rows merged between two commits while a rotation runs
 # Estimated bytes on disk per stored event beyond its body (row header, index entries).
 ROW_OVERHEAD = 96
 # Estimated bytes on disk per dedup entry (row and index entry).
@@ -190,8 +191,8 @@ class Queue:
                         pending.future.set_exception(outcome)
                     else:
                         pending.future.set_result(outcome)
-                if self.sightings.logged > DEDUP_ROTATE_ROWS:  # after answering, not before
-                    await self._rotate_sightings()
+                if self.sightings.rotating or self.sightings.logged > DEDUP_ROTATE_ROWS:
+                    await self._rotate_sightings()  # a step, after answering
             if self._closing:
                 return
 
@@ -353,7 +354,7 @@ class Queue:
 
     async def _rotate_sightings(self) -> None:
         try:
-            await self.run(self.sightings.rotate)
+            await self.run(self.sightings.rotate_step, DEDUP_ROTATE_STEP)
         except sqlite3.Error as exc:  # retried after the next commits; dedup stays correct meanwhile
             log.warning("dedup rotation failed: %s", exc)
 

@@ -6,8 +6,10 @@ A 64-bit hash of the pair is kept in two generations:
   table, so a commit writes a few sequential pages however random the hashes are) and kept
   in memory, hash -> time, for the lookups;
 - the **old** generation: the ``seen`` table, keyed by hash. Now and then the log is merged
-  into it in key order (``rotate``), so that each of its pages is written once per
-  rotation rather than once per commit.
+  into it in key order, so that each of its pages is written once per rotation rather than
+  once per commit. A rotation runs in steps of a few thousand rows between commits
+  (``rotate_step``), so that no commit waits for a whole merge: the generation being merged
+  is frozen in memory and read beside the new one until its last row is merged.
 
 A lookup asks memory first and SQLite's ``seen`` only for the hashes memory does not hold.
 Memory changes only after the transaction that wrote the log committed, so a rolled-back
@@ -49,10 +51,14 @@ def seen_in_old_generation(conn: sqlite3.Connection, hashes: Sequence[int], cuto
 class Sightings:
     def __init__(self) -> None:
         self.recent: dict[int, float] = {}
+        self.frozen: dict[int, float] = {}  # the generation a rotation is merging
         self.logged = 0  # rows in seen_log: the recent generation's size on disk
         self._staged: list[int] = []
         self._staged_at = 0.0
         self._reload = False  # memory may hold less than the log: read it again before use
+        self._forgot = False  # the open transaction deleted sightings
+        self._frozen_through = 0  # the frozen generation's last rowid in seen_log
+        self._merged_through = 0  # rowids of seen_log up to this one are merged
 
     def load(self, conn: sqlite3.Connection) -> None:
         """Read the recent generation back into memory (after a restart), first merging the
@@ -73,8 +79,14 @@ class Sightings:
         self.recent = {int(h): float(at) for h, at in conn.execute(
             "SELECT h, max(at) FROM seen_log GROUP BY h")}
         self.logged = int(conn.execute("SELECT count(*) FROM seen_log").fetchone()[0])
+        self.frozen = {}
+        self._frozen_through = self._merged_through = 0
         self._staged = []
         self._reload = False
+
+    @property
+    def rotating(self) -> bool:
+        return self._frozen_through > self._merged_through
 
     def first_sightings(self, conn: sqlite3.Connection, keys: Sequence[tuple[str, str]], now: float,
                         window: float = 0) -> list[bool]:
@@ -86,15 +98,16 @@ class Sightings:
             self._load(conn)
         cutoff = now - window if window else float("-inf")
         hashes = [dedup_hash(write_key, message_id) for write_key, message_id in keys]
-        recent = self.recent
-        ask = [h for h in hashes if recent.get(h, cutoff - 1) < cutoff]
+        recent, frozen, never = self.recent, self.frozen, cutoff - 1
+        last = [recent.get(h) or frozen.get(h, never) for h in hashes]
+        ask = [h for h, at in zip(hashes, last, strict=True) if at < cutoff]
         old = seen_in_old_generation(conn, ask, cutoff)
         conn.execute("INSERT INTO seen_log (h, at) SELECT value, ?1 FROM json_each(?2)",
                      (now, _json_array(hashes)))
         out: list[bool] = []
         in_group: set[int] = set()
-        for h in hashes:
-            out.append(recent.get(h, cutoff - 1) < cutoff and h not in old and h not in in_group)
+        for h, at in zip(hashes, last, strict=True):
+            out.append(at < cutoff and h not in old and h not in in_group)
             in_group.add(h)
         self._staged, self._staged_at = hashes, now
         return out
@@ -105,22 +118,46 @@ class Sightings:
             recent[h] = at
         self.logged += len(self._staged)
         self._staged = []
+        self._forgot = False
 
     def rolled_back(self) -> None:
         """The transaction's sightings never reached the log; anything it forgot is back."""
         self._staged = []
-        self._reload = True
+        if self._forgot:
+            self._reload, self._forgot = True, False
 
-    def rotate(self, conn: sqlite3.Connection) -> int:
-        """Merge the log into the old generation in key order, in one transaction."""
+    def rotate_step(self, conn: sqlite3.Connection, chunk: int) -> int:
+        """Merge up to ``chunk`` rows of the log into the old generation, in key order, in a
+        transaction of their own; return how many. The first step of a rotation freezes
+        the recent generation (what the log holds now); new sightings go to a fresh one."""
+        if self._reload:
+            self._load(conn)
+        if not self.rotating:
+            low, high = conn.execute("SELECT min(rowid), max(rowid) FROM seen_log").fetchone()
+            if high is None:
+                return 0
+            self.frozen, self.recent = self.recent, {}
+            self._merged_through, self._frozen_through = int(low) - 1, int(high)
+        low = self._merged_through
+        high = min(low + chunk, self._frozen_through)
         with transaction(conn):
-            moved = conn.execute(
-                "INSERT INTO seen (h, at) SELECT h, max(at) FROM seen_log GROUP BY h ORDER BY h"
-                " ON CONFLICT(h) DO UPDATE SET at = max(at, excluded.at)").rowcount
-            conn.execute("DELETE FROM seen_log")
-        self.recent = {}
-        self.logged = 0
-        return int(moved)
+            conn.execute(
+                "INSERT INTO seen (h, at) SELECT h, at FROM seen_log WHERE rowid > ?1 AND rowid <= ?2"
+                " ORDER BY h ON CONFLICT(h) DO UPDATE SET at = max(at, excluded.at)", (low, high))
+            merged = int(conn.execute(
+                "DELETE FROM seen_log WHERE rowid > ?1 AND rowid <= ?2", (low, high)).rowcount)
+        self._merged_through = high
+        self.logged -= merged
+        if not self.rotating:
+            self.frozen = {}
+        return merged
+
+    def rotate(self, conn: sqlite3.Connection, chunk: int = 1 << 62) -> int:
+        """A whole rotation: every row the log holds now, merged into the old generation."""
+        moved = self.rotate_step(conn, chunk)
+        while self.rotating:
+            moved += self.rotate_step(conn, chunk)
+        return moved
 
     def forget_oldest(self, conn: sqlite3.Connection, count: int) -> int:
         """Forget about ``count`` of the oldest sightings (old generation first), inside the
@@ -133,15 +170,14 @@ class Sightings:
                 "DELETE FROM seen_log WHERE rowid IN (SELECT rowid FROM seen_log ORDER BY at LIMIT ?)",
                 (count - forgotten,),
             ).rowcount)
-            self._reload = True  # read again from the log once this transaction is over
+            self._reload = self._forgot = True  # memory is read again from the log
         return forgotten
 
     def forget_before(self, conn: sqlite3.Connection, cutoff: float, chunk: int) -> int:
         """Drop sightings older than ``cutoff`` (the old generation in chunks, by its time index)."""
         total = int(conn.execute("DELETE FROM seen_log WHERE at < ?", (cutoff,)).rowcount)
         if total:
-            self.recent = {h: at for h, at in self.recent.items() if at >= cutoff}
-            self.logged -= total
+            self.load(conn)  # memory (and a rotation under way) start again from the log
         while True:
             deleted = int(conn.execute(
                 "DELETE FROM seen WHERE h IN (SELECT h FROM seen WHERE at < ? LIMIT ?)", (cutoff, chunk)
@@ -157,12 +193,16 @@ class Sightings:
         the queue (``relay recover``): the keys are recorded in ``seen``, where the relay
         looks on every lookup, instead of the relay's own log."""
         hashes = [dedup_hash(write_key, message_id) for write_key, message_id in keys]
-        old = seen_in_old_generation(conn, [h for h in hashes if h not in self.recent], float("-inf"))
+        if self._reload:
+            self._load(conn)
+        old = seen_in_old_generation(
+            conn, [h for h in hashes if h not in self.recent and h not in self.frozen], float("-inf"))
         conn.execute("INSERT INTO seen (h, at) SELECT value, ?1 FROM json_each(?2) WHERE true"
                      " ON CONFLICT(h) DO UPDATE SET at = max(at, excluded.at)", (now, _json_array(hashes)))
         out: list[bool] = []
         in_group: set[int] = set()
         for h in hashes:
-            out.append(h not in self.recent and h not in old and h not in in_group)
+            out.append(h not in self.recent and h not in self.frozen and h not in old
+                       and h not in in_group)
             in_group.add(h)
         return out

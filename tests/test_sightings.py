@@ -83,7 +83,7 @@ def test_rotation_moves_the_log_into_the_old_generation_and_lookups_follow(conn:
     memory.load(conn)
     see(conn, memory, ["o1", "o2"], now=NOW)
     see(conn, memory, ["o1"], now=NOW + 10)
-    assert memory.rotate(conn) == 2
+    assert memory.rotate(conn) == 3  # log rows merged, the repeat included
     assert (memory.recent, memory.logged) == ({}, 0)
     times = dict(conn.execute("SELECT h, at FROM seen").fetchall())
     assert times[sightings.dedup_hash("wk", "o1")] == NOW + 10  # the latest time is kept
@@ -138,3 +138,34 @@ def test_pruning_drops_old_sightings_from_memory_and_disk(conn: sqlite3.Connecti
     assert memory.logged == 1
     assert list(memory.recent.values()) == [NOW + 100]
     assert conn.execute("SELECT count(*) FROM seen").fetchone()[0] == 0
+
+
+def test_a_rotation_in_steps_keeps_every_sighting_visible_and_new_ones_apart(conn: sqlite3.Connection) -> None:
+    memory = Sightings()
+    memory.load(conn)
+    see(conn, memory, [f"s{i}" for i in range(10)], now=NOW)
+    assert memory.rotate_step(conn, 4) == 4  # frozen: s0..s9; four of them merged
+    assert memory.rotating
+    see(conn, memory, ["new"], now=NOW + 1)  # lands in the fresh generation
+    assert see(conn, memory, ["s0", "s9", "new", "other"], now=NOW + 2) == [False, False, False, True]
+    while memory.rotating:
+        memory.rotate_step(conn, 4)
+    assert set(memory.frozen) == set()
+    merged = {h for (h,) in conn.execute("SELECT h FROM seen")}
+    assert {sightings.dedup_hash("wk", f"s{i}") for i in range(10)} <= merged
+    logged = [h for (h,) in conn.execute("SELECT h FROM seen_log")]
+    assert sightings.dedup_hash("wk", "new") in logged and len(logged) == memory.logged
+    after_restart = Sightings()
+    after_restart.load(conn)
+    assert see(conn, after_restart, ["s3", "new", "s10"], now=NOW + 3) == [False, False, True]
+
+
+def test_a_restart_in_the_middle_of_a_rotation_loses_nothing(conn: sqlite3.Connection) -> None:
+    memory = Sightings()
+    memory.load(conn)
+    see(conn, memory, [f"m{i}" for i in range(6)], now=NOW)
+    memory.rotate_step(conn, 3)  # half merged, then the process dies
+    after_restart = Sightings()
+    after_restart.load(conn)
+    assert not after_restart.rotating
+    assert see(conn, after_restart, [f"m{i}" for i in range(6)], now=NOW + 1) == [False] * 6
