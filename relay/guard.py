@@ -4,8 +4,8 @@ aiohttp bounds idle keep-alive connections but not a client that sends its heade
 byte at a time (slowloris). The guard wraps aiohttp's protocol by composition: a new
 connection past ``max_connections`` is refused at once, and a request head must be
 complete within ``header_timeout`` of the connection opening or of its first byte. The
-guard follows request boundaries (``Framing``) to know where each head starts; after a
-chunked body it stops following and later heads on that connection are not timed.
+guard follows request boundaries (``Framing``: Content-Length and chunked bodies) to know
+where each head starts, so every head on a kept-alive connection has its own deadline.
 Request bodies are bounded by ``server.body_timeout`` where they are read.
 """
 
@@ -20,16 +20,22 @@ from typing import Any, cast
 log = logging.getLogger(__name__)
 HEAD_END = b"\r\n\r\n"
 MAX_HEAD_BYTES = 64 * 1024
+MAX_LINE_BYTES = 8 * 1024  # a chunk-size line or a trailer line
+CHUNKED = -1
+_HEX = frozenset(b"0123456789abcdefABCDEF")
 
 
 def content_length(head: bytes) -> int | None:
-    """The body length a request head announces: 0 without one, None when it cannot be
-    followed from the bytes alone (chunked, or a malformed or repeated length)."""
-    lowered = head.lower()
-    if b"\r\ntransfer-encoding:" in lowered:
-        return None
-    lengths = [line[len(b"content-length:"):].strip() for line in lowered.split(b"\r\n")
+    """The body a request head announces: its length (0 without one), ``CHUNKED``, or None
+    when it cannot be followed from the bytes alone (another transfer coding, both
+    framings at once, a malformed or repeated length: aiohttp refuses those anyway)."""
+    lines = head.lower().split(b"\r\n")
+    lengths = [line[len(b"content-length:"):].strip() for line in lines
                if line.startswith(b"content-length:")]
+    codings = [line[len(b"transfer-encoding:"):].strip() for line in lines
+               if line.startswith(b"transfer-encoding:")]
+    if codings:
+        return CHUNKED if codings == [b"chunked"] and not lengths else None
     if not lengths:
         return 0
     if len(lengths) > 1 or not lengths[0].isdigit():
@@ -39,14 +45,16 @@ def content_length(head: bytes) -> int | None:
 
 class Framing:
     """Request boundaries on one connection, read from the bytes as they arrive: a head
-    ends at ``\\r\\n\\r\\n`` and a body of Content-Length bytes follows. ``feed`` returns
-    how many heads started and how many ended in ``data``."""
+    ends at ``\\r\\n\\r\\n``; a body of Content-Length bytes follows, or chunks (a hex
+    size line, that many bytes and a CRLF, until a zero size; then trailer lines up to an
+    empty one). ``feed`` returns how many heads started and how many ended in ``data``."""
 
-    IDLE, HEAD, BODY, LOST = range(4)
+    IDLE, HEAD, BODY, LOST, CHUNK_SIZE, CHUNK_DATA, TRAILER = range(7)
 
     def __init__(self) -> None:
         self.state = self.IDLE
         self._head = bytearray()
+        self._line = bytearray()
         self._remaining = 0
 
     def feed(self, data: bytes) -> tuple[int, int]:
@@ -74,17 +82,45 @@ class Framing:
                 ended += 1
                 if length is None:
                     self.state = self.LOST
+                elif length == CHUNKED:
+                    self.state = self.CHUNK_SIZE
+                    self._line.clear()
                 elif length:
                     self.state, self._remaining = self.BODY, length
                 else:
                     self.state = self.IDLE
-            else:
+            elif self.state in (self.CHUNK_SIZE, self.TRAILER):
+                newline = data.find(b"\n", pos)
+                self._line += data[pos:size if newline < 0 else newline]
+                pos = size if newline < 0 else newline + 1
+                if len(self._line) > MAX_LINE_BYTES:
+                    self.state = self.LOST
+                elif newline >= 0:
+                    self._end_line()
+            else:  # BODY or CHUNK_DATA
                 take = min(self._remaining, size - pos)
                 pos += take
                 self._remaining -= take
                 if not self._remaining:
-                    self.state = self.IDLE
+                    self.state = self.IDLE if self.state == self.BODY else self.CHUNK_SIZE
         return started, ended
+
+    def _end_line(self) -> None:
+        line = bytes(self._line).rstrip(b"\r")
+        self._line.clear()
+        if self.state == self.TRAILER:
+            if not line:
+                self.state = self.IDLE  # the empty line after the last chunk (and trailers)
+            return
+        digits = line.split(b";", 1)[0].strip()  # a chunk extension follows a ';'
+        if not digits or not _HEX.issuperset(digits):
+            self.state = self.LOST
+            return
+        chunk = int(digits, 16)
+        if chunk:
+            self.state, self._remaining = self.CHUNK_DATA, chunk + 2  # the data and its CRLF
+        else:
+            self.state = self.TRAILER
 
 
 @dataclass(slots=True)

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import pytest
 
-from relay.guard import Framing, content_length
+from relay.guard import CHUNKED, Framing, content_length
 
 HEAD = b"POST /v1/track HTTP/1.1\r\nHost: r\r\nContent-Length: 2\r\n\r\n"
 GET = b"GET /v1/pixel/track?userId=u HTTP/1.1\r\nHost: r\r\n\r\n"
+CHUNKED_HEAD = b"POST /v1/track HTTP/1.1\r\nHost: r\r\nTransfer-Encoding: chunked\r\n\r\n"
+CHUNKED_BODY = b"2\r\n{\"\r\n1a;ext=1\r\n" + b"x" * 26 + b"\r\n0\r\n\r\n"
 
 
 @pytest.mark.parametrize(("head", "expected"), [
     (b"GET / HTTP/1.1\r\nHost: r", 0),
     (b"POST / HTTP/1.1\r\nContent-Length: 17", 17),
     (b"POST / HTTP/1.1\r\ncontent-length:  5 ", 5),
-    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked", None),
+    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked", CHUNKED),
+    (b"POST / HTTP/1.1\r\ntransfer-encoding:  Chunked ", CHUNKED),
+    (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked", None),
+    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3", None),
     (b"POST / HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3", None),
     (b"POST / HTTP/1.1\r\nContent-Length: -1", None),
     (b"POST / HTTP/1.1\r\nContent-Length: x", None),
@@ -29,7 +34,16 @@ def test_content_length_is_read_or_refused(head, expected):
     ([HEAD + b"{}" + HEAD[:5]], Framing.HEAD, (2, 1)),  # the next request has begun
     ([HEAD + b"{}" + GET + GET], Framing.IDLE, (3, 3)),  # pipelined, bodiless GETs
     ([HEAD[:-2], b"\r\n{}\r\n"], Framing.IDLE, (1, 1)),  # CRLFCRLF split across reads; a stray CRLF
-    ([b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}"], Framing.LOST, (1, 1)),
+    ([CHUNKED_HEAD + CHUNKED_BODY], Framing.IDLE, (1, 1)),  # a whole chunked request
+    ([CHUNKED_HEAD + CHUNKED_BODY + HEAD[:5]], Framing.HEAD, (2, 1)),  # and the next head begins
+    ([CHUNKED_HEAD + CHUNKED_BODY + HEAD + b"{}"], Framing.IDLE, (2, 2)),
+    # the same bytes a byte at a time: sizes, data, CRLFs and the last chunk split anywhere
+    ([bytes([b]) for b in CHUNKED_HEAD + CHUNKED_BODY + HEAD[:5]], Framing.HEAD, (2, 1)),
+    ([CHUNKED_HEAD + b"2\r\n{}"], Framing.CHUNK_DATA, (1, 1)),  # the chunk's CRLF still to come
+    ([CHUNKED_HEAD + b"0\r\nX-Trailer: 1\r\n\r\n" + GET], Framing.IDLE, (2, 2)),  # trailers
+    ([CHUNKED_HEAD + b"zz\r\n"], Framing.LOST, (1, 1)),  # not a hex size: aiohttp refuses it
+    ([CHUNKED_HEAD + b"f" * 9000], Framing.LOST, (1, 1)),  # an endless size line
+    ([b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n2\r\n{}"], Framing.LOST, (1, 1)),
     ([b"GET / HTTP/1.1\r\n" + b"X: " + b"y" * 70_000], Framing.LOST, (1, 0)),
 ])
 def test_framing_follows_heads_and_bodies(chunks, state, heads):

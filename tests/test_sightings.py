@@ -140,7 +140,9 @@ def test_pruning_drops_old_sightings_from_memory_and_disk(conn: sqlite3.Connecti
     assert conn.execute("SELECT count(*) FROM seen").fetchone()[0] == 0
 
 
-def test_a_rotation_in_steps_keeps_every_sighting_visible_and_new_ones_apart(conn: sqlite3.Connection) -> None:
+def test_a_rotation_in_steps_keeps_every_sighting_visible_and_new_ones_apart(
+    conn: sqlite3.Connection,
+) -> None:
     memory = Sightings()
     memory.load(conn)
     see(conn, memory, [f"s{i}" for i in range(10)], now=NOW)

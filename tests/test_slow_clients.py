@@ -105,3 +105,26 @@ async def test_a_slowloris_after_a_good_request_on_a_kept_alive_connection_is_cu
         await task
         writer.close()
     assert [e["event"] for e in relay.events()] == ["First"]
+
+
+async def test_a_slowloris_after_a_chunked_request_on_a_kept_alive_connection_is_cut_off(start_relay):
+    """The guard follows a chunked body to its end, so the next head gets its deadline too."""
+    relay = await start_relay(server={"header_timeout": 0.5})
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.relay.port)
+    body = json.dumps({"userId": "u", "event": "Chunked"}).encode()
+    chunks = b"".join(f"{len(part):x}\r\n".encode() + part + b"\r\n" for part in (body[:7], body[7:]))
+    writer.write(HEAD + b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n")
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.readuntil(b'{"success":true}'), 10)
+    assert answer.startswith(b"HTTP/1.1 200")
+    writer.write(HEAD)  # the second request's head never ends
+    stop = asyncio.Event()
+    task = asyncio.create_task(dribble(writer, stop))
+    try:
+        assert await closed_by_peer(reader) == b""
+        assert relay.relay.guard.header_timeouts == 1
+    finally:
+        stop.set()
+        await task
+        writer.close()
+    assert [e["event"] for e in relay.events()] == ["Chunked"]
