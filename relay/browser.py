@@ -46,6 +46,11 @@ def pixel_message(msg_type: str, query: Iterable[tuple[str, str]]) -> dict[str, 
     """A message from ``?data=<base64 JSON>`` or from plain (dotted) query parameters."""
     if msg_type not in PIXEL_TYPES:
         raise InvalidMessage(f"pixel type must be one of {', '.join(sorted(PIXEL_TYPES))}")
+    return pixel_fields(query)
+
+
+def pixel_fields(query: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    """The message's fields from the query string, whatever the pixel's type."""
     params = list(query)
     data = next((v for k, v in params if k == "data"), None)
     message: dict[str, Any]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -202,7 +202,7 @@ class Ingest:
         try:
             message = browser.pixel_message(request.match_info["type"], request.query.items())
         except InvalidMessage as exc:
-            message = {"query": dict(request.query)}
+            message = self._unreadable_pixel(request.match_info["type"], request.query)
             problem: str | None = str(exc)
         else:
             problem = None
@@ -217,11 +217,25 @@ class Ingest:
         if problem is None:
             await self._admit(message, arrival, admitted, type_hint=request.match_info["type"])
         else:
-            admitted.refuse(self, message, arrival, problem, None)
+            await self._refuse(message, arrival, admitted, problem, None)
         await self._store(admitted.events, admitted.dead)
         if admitted.errors:
             return responses.pixel({"X-Relay-Error": admitted.errors[0]["reason"]})
         return responses.pixel()
+
+    def _unreadable_pixel(self, msg_type: str, query: Mapping[str, str]) -> dict[str, Any]:
+        """What a refused pixel is dead-lettered as: its fields when they can be read (then
+        a scrubbing plugin scrubs them as any message's), else its query string; when a
+        scrubbing plugin is configured, the values of an unreadable query are withheld,
+        since nothing can tell what in them it would have removed."""
+        try:
+            return {**browser.pixel_fields(query.items()), "type": msg_type}
+        except InvalidMessage:
+            pass
+        if self.pipeline is None or not self.pipeline.scrubs:
+            return {"query": dict(query)}
+        return {"query": {key: value if key == "writeKey" else f"<withheld: {len(value)} characters>"
+                          for key, value in query.items()}}
 
     async def settings(self, request: web.Request) -> web.StreamResponse:
         write_key = request.match_info["write_key"]

@@ -414,8 +414,9 @@ async def test_pixel_data_that_is_not_base64_json_answers_a_gif_and_is_dead_lett
     status, gif, headers = await get(relay, "/v1/pixel/track?data=%%%not-base64")
     assert_gif_1x1(status, gif, headers)
     assert headers["X-Relay-Error"] == "pixel data is not base64-encoded JSON"
-    [(destination, reason, _, _)] = relay.dead_letters()
+    [(destination, reason, _, body)] = relay.dead_letters()
     assert (destination, reason) == (None, "pixel data is not base64-encoded JSON")
+    assert json.loads(body) == {"query": {"data": "%%%not-base64"}}  # no scrubber: kept as sent
 
 
 async def test_a_pixel_of_an_unknown_type_answers_a_gif_and_is_dead_lettered(relay):

@@ -297,6 +297,27 @@ async def test_privacy_also_scrubs_what_is_dead_lettered_at_ingest(start_relay, 
         assert clear not in raw
 
 
+async def test_privacy_scrubs_a_refused_pixel_and_withholds_one_it_cannot_read(start_relay):
+    """A pixel of an unknown type is dead-lettered as the message its query spells, scrubbed;
+    one whose data is not base64 JSON cannot be scrubbed, so its values are withheld."""
+    relay = await start_relay(plugins=[plugin("privacy", "strip", remove=["traits.email"])])
+    timeout = aiohttp.ClientTimeout(total=10)
+    for query in ("/v1/pixel/sneeze?userId=u1&traits.email=carol%40example.com&writeKey=wk",
+                  "/v1/pixel/track?data=not-base64-dan%40example.com&writeKey=wk"):
+        async with relay.session.get(relay.url + query, timeout=timeout) as resp:
+            assert resp.status == 200
+            assert resp.headers["X-Relay-Error"]
+    letters = {reason: body for _, reason, _, body in dead(relay)}
+    unknown = letters["pixel type must be one of alias, group, identify, page, screen, track"]
+    assert (unknown["type"], unknown["userId"], unknown["traits"]) == ("sneeze", "u1", {})
+    unreadable = letters["pixel data is not base64-encoded JSON"]
+    withheld = f"<withheld: {len('not-base64-dan@example.com')} characters>"
+    assert unreadable == {"query": {"data": withheld, "writeKey": "wk"}}
+    raw = queue_bytes(relay)
+    for clear in (b"carol@example.com", b"dan@example.com"):
+        assert clear not in raw
+
+
 # --- tracking_plan ----------------------------------------------------------------------------------
 
 
