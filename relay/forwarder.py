@@ -200,7 +200,7 @@ class Forwarder:
 
     async def _fill(self, buffer: deque[Outgoing]) -> None:
         limit = READ_AHEAD * self.config.max_events - len(buffer)
-        rows = await self.queue.read(self.name, self._read_to, limit)
+        rows, through = await self.queue.read(self.name, self._read_to, limit)
         plain = self.pipeline is None or self.pipeline.passthrough(self.name)
         for row in rows:
             if self._done and self._already_done(row.id):
@@ -211,6 +211,7 @@ class Forwarder:
                 if outgoing is not None:
                     buffer.append(outgoing)
             self._read_to = row.id
+        self._read_to = max(self._read_to, through)  # past events only other destinations read
 
     def _already_done(self, event_id: int) -> bool:
         while self._done and self._done[0][1] < event_id:

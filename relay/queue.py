@@ -297,8 +297,10 @@ class Queue:
         self._cursors = dict(cursors)
         return cursors
 
-    async def read(self, destination: str, after: int, limit: int) -> list[store.Stored]:
-        return await self.run(store.read_after, destination, after, limit)
+    async def read(self, destination: str, after: int, limit: int) -> tuple[list[store.Stored], int]:
+        """Events for ``destination`` after ``after``, and the id it has read through (see
+        ``store.read_for``)."""
+        return await self.run(store.read_for, destination, after, limit)
 
     async def record_progress(
         self, destination: str, cursor: int, delivered: int, dead: Sequence[DeadLetter] = ()

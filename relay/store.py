@@ -273,12 +273,24 @@ def register_destinations(conn: sqlite3.Connection, names: Sequence[str], now: f
 
 
 def read_after(conn: sqlite3.Connection, destination: str, after: int, limit: int) -> list[Stored]:
+    return read_for(conn, destination, after, limit)[0]
+
+
+def read_for(conn: sqlite3.Connection, destination: str, after: int,
+             limit: int) -> tuple[list[Stored], int]:
+    """Up to ``limit`` events after ``after`` that ``destination`` reads, and the id it has
+    read through: the last one returned, or, when fewer came back, the newest event at the
+    time of reading (what lies between is only for other destinations: replayed dead
+    letters), so that its cursor can pass events it will never read."""
+    top = conn.execute("SELECT max(id) FROM events").fetchone()[0] or 0
     rows = conn.execute(
         "SELECT id, received_at, write_key, message_id, type, body FROM events"
-        " WHERE id > ? AND (target IS NULL OR target = ?) ORDER BY id LIMIT ?",
-        (after, destination, limit),
+        " WHERE id > ?1 AND id <= ?2 AND (target IS NULL OR target = ?3) ORDER BY id LIMIT ?4",
+        (after, top, destination, limit),
     ).fetchall()
-    return [Stored(*row) for row in rows]
+    events = [Stored(*row) for row in rows]
+    through = events[-1].id if len(events) == limit else max(top, after)
+    return events, through
 
 
 def record_progress(

@@ -75,3 +75,30 @@ async def test_when_the_down_destination_comes_back_it_catches_up_and_the_queue_
     await wait_until(lambda: relay.rows("SELECT count(*) FROM events") == [(0,)], 10, "an empty queue")
     assert sorted(relay.rows("SELECT destination, delivered, dead_lettered FROM progress")) == [
         ("late", 40, 0), ("up", 40, 0)]
+
+
+async def test_a_dead_letter_replayed_for_one_destination_leaves_the_queue_once_it_is_delivered(
+        start_relay, upstreams):
+    """The other destination never reads the replayed event; its cursor still passes it, so
+    the queue empties without waiting for later traffic."""
+    from relay import deadletters
+
+    picky: FakeUpstream = await upstreams(
+        default=lambda batch: (400, {}, '{"rejected": ["r3"]}') if any(
+            e["messageId"] == "r3" for e in batch) else 200)
+    easy: FakeUpstream = await upstreams()
+    relay = await start_relay(destinations=[dest("picky", picky.url), dest("easy", easy.url)])
+    ids = [f"r{i}" for i in range(6)]
+    await post_events(relay, ids)
+    await easy.wait_for(6, timeout=5)
+    await wait_until(lambda: relay.rows("SELECT count(*) FROM dead_letters") == [(1,)], 5, "r3 refused")
+    await wait_until(lambda: relay.rows("SELECT count(*) FROM events") == [(0,)], 5, "the queue empties")
+    picky.default = 200  # fixed upstream: replay the refused event for picky only
+    result = await relay.relay.queue.run(deadletters.replay, deadletters.Filter(destination="picky"))
+    assert result.queued == 1
+    await wait_until(lambda: "r3" in picky.delivered_ids()[-1:], 5, "r3 delivered to picky")
+    await wait_until(lambda: relay.rows("SELECT count(*) FROM events") == [(0,)], 5,
+                     "the replayed event deleted")
+    assert easy.delivered_ids() == ids  # easy never saw the replay
+    cursors = dict(relay.rows("SELECT destination, cursor FROM progress"))
+    assert cursors["easy"] == cursors["picky"]
