@@ -149,6 +149,8 @@ def amp(**fields: Any) -> dict[str, Any]:
 
 
 OPTIONS = AmplitudeOptions(api_key=API_KEY)
+PRODUCTS = [{"productId": "p-1", "name": "Beans", "price": 12.5, "quantity": 2},
+            {"productId": "p-2", "revenue": 5, "revenueType": "Refund"}]
 PAGE = msg("page", name="Pricing", category="Docs", properties={"url": "https://example.com/p"})
 PAGE_PROPS = {"url": "https://example.com/p", "name": "Pricing", "category": "Docs"}
 
@@ -170,6 +172,27 @@ MAPPINGS: list[tuple[str, dict[str, Any], AmplitudeOptions, list[dict[str, Any]]
      [amp(event_type="Order Completed", revenue=25.5, productId="p-1", revenueType="Purchase", quantity=2,
           event_properties={"revenue": "25.5", "productId": "p-1", "revenueType": "Purchase",
                             "quantity": 2})]),
+    ("Order Completed (Log Purchase): the order with its revenue, then a Product Purchased per product",
+     msg("track", event="Order Completed", properties={"revenue": 30, "products": PRODUCTS}), OPTIONS,
+     [amp(event_type="Order Completed", revenue=30, revenueType="Purchase",
+          event_properties={"revenue": 30, "products": PRODUCTS}),
+      amp(event_type="Product Purchased", event_properties=PRODUCTS[0], insert_id="mid-1-2"),
+      amp(event_type="Product Purchased", event_properties=PRODUCTS[1], insert_id="mid-1-3")]),
+    ("Order Completed with track_revenue_per_product: price x quantity on each product instead",
+     msg("track", event="Order Completed", properties={"revenue": 30, "products": PRODUCTS}),
+     AmplitudeOptions(api_key=API_KEY, track_revenue_per_product=True),
+     [amp(event_type="Order Completed", event_properties={"revenue": 30, "products": PRODUCTS}),
+      amp(event_type="Product Purchased", event_properties=PRODUCTS[0], insert_id="mid-1-2",
+          revenue=25.0, revenueType="Purchase", quantity=2, price=12.5, productId="p-1"),
+      amp(event_type="Product Purchased", event_properties=PRODUCTS[1], insert_id="mid-1-3",
+          revenue=5, revenueType="Refund", productId="p-2")]),
+    ("Order Completed: price and quantity make the revenue; no revenue, no revenue fields",
+     msg("track", event="Order Completed", properties={"price": 4.5, "quantity": 2}), OPTIONS,
+     [amp(event_type="Order Completed", revenue=9.0, revenueType="Purchase", quantity=2, price=4.5,
+          event_properties={"price": 4.5, "quantity": 2})]),
+    ("Order Completed without revenue: no revenue fields",
+     msg("track", event="Order Completed", properties={"orderId": "o-1"}), OPTIONS,
+     [amp(event_type="Order Completed", event_properties={"orderId": "o-1"})]),
     ("track: no revenue, no revenue fields (a price alone is not revenue)",
      msg("track", event="Product Viewed", properties={"price": 9.99}), OPTIONS,
      [amp(event_type="Product Viewed", event_properties={"price": 9.99})]),
@@ -291,7 +314,8 @@ async def test_every_call_reaches_amplitude_as_documented(start_relay: Any) -> N
         sent = [
             {**base, "type": "identify", "messageId": "m1", "traits": {"plan": "pro", "logins": 3}},
             {**base, "type": "track", "messageId": "m2", "event": "Order Completed",
-             "properties": {"revenue": 25.5}, "integrations": {"Amplitude": {"session_id": T0_MS}}},
+             "properties": {"revenue": 25.5, "products": [{"productId": "p-1", "price": 25.5}]},
+             "integrations": {"Amplitude": {"session_id": T0_MS}}},
             {**base, "type": "page", "messageId": "m3", "name": "Pricing"},
             {**base, "type": "screen", "messageId": "m4", "name": "Settings"},
             {**base, "type": "group", "messageId": "m5", "groupId": "org-7", "traits": {"name": "Acme"}},
@@ -299,7 +323,7 @@ async def test_every_call_reaches_amplitude_as_documented(start_relay: Any) -> N
         ]
         status, _, _ = await relay.post("/v1/batch", {"writeKey": "wk", "batch": sent})
         assert status == 200
-        await fake.wait_until(lambda: len(fake.ingested) >= 6)
+        await fake.wait_until(lambda: len(fake.ingested) >= 7)
 
         common = {"user_id": "user-42", "device_id": "dev-42", "time": T0_MS, **CONTEXT_FIELDS}
         group = {"[Segment] Group": "org-7"}
@@ -307,7 +331,10 @@ async def test_every_call_reaches_amplitude_as_documented(start_relay: Any) -> N
             {**common, "insert_id": "m1", "event_type": "$identify",
              "user_properties": {"$set": {"plan": "pro"}, "$add": {"logins": 3}}},
             {**common, "insert_id": "m2", "event_type": "Order Completed", "session_id": T0_MS,
-             "event_properties": {"revenue": 25.5}, "revenue": 25.5},
+             "event_properties": {"revenue": 25.5, "products": [{"productId": "p-1", "price": 25.5}]},
+             "revenue": 25.5, "revenueType": "Purchase"},
+            {**common, "insert_id": "m2-2", "event_type": "Product Purchased", "session_id": T0_MS,
+             "event_properties": {"productId": "p-1", "price": 25.5}},
             {**common, "insert_id": "m3", "event_type": "Loaded a Page",
              "event_properties": {"name": "Pricing"}},
             {**common, "insert_id": "m4", "event_type": "Loaded a Screen",

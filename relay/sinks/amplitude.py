@@ -32,6 +32,8 @@ MAX_EVENTS_PER_REQUEST = 2000
 MAX_REQUEST_BYTES = 1_000_000
 THROTTLE_WAIT = 30.0
 LEGACY_GROUP_TYPE = "[Segment] Group"
+PURCHASE_EVENT = "Order Completed"
+PRODUCT_EVENT = "Product Purchased"
 INTEGRATION_KEY = "Amplitude"  # integrations.Amplitude.{session_id, groups}, as Segment reads them
 REVENUE_FIELDS = (("revenue", f.number), ("price", f.number), ("quantity", f.integer),
                   ("productId", f.text), ("revenueType", f.text))
@@ -51,6 +53,8 @@ class AmplitudeOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     group_value_trait: str = ""
     traits_to_set_once: tuple[str, ...] = ()
     traits_to_increment: tuple[str, ...] = ()
+    # Segment's Log Purchase: revenue on each "Product Purchased" event instead of the order's.
+    track_revenue_per_product: bool = False
     throttle_wait: Annotated[float, msgspec.Meta(ge=0)] = THROTTLE_WAIT
 
     def __repr__(self) -> str:
@@ -66,6 +70,8 @@ def to_amplitude(message: f.Message, options: AmplitudeOptions) -> list[dict[str
     kind = message.get("type")
     base = _common(message, options)
     if kind == "track":
+        if message.get("event") == PURCHASE_EVENT:
+            return _purchase(message, base, options)
         return [_track(message, base)]
     if kind in ("page", "screen"):
         return _page(message, base, options, "Page" if kind == "page" else "Screen")
@@ -154,6 +160,53 @@ def _track(message: f.Message, base: dict[str, Any]) -> dict[str, Any]:
     if isinstance(groups, dict):
         event["groups"] = groups
     return event
+
+
+def _purchase(message: f.Message, base: dict[str, Any], options: AmplitudeOptions) -> list[dict[str, Any]]:
+    """Segment's Log Purchase (its preset for ``Order Completed``): the order's event with its
+    revenue, then one ``Product Purchased`` event per product, the product as its
+    properties; with ``track_revenue_per_product`` the revenue goes on each product instead."""
+    properties = f.properties(message)
+    listed = properties.get("products")
+    products = [p for p in listed if isinstance(p, dict)] if isinstance(listed, list) else []
+    order = {**base, "event_type": message.get("event")}
+    if properties:
+        order["event_properties"] = properties
+    groups = _settings(message).get("groups")
+    if isinstance(groups, dict):
+        order["groups"] = groups
+    per_product = options.track_revenue_per_product and bool(products)
+    if not per_product:
+        order.update(_revenue(properties))
+    events = [order]
+    for product in products:
+        event = {**base, "event_type": PRODUCT_EVENT, "event_properties": product}
+        if isinstance(groups, dict):
+            event["groups"] = groups
+        if "insert_id" in base:
+            event["insert_id"] = f"{base['insert_id']}-{len(events) + 1}"
+        if per_product:
+            event.update(_revenue(product))
+        events.append(event)
+    return events
+
+
+def _revenue(source: dict[str, Any]) -> dict[str, Any]:
+    """Log Purchase's revenue fields: ``price * quantity`` when both are numbers, else
+    ``revenue``; none when that is missing or zero; ``revenueType`` defaults to Purchase."""
+    price, quantity = f.number(source.get("price")), f.number(source.get("quantity"))
+    if price is not None and quantity is not None:
+        revenue: float | int | None = price * quantity
+    else:
+        revenue = f.number(source.get("revenue"))
+    if not revenue:
+        return {}
+    fields: dict[str, Any] = {"revenue": revenue,
+                              "revenueType": f.text(source.get("revenueType")) or "Purchase"}
+    f.put(fields, "quantity", round(quantity) if quantity is not None else None)
+    f.put(fields, "price", price)
+    f.put(fields, "productId", f.text(source.get("productId")))
+    return fields
 
 
 def _page(message: f.Message, base: dict[str, Any], options: AmplitudeOptions,
