@@ -35,7 +35,7 @@ DEDUP_PRUNE_INTERVAL = 60.0
 DEDUP_PRUNE_CHUNK = 50_000
 CHECKPOINT_INTERVAL = 0.5
 DELETE_CHUNK = 10_000  # finished events deleted at once (sooner when the queue is caught up)
-DEDUP_ROTATE_ROWS = 65_536  # recent sightings merged into the old generation past this many
+DEDUP_ROTATE_ROWS = 32_768  # recent sightings merged into the old generation past this many
 DEDUP_ROTATE_STEP = 8_192  # rows merged between two commits while a rotation runs
 # Estimated bytes on disk per stored event beyond its body (row header, index entries).
 ROW_OVERHEAD = 96
