@@ -32,6 +32,8 @@ inserting the same events into the relay's schema with fsync (one commit per rou
 no relay code), and msgspec decoding the body and encoding its messages. From those and the bare
 handler it prints the floor: the events/s at which HTTP, decode/encode and the raw insert alone
 use the whole core, i.e. the most any relay that stores one row per event could reach here.
+For batches it also measures raw SQLite storing one row per request (the events' bodies in
+one blob) and prints that floor too.
 
 Other options: --warmup S (default 2, not counted), --generator auto|wrk|python, --threads N
 (wrk threads), --dir PATH (where the queue goes; keep it off tmpfs), --no-pin, --no-reference.
@@ -534,8 +536,11 @@ def measure_references(plan: Plan, procs: Processes, workload: Workload, connect
         body.write_text(workload.body_template())
         commit_events = connections * workload.events
         out: dict[str, Any] = {"commit_events": commit_events}
-        for kind, extra in (("sqlite", ["--commit-events", str(commit_events), "--dir", str(workdir)]),
-                            ("codec", [])):
+        storage = ["--commit-events", str(commit_events), "--dir", str(workdir)]
+        kinds: list[tuple[str, list[str]]] = [("sqlite", storage), ("codec", [])]
+        if workload.events > 1:
+            kinds.append(("sqlite-request", storage))
+        for kind, extra in kinds:
             proc = procs.start([sys.executable, str(BENCH / "reference.py"), kind, "--body", str(body),
                                 "--duration", f"{plan.duration:g}", *extra],
                                plan.server_cpu, stdout=subprocess.PIPE, env=_child_env(), cwd=ROOT)
@@ -546,16 +551,16 @@ def measure_references(plan: Plan, procs: Processes, workload: Workload, connect
             if proc.returncode != 0:
                 raise RuntimeError(f"bench/reference.py {kind} failed with status {proc.returncode}")
             last = stdout.decode().strip().splitlines()[-1]
-            out[f"{kind}_events_per_s"] = float(json.loads(last)["events_per_s"])
+            out[f"{kind.replace('-', '_')}_events_per_s"] = float(json.loads(last)["events_per_s"])
         return out
     finally:
         with shielded():
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def floor(bare: dict[str, Any], reference: dict[str, Any]) -> float:
+def floor(bare: dict[str, Any], reference: dict[str, Any], storage: str = "sqlite") -> float:
     """Events/s when the per-event costs of bare HTTP, raw SQLite and the codec add up."""
-    rates = (bare["events_per_s"], reference["sqlite_events_per_s"], reference["codec_events_per_s"])
+    rates = (bare["events_per_s"], reference[f"{storage}_events_per_s"], reference["codec_events_per_s"])
     return 1.0 / sum(1.0 / r for r in rates) if all(rates) else 0.0
 
 
@@ -616,6 +621,9 @@ def print_workload(workload: Workload, results: dict[str, Any], out: Callable[[s
         out(f"  floor (bare HTTP + decode/encode + raw insert, nothing else): "
             f"{ref['floor_events_per_s']:,.0f} events/s = {ref['floor_requests_per_s']:,.0f} requests/s "
             f"({ref['floor_over_bare']:.2f} of bare); relay/floor {ref['relay_over_floor']:.2f}")
+        if "floor_request_rows_events_per_s" in ref:
+            out(f"  with one row per request instead: raw insert {ref['sqlite_request_events_per_s']:,.0f} "
+                f"events/s, floor {ref['floor_request_rows_events_per_s']:,.0f} events/s")
     shown = f"{goal['value']:.2f}" if workload.name == "single" else f"{goal['value']:,.0f}"
     out(f"  target: {goal['what']}: {shown} -> {'MET' if goal['met'] else 'MISSED'}")
     if "plugins" in results:
@@ -768,6 +776,8 @@ def main(argv: list[str] | None = None) -> int:
                     ref["floor_requests_per_s"] = ref["floor_events_per_s"] / workload.events
                     ref["floor_over_bare"] = ref["floor_events_per_s"] / results["bare"]["events_per_s"]
                     ref["relay_over_floor"] = results["relay"]["events_per_s"] / ref["floor_events_per_s"]
+                    if "sqlite_request_events_per_s" in ref:
+                        ref["floor_request_rows_events_per_s"] = floor(results["bare"], ref, "sqlite_request")
                     results["reference"] = ref
                 results["ratio"] = ratios(results["bare"], results["relay"])
                 results["target"] = target(workload, results["relay"], results["ratio"])
