@@ -9,6 +9,7 @@ however long the event waited in the queue.
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -27,8 +28,10 @@ _encode = msgspec.json.Encoder().encode
 
 
 _RECEIVED = b',"receivedAt":"'
-_TIMESTAMP = b',"timestamp":"'
-_MIDDLE_KEYS = (b',"sentAt":"', b',"originalTimestamp":"')
+# The tail ingest writes: receivedAt, then sentAt and originalTimestamp when present, then
+# timestamp, and the object's end. A value with a quote in it (an escape) does not match.
+_TAIL = re.compile(rb',"receivedAt":"[^"]*"(?:,"sentAt":"[^"]*")?(?:,"originalTimestamp":"[^"]*")?'
+                   rb',"timestamp":"([^"]*)"\}\Z')
 
 
 def retime(body: bytes) -> bytes | None:
@@ -39,24 +42,14 @@ def retime(body: bytes) -> bytes | None:
     escaped, so the pattern only matches a key). None when the tail is not exactly those
     fields, for the caller to decode the event instead."""
     at = body.rfind(_RECEIVED)
-    stamp = body.rfind(_TIMESTAMP)
-    if at < 0 or stamp < at or not body.endswith(b'"}'):
+    if at < 0:
         return None
-    start = at + len(_RECEIVED)
-    end = body.find(b'"', start)
-    when = body[stamp + len(_TIMESTAMP):-2]
-    if end < 0 or b'"' in when:  # an escape is copied as it stands: still the same JSON string
+    tail = _TAIL.match(body, at)
+    if tail is None:
         return None
-    rest = body[end + 1:stamp]
-    for key in _MIDDLE_KEYS:
-        if rest.startswith(key):
-            close = rest.find(b'"', len(key))
-            if close < 0:
-                return None
-            rest = rest[close + 1:]
-    if rest:
-        return None
-    return b"".join((body[:end], b'","originalTimestamp":"', when, b'","timestamp":"', when, b'"}'))
+    when = tail[1]
+    head = memoryview(body)[:body.index(b'"', at + len(_RECEIVED)) + 1]  # through receivedAt's value
+    return b"".join((head, b',"originalTimestamp":"', when, b'","timestamp":"', when, b'"}'))
 
 
 class SegmentSink(HttpSink):
