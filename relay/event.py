@@ -135,6 +135,8 @@ def normalise(message: object, arrival: Arrival, type_hint: str | None = None) -
     context = message.get("context")
     if context is None:
         context = {}
+        if "context" in message:  # "context": null becomes an object the relay can fill
+            message["context"] = context
     elif not isinstance(context, dict):
         raise InvalidMessage("context must be an object")
     if arrival.context:

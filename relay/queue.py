@@ -263,9 +263,9 @@ class Queue:
             used = store.used_bytes(conn)
             conn.execute("COMMIT")
         except BaseException:
+            self.sightings.rolled_back()  # first: even a failed ROLLBACK must not leave them staged
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            self.sightings.rolled_back()
             raise
         self.sightings.committed()
         self._used_bytes = used

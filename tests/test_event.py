@@ -402,3 +402,8 @@ def test_canonical_time_matches_formatting_the_parsed_time(moment: datetime, spe
 ])
 def test_canonical_time_table(given_text: str, expected: str) -> None:
     assert _canonical(given_text, timestamps.parse(given_text)) == expected
+
+
+def test_a_null_context_is_filled_like_a_missing_one() -> None:
+    event = normalise(track(context=None), arrival())
+    assert event.body["context"] == {"ip": "192.0.2.10"}

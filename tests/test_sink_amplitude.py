@@ -402,3 +402,23 @@ async def test_a_wrong_api_key_pauses_the_destination_and_is_never_logged(
         assert all(r.status == 400 for r in fake.requests)
         assert API_KEY not in caplog.text
         assert API_KEY not in str(await forwarder.status())
+
+
+async def test_orders_whose_products_exceed_a_request_are_split_before_amplitude_sees_them(
+        start_relay: Any) -> None:
+    """An order becomes one event per product: three orders of 800 products are 2,403 events,
+    more than a request takes; the batch is split before sending, never refused by Amplitude."""
+    async with FakeAmplitude() as fake:
+        relay = await start_relay(destinations=[{**destination(fake), "max_events": 3}])
+        orders = [{"type": "track", "userId": "user-42", "event": "Order Completed", "timestamp": T0,
+                   "messageId": f"order-{n}",
+                   "properties": {"products": [{"productId": f"p{i}"} for i in range(800)]}}
+                  for n in range(3)]
+        status, answer, _ = await relay.post("/v1/batch", {"writeKey": "wk", "batch": orders})
+        assert status == 200 and answer["accepted"] == 3
+        await fake.wait_until(lambda: len(fake.ingested) >= 3 * 801)
+        assert [r.status for r in fake.requests] == [200] * len(fake.requests)
+        assert all(len(r.json()["events"]) <= 2000 for r in fake.requests)
+        assert [e["insert_id"] for e in fake.ingested if e["event_type"] == "Order Completed"] == [
+            "order-0", "order-1", "order-2"]
+        assert relay.dead_letters() == []

@@ -18,15 +18,18 @@ from relay.store import Stored
 
 
 class Outgoing:
-    """An event as one destination sends it; ``key`` groups what may share a request."""
+    """An event as one destination sends it; ``key`` groups what may share a request;
+    ``count`` is how many of the destination's own events ``data`` holds (one message can
+    become several, as an Amplitude order does)."""
 
-    __slots__ = ("data", "event", "key", "size")
+    __slots__ = ("count", "data", "event", "key", "size")
 
-    def __init__(self, event: Stored, data: bytes, key: str) -> None:
+    def __init__(self, event: Stored, data: bytes, key: str, count: int = 1) -> None:
         self.event = event
         self.data = data
         self.key = key
         self.size = len(data)
+        self.count = count
 
 
 class Sink(Protocol):

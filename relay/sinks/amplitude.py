@@ -296,7 +296,8 @@ class AmplitudeSink(HttpSink):
         self.config = config
         self.options = opts.parse(config.options, AmplitudeOptions)
         endpoint = opts.http_url(config.endpoint or DEFAULT_ENDPOINT, "endpoint")
-        fan_out = max(2, len(self.options.page_events))  # events one message can become
+        # events one message can become (an order with products more: see ``send``)
+        fan_out = max(2, len(self.options.page_events))
         if config.max_events * fan_out > MAX_EVENTS_PER_REQUEST:
             raise ValueError(
                 f"`max_events` is {config.max_events}, but Amplitude takes at most "
@@ -320,8 +321,11 @@ class AmplitudeSink(HttpSink):
         events = to_amplitude(_decode(event.body), self.options)
         if not events:
             return None
-        return Outgoing(event, b",".join(_encode(e) for e in events), "")
+        return Outgoing(event, b",".join(_encode(e) for e in events), "", len(events))
 
     async def send(self, batch: Sequence[Outgoing]) -> Answer:
+        events = sum(o.count for o in batch)
+        if events > MAX_EVENTS_PER_REQUEST:  # an order's products: split before Amplitude refuses it
+            return Answer(413, f"{events} Amplitude events; a request takes at most {MAX_EVENTS_PER_REQUEST}")
         body = self._head + b",".join(o.data for o in batch) + self._tail
         return interpret(await self._http.request(body), self.options.throttle_wait)
