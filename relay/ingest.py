@@ -118,7 +118,7 @@ class Ingest:
             body = await self._body(request)
             arrival = self._arrival(request, body)
             admitted = _Admitted()
-            await self._admit(body, arrival, admitted, type_hint=kind, strict=True)
+            await self._admit([body], arrival, admitted, type_hint=kind, strict=True)
             result = await self._store(admitted.events, admitted.dead)
             if admitted.errors:  # a plugin refused it: dead-lettered, so nothing to retry
                 return responses.ok({"accepted": result.stored, "rejected": result.dead_lettered,
@@ -147,19 +147,7 @@ class Ingest:
             raise self._reject(400, "invalid_batch", "batch-level integrations must be an object")
         arrival = self._arrival(request, body, batch=(context, integrations, body.get("sentAt")))
         admitted = _Admitted()
-        if self.pipeline is None or not self.pipeline.runs_at_ingest:
-            events = admitted.events  # no ingest plugins: no coroutine per message
-            for index, message in enumerate(messages):
-                try:
-                    event = normalise(message, arrival)
-                    check_size(event.encode())
-                except InvalidMessage as exc:
-                    await self._refuse(message, arrival, admitted, str(exc), index)
-                    continue
-                events.append(event)
-        else:
-            for index, message in enumerate(messages):
-                await self._admit(message, arrival, admitted, index=index)
+        await self._admit(messages, arrival, admitted, indexed=True)
         result = await self._store(admitted.events, admitted.dead)
         answer: dict[str, Any] = {
             "accepted": result.stored,
@@ -170,26 +158,31 @@ class Ingest:
             answer["errors"] = admitted.errors
         return responses.ok(answer)
 
-    async def _admit(self, message: object, arrival: Arrival, admitted: _Admitted, *,
-                     type_hint: str | None = None, index: int | None = None, strict: bool = False) -> None:
-        """Validate and normalise one message, run the ingest plugins on it, and add what
-        comes out to ``admitted``: events to store, or dead letters with the reason. With
-        ``strict`` (single-message routes) a protocol fault is a 400 instead."""
-        try:
-            event = normalise(message, arrival, type_hint)
-            if self.pipeline is None or not self.pipeline.runs_at_ingest:
-                check_size(event.encode())
-                admitted.events.append(event)
-                return
-        except InvalidMessage as exc:
-            if strict:
-                raise self._reject(400, "invalid_message", str(exc)) from None
-            await self._refuse(message, arrival, admitted, str(exc), index)
-            return
-        events, refused = await through_ingest_plugins(self.pipeline, event, arrival)
-        admitted.events.extend(events)
-        for body, reason in refused:
-            admitted.refuse(self, body, arrival, reason, index)
+    async def _admit(self, messages: Sequence[object], arrival: Arrival, admitted: _Admitted, *,
+                     type_hint: str | None = None, indexed: bool = False, strict: bool = False) -> None:
+        """Validate and normalise each message, run the ingest plugins on it, and add what
+        comes out to ``admitted``: events to store, or dead letters with the reason (and the
+        message's index in the batch when ``indexed``). With ``strict`` (single-message
+        routes) a protocol fault is a 400 instead. One call a request: without ingest
+        plugins no coroutine is awaited per message."""
+        pipeline = self.pipeline if self.pipeline is not None and self.pipeline.runs_at_ingest else None
+        for position, message in enumerate(messages):
+            index = position if indexed else None
+            try:
+                event = normalise(message, arrival, type_hint)
+                if pipeline is None:
+                    check_size(event.encode())
+                    admitted.events.append(event)
+                    continue
+            except InvalidMessage as exc:
+                if strict:
+                    raise self._reject(400, "invalid_message", str(exc)) from None
+                await self._refuse(message, arrival, admitted, str(exc), index)
+                continue
+            events, refused = await through_ingest_plugins(pipeline, event, arrival)
+            admitted.events.extend(events)
+            for body, reason in refused:
+                admitted.refuse(self, body, arrival, reason, index)
 
     async def _refuse(self, message: object, arrival: Arrival, admitted: _Admitted, reason: str,
                       index: int | None) -> None:
@@ -215,7 +208,7 @@ class Ingest:
             return responses.pixel({"X-Relay-Error": exc.message})
         admitted = _Admitted()
         if problem is None:
-            await self._admit(message, arrival, admitted, type_hint=request.match_info["type"])
+            await self._admit([message], arrival, admitted, type_hint=request.match_info["type"])
         else:
             await self._refuse(message, arrival, admitted, problem, None)
         await self._store(admitted.events, admitted.dead)
