@@ -48,6 +48,17 @@ def seen_in_old_generation(conn: sqlite3.Connection, hashes: Sequence[int], cuto
         (cutoff, _json_array(hashes)))}
 
 
+def _first_in_group(hashes: Sequence[int], unseen: Sequence[bool]) -> list[bool]:
+    """``unseen`` as the answer, except that of a key repeated inside the group only the
+    first copy counts as new."""
+    out: list[bool] = []
+    in_group: set[int] = set()
+    for h, new in zip(hashes, unseen, strict=True):
+        out.append(new and h not in in_group)
+        in_group.add(h)
+    return out
+
+
 class Sightings:
     def __init__(self) -> None:
         self.recent: dict[int, float] = {}
@@ -104,13 +115,9 @@ class Sightings:
         old = seen_in_old_generation(conn, ask, cutoff)
         conn.execute("INSERT INTO seen_log (h, at) SELECT value, ?1 FROM json_each(?2)",
                      (now, _json_array(hashes)))
-        out: list[bool] = []
-        in_group: set[int] = set()
-        for h, at in zip(hashes, last, strict=True):
-            out.append(at < cutoff and h not in old and h not in in_group)
-            in_group.add(h)
         self._staged, self._staged_at = hashes, now
-        return out
+        return _first_in_group(hashes, [at < cutoff and h not in old
+                                        for h, at in zip(hashes, last, strict=True)])
 
     def committed(self) -> None:
         recent, at = self.recent, self._staged_at
@@ -186,7 +193,6 @@ class Sightings:
             if deleted < chunk:
                 return total
 
-
     def record_in_old_generation(self, conn: sqlite3.Connection, keys: Sequence[tuple[str, str]],
                                  now: float) -> list[bool]:
         """``first_sightings`` with no window, for a process other than the relay that owns
@@ -199,10 +205,5 @@ class Sightings:
             conn, [h for h in hashes if h not in self.recent and h not in self.frozen], float("-inf"))
         conn.execute("INSERT INTO seen (h, at) SELECT value, ?1 FROM json_each(?2) WHERE true"
                      " ON CONFLICT(h) DO UPDATE SET at = max(at, excluded.at)", (now, _json_array(hashes)))
-        out: list[bool] = []
-        in_group: set[int] = set()
-        for h in hashes:
-            out.append(h not in self.recent and h not in self.frozen and h not in old
-                       and h not in in_group)
-            in_group.add(h)
-        return out
+        return _first_in_group(hashes, [h not in self.recent and h not in self.frozen and h not in old
+                                        for h in hashes])
