@@ -305,13 +305,7 @@ def record_progress(
     """One transaction: the destination's dead letters, its cursor and counts, and the
     deletion of events every configured destination has finished."""
     with transaction(conn):
-        if dead:
-            insert_dead_letters(conn, dead, now)
-        conn.execute(
-            "UPDATE progress SET cursor = max(cursor, ?), delivered = delivered + ?,"
-            " dead_lettered = dead_lettered + ?, updated_at = ? WHERE destination = ?",
-            (cursor, delivered, len(dead), now, destination),
-        )
+        _count_finished(conn, destination, delivered, dead, now, cursor)
         if delete_through > 0:
             conn.execute("DELETE FROM events WHERE id <= ?", (delete_through,))
         conn.execute("DELETE FROM done_ranges WHERE destination = ? AND last_id <= ?", (destination, cursor))
@@ -323,14 +317,21 @@ def record_done_range(
 ) -> None:
     """A batch finished beyond the cursor: its dead letters, counts and id range, at once."""
     with transaction(conn):
-        if dead:
-            insert_dead_letters(conn, dead, now)
-        conn.execute(
-            "UPDATE progress SET delivered = delivered + ?, dead_lettered = dead_lettered + ?,"
-            " updated_at = ? WHERE destination = ?",
-            (delivered, len(dead), now, destination),
-        )
+        _count_finished(conn, destination, delivered, dead, now)
         conn.execute("INSERT OR REPLACE INTO done_ranges VALUES (?, ?, ?)", (destination, first, last))
+
+
+def _count_finished(conn: sqlite3.Connection, destination: str, delivered: int,
+                    dead: Sequence[DeadLetter], now: float, cursor: int | None = None) -> None:
+    """A destination's finished events: its dead letters stored, its counts (and, when
+    given, its cursor) advanced."""
+    if dead:
+        insert_dead_letters(conn, dead, now)
+    conn.execute(
+        "UPDATE progress SET cursor = max(cursor, coalesce(?, cursor)), delivered = delivered + ?,"
+        " dead_lettered = dead_lettered + ?, updated_at = ? WHERE destination = ?",
+        (cursor, delivered, len(dead), now, destination),
+    )
 
 
 def done_ranges(conn: sqlite3.Connection, destination: str) -> list[tuple[int, int]]:

@@ -22,6 +22,17 @@ def split(path: str) -> Path:
     return parts
 
 
+def check_lists(options: object, *keys: str) -> None:
+    """Every path in the options' list fields ``keys`` is a dotted path, else ValueError
+    naming the first bad one as ``$.key[i]`` (for an options struct's ``__post_init__``)."""
+    for key in keys:
+        for i, path in enumerate(getattr(options, key)):
+            try:
+                split(path)
+            except ValueError as exc:
+                raise ValueError(f"{exc} - at `$.{key}[{i}]`") from None
+
+
 def get(root: Any, parts: Sequence[str]) -> Any:
     """The value at ``parts`` (no wildcards), or None when any step is missing."""
     value = root

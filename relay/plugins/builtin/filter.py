@@ -49,12 +49,7 @@ class FilterOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
                 compile_condition(self.condition)
             except FQLError as exc:
                 raise ValueError(f"{exc} - at `$.if`") from None
-        for key in ("drop_properties", "allow_properties"):
-            for i, path in enumerate(getattr(self, key)):
-                try:
-                    paths.split(path)
-                except ValueError as exc:
-                    raise ValueError(f"{exc} - at `$.{key}[{i}]`") from None
+        paths.check_lists(self, "drop_properties", "allow_properties")
         if self.sample is not None and self.sample.path:
             try:
                 paths.split(self.sample.path)

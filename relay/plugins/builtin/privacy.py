@@ -34,12 +34,7 @@ class PrivacyOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     anonymise_ip: bool = True
 
     def __post_init__(self) -> None:
-        for key in ("remove", "hash"):
-            for i, path in enumerate(getattr(self, key)):
-                try:
-                    paths.split(path)
-                except ValueError as exc:
-                    raise ValueError(f"{exc} - at `$.{key}[{i}]`") from None
+        paths.check_lists(self, "remove", "hash")
         if self.hash and not (self.salt or self.salt_env):
             raise ValueError("`hash` needs a `salt` (or `salt_env`) - at `$.salt`")
 
