@@ -41,8 +41,9 @@ sys.path.insert(0, str(BENCH.parent))
 
 import ingest as common  # noqa: E402  (bench/ingest.py: processes, servers, load generators)
 
-from relay import store  # noqa: E402
-from relay.event import Arrival, normalise  # noqa: E402
+from relay.ingest.normalise import normalise  # noqa: E402
+from relay.queue import store  # noqa: E402
+from relay.types import Arrival  # noqa: E402
 
 DRAIN_TARGET_EVENTS = 100_000
 RSS_TARGET_MIB = 100

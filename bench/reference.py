@@ -5,7 +5,7 @@
     .venv/bin/python bench/reference.py codec --body body.json
 
 ``sqlite``: raw SQLite, no relay code on the write path: the request body's messages, encoded
-once beforehand, are inserted as rows of the relay's own schema (``relay.store.prepare``,
+once beforehand, are inserted as rows of the relay's own schema (``relay.queue.store.prepare``,
 durability fsync: synchronous=FULL, WAL) with one ``executemany`` and one commit per
 ``--commit-events`` rows, as fast as one thread can, for ``--duration`` seconds. No dedup, no
 decoding: the most a queue that keeps one row per event can take on this disk and core.
@@ -35,7 +35,8 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from relay import store
+from relay import types
+from relay.queue import store
 
 MAX_BYTES = 64 << 30
 
@@ -55,7 +56,7 @@ def sqlite_reference(body: bytes, commit_events: int, duration: float, directory
         conn = sqlite3.connect(str(Path(tmp) / "queue.db"), isolation_level=None)
         try:
             store.prepare(conn, "fsync", MAX_BYTES)
-            rows: list[store.Row] = []
+            rows: list[types.Row] = []
             while len(rows) < commit_events:
                 for message in template:
                     message_id = str(uuid.uuid4())

@@ -16,14 +16,14 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from relay import config as config_module
-from relay import logs, notify
-from relay.admin import Admin
 from relay.config import Config
 from relay.errors import ConfigError, QueueError
-from relay.forwarder import Forwarder
-from relay.guard import ConnectionGuard, GuardStats
-from relay.ingest import Ingest
-from relay.middleware import Cors, error_response
+from relay.forward.forwarder import Forwarder
+from relay.ingest.edge import Cors, error_response
+from relay.ingest.guard import ConnectionGuard, GuardStats
+from relay.ingest.routes import Ingest
+from relay.ops import logs, notify
+from relay.ops.admin import Admin
 from relay.plugins.pipeline import Pipeline
 from relay.queue import Queue
 from relay.sinks import make_sink

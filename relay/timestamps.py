@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from relay.errors import InvalidMessage
+
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -39,3 +41,35 @@ def corrected(received_at: datetime, sent_at: datetime, original: datetime) -> d
 
 def from_epoch(seconds: float) -> datetime:
     return EPOCH + timedelta(seconds=seconds)
+
+
+def field_time(value: object, field: str) -> datetime:
+    """``value`` parsed as the time in ``field``; InvalidMessage naming the field if it is not one."""
+    try:
+        return parse(value)
+    except (ValueError, OverflowError):
+        raise InvalidMessage(f"{field} is not an ISO-8601 date-time") from None
+
+
+def given(value: object) -> bool:
+    """A time field counts as given unless it is missing, null or empty."""
+    return value is not None and value != ""
+
+
+def canonical(given: object, parsed: datetime) -> str:
+    """``given`` when it already reads as the relay writes times (millisecond UTC with a
+    ``Z``, as analytics.js sends them), else ``parsed`` written that way. A UTC time with
+    more digits (``...00.123456+00:00``, as the server SDKs send) is cut to milliseconds
+    without formatting it again: ``given`` parsed, so its fields are a valid time."""
+    if isinstance(given, str):
+        if len(given) == 24 and given[23] == "Z" and given[19] == ".":
+            return given
+        if (len(given) > 24 and given[4] == "-" and given[7] == "-" and given[10] == "T"
+                and given[13] == ":" and given[16] == ":" and given[19] == "."
+                and given[20:23].isdigit() and given.endswith(UTC_SUFFIXES)
+                and given[23:].rstrip("Z").removesuffix("+00:00").isdigit()):
+            return given[:23] + "Z"
+    return iso(parsed)
+
+
+UTC_SUFFIXES = ("Z", "+00:00")

@@ -12,8 +12,8 @@ import prometheus_client
 from prometheus_client.parser import text_string_to_metric_families
 
 from relay import __version__ as relay_version
-from relay import cli
 from relay.app import Relay
+from relay.ops import cli
 from tests.conftest import Running, make_config
 from tests.upstream import FakeUpstream
 

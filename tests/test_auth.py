@@ -10,7 +10,7 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 
-from relay import auth
+from relay.ingest import auth
 
 OK = {"success": True}
 MISSING = {"success": False, "code": "missing_write_key",

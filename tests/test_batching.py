@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from relay.batching import ENVELOPE_BYTES, halves, take
+from relay.forward.batching import ENVELOPE_BYTES, halves, take
 
 
 @dataclass(frozen=True)

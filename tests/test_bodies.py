@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from relay.bodies import MAX_REQUEST_BYTES, decompress, parse_json
-from relay.responses import Rejection
+from relay.ingest.bodies import MAX_REQUEST_BYTES, decompress, parse_json
+from relay.ingest.responses import Rejection
 
 DOC = json.dumps({"batch": [{"type": "track", "userId": "u", "event": "E"}]}).encode()
 

@@ -8,13 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from relay import salvage
+from relay.queue import salvage
 from tests.conftest import make_config
 
 
 def fill_queue(path: Path, count: int) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
-    from relay import store
+    from relay.queue import store
 
     store.prepare(conn, "os", 1 << 30)
     rows = [(1.0 + i, "wk", f"m{i}", "track",

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from relay import timestamps
 from relay.errors import InvalidMessage
-from relay.event import Arrival, _canonical, normalise
+from relay.ingest.normalise import normalise
+from relay.types import Arrival
 
 RECEIVED = datetime(2024, 6, 1, 12, 0, 0, tzinfo=UTC)
 RECEIVED_ISO = "2024-06-01T12:00:00.000Z"
@@ -388,8 +389,8 @@ SPELLINGS = [
 def test_canonical_time_matches_formatting_the_parsed_time(moment: datetime, spelling: int) -> None:
     given_text = SPELLINGS[spelling](moment)
     parsed = timestamps.parse(given_text)
-    assert _canonical(given_text, parsed) == timestamps.iso(parsed)
-    assert _canonical(given_text, parsed).endswith("Z")
+    assert timestamps.canonical(given_text, parsed) == timestamps.iso(parsed)
+    assert timestamps.canonical(given_text, parsed).endswith("Z")
 
 
 @pytest.mark.parametrize(("given_text", "expected"), [
@@ -401,7 +402,7 @@ def test_canonical_time_matches_formatting_the_parsed_time(moment: datetime, spe
     ("2024-05-01 12:00:00.123456+00:00", "2024-05-01T12:00:00.123Z"),
 ])
 def test_canonical_time_table(given_text: str, expected: str) -> None:
-    assert _canonical(given_text, timestamps.parse(given_text)) == expected
+    assert timestamps.canonical(given_text, timestamps.parse(given_text)) == expected
 
 
 def test_a_null_context_is_filled_like_a_missing_one() -> None:

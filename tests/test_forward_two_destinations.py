@@ -81,7 +81,7 @@ async def test_a_dead_letter_replayed_for_one_destination_leaves_the_queue_once_
         start_relay, upstreams):
     """The other destination never reads the replayed event; its cursor still passes it, so
     the queue empties without waiting for later traffic."""
-    from relay import deadletters
+    from relay.queue import deadletters
 
     picky: FakeUpstream = await upstreams(
         default=lambda batch: (400, {}, '{"rejected": ["r3"]}') if any(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from relay.guard import CHUNKED, Framing, content_length
+from relay.ingest.guard import CHUNKED, Framing, content_length
 
 HEAD = b"POST /v1/track HTTP/1.1\r\nHost: r\r\nContent-Length: 2\r\n\r\n"
 GET = b"GET /v1/pixel/track?userId=u HTTP/1.1\r\nHost: r\r\n\r\n"

@@ -14,7 +14,7 @@ from urllib.parse import quote, urlencode
 import aiohttp
 import pytest
 
-from relay.responses import PIXEL_GIF
+from relay.ingest.responses import PIXEL_GIF
 
 OK = {"success": True}
 LIMIT = 500 * 1024  # bytes a request may carry, before and after decompression

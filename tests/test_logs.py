@@ -16,8 +16,8 @@ import aiohttp
 import msgspec
 import pytest
 
-from relay import logs
 from relay.config import Config
+from relay.ops import logs
 from tests.conftest import free_port
 from tests.upstream import FakeUpstream
 
@@ -178,8 +178,8 @@ retry_max = 0.1
         await upstream.stop()
     out = proc.log_path.read_text()
     lines = out.splitlines()
-    assert any(" WARNING relay.forwarder: destination state " in line and f"bad write key {logs.MASK}" in line
-               for line in lines), out
+    assert any(" WARNING relay.forward.forwarder: destination state " in line
+               and f"bad write key {logs.MASK}" in line for line in lines), out
     assert not any(" INFO " in line for line in lines), out
     assert not any(line.startswith("{") for line in lines), out
     for secret in (INGEST_KEY, DEST_KEY, TOKEN):

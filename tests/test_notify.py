@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.notify import Notifier, describe, socket_address, watchdog_interval
+from relay.ops.notify import Notifier, describe, socket_address, watchdog_interval
 
 WAIT = 20.0  # seconds any wait for a datagram may take
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from relay.pacing import Pacer
+from relay.forward.pacing import Pacer
 from tests.forwarding import dest, post_events
 
 pytest_plugins = ["tests.forwarding_fixtures"]

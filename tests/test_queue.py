@@ -17,8 +17,8 @@ import pytest
 
 from relay.config import QueueConfig
 from relay.errors import QueueClosed
-from relay.event import Event
 from relay.queue import Queue
+from relay.types import Event
 
 MIB = 1 << 20
 CONCURRENT = 200

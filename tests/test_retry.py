@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from relay.retry import (
+from relay.forward.retry import (
     MAX_RETRY_AFTER,
     MIN_WAIT,
     Action,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from relay import sightings, store
-from relay.sightings import Sightings
+from relay.queue import sightings, store
+from relay.queue.sightings import Sightings
 
 NOW = 1_700_000_000.0
 WINDOW = 3600.0

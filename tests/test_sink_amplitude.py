@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 from relay.config import Config, DestinationConfig, masked
-from relay.retry import Answer
+from relay.forward.retry import Answer
 from relay.sinks import make_sink
 from relay.sinks.amplitude import AmplitudeOptions, interpret, to_amplitude
 from tests.fake_http import FakeServer, Reply, Request, wait_for_rows

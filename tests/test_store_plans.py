@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from relay import store
+from relay.queue import store
 
 
 def plans_of(conn: sqlite3.Connection, call) -> list[tuple[str, str]]:

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from relay import timestamps
+from relay.ingest.normalise import normalise
 from tests.forwarding import dest, wait_until
 from tests.upstream import FakeUpstream
 
@@ -113,8 +114,8 @@ def test_the_encoded_rewrite_equals_decoding_and_encoding_for_every_shape_ingest
 
     import msgspec
 
-    from relay.event import Arrival, normalise
     from relay.sinks.segment import retime
+    from relay.types import Arrival
 
     shapes = [{}, {"timestamp": "2024-01-01T00:00:00Z"}, {"sentAt": "2024-01-01T00:00:05Z"},
               {"timestamp": "2024-01-01T00:00:00.000Z", "sentAt": "2024-01-01T00:00:05.000Z"},

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from relay.config import DestinationConfig
-from relay.retry import Answer
-from relay.store import Stored
+from relay.forward.retry import Answer
+from relay.types import Stored
 
 
 class Outgoing:

@@ -19,12 +19,12 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from relay.config import DestinationConfig
-from relay.retry import Answer
+from relay.forward.retry import Answer
 from relay.sinks import Outgoing
 from relay.sinks import fields as f
 from relay.sinks import options as opts
 from relay.sinks.http import HttpClient, HttpSink
-from relay.store import Stored
+from relay.types import Stored
 
 DEFAULT_ENDPOINT = "https://api2.amplitude.com"
 PATH = "/2/httpapi"

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from relay.config import DestinationConfig
-from relay.retry import Answer
+from relay.forward.retry import Answer
 from relay.sinks import Outgoing
-from relay.store import Stored
+from relay.types import Stored
 
 GZIP_LEVEL = 6
 _NAME = re.compile(r"^events-(\d{8}T\d{2})-(\d+)\.ndjson(\.gz)?$")

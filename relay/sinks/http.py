@@ -18,7 +18,7 @@ import aiohttp
 
 from relay import __version__
 from relay.config import DestinationConfig
-from relay.retry import Answer, parse_retry_after
+from relay.forward.retry import Answer, parse_retry_after
 from relay.sinks.options import shown
 
 MAX_ANSWER_BYTES = 4096

@@ -18,10 +18,10 @@ import msgspec
 
 from relay import timestamps
 from relay.config import DestinationConfig
-from relay.retry import Answer
+from relay.forward.retry import Answer
 from relay.sinks import Outgoing
 from relay.sinks.http import HttpClient, HttpSink
-from relay.store import Stored
+from relay.types import Stored
 
 _decode = msgspec.json.Decoder(dict[str, Any]).decode
 _encode = msgspec.json.Encoder().encode
@@ -37,7 +37,7 @@ _TAIL = re.compile(rb',"receivedAt":"[^"]*"(?:,"sentAt":"[^"]*")?(?:,"originalTi
 def retime(body: bytes) -> bytes | None:
     """The event with ``originalTimestamp`` := ``timestamp`` and no ``sentAt``, rewritten on
     the encoded bytes: decoding and encoding every event of a backlog costs more than the
-    rest of the drain. Ingest writes the time fields last, in ``relay.event.TIME_FIELDS``
+    rest of the drain. Ingest writes the time fields last, in ``relay.ingest.normalise.TIME_FIELDS``
     order, so the last ``,"receivedAt":"`` starts them (a quote inside a JSON string is
     escaped, so the pattern only matches a key). None when the tail is not exactly those
     fields, for the caller to decode the event instead."""

@@ -24,11 +24,11 @@ from typing import Literal
 import msgspec
 
 from relay.config import DestinationConfig
-from relay.retry import Answer
+from relay.forward.retry import Answer
 from relay.sinks import Outgoing
 from relay.sinks import options as opts
 from relay.sinks.http import HttpClient, HttpSink
-from relay.store import Stored
+from relay.types import Stored
 
 SIGNATURE_HEADER = "X-Signature"
 SIGNATURE_PREFIX = "sha256="

@@ -4,7 +4,7 @@ The loop holds at most ``READ_AHEAD x max_events`` events in memory whatever the
 are sent in queue order; with ``concurrency > 1`` several are in flight at once and the
 cursor still advances only over a contiguous run of finished batches. A batch is finished
 when all of its events are delivered or dead-lettered; until then it is retried (see
-``relay.retry`` for what each answer means), so a crash can only resend batches whose
+``relay.forward.retry`` for what each answer means), so a crash can only resend batches whose
 progress was not yet recorded.
 """
 
@@ -22,16 +22,16 @@ from typing import Any
 
 import msgspec
 
-from relay import batching
 from relay.config import DestinationConfig
 from relay.errors import QueueClosed
-from relay.pacing import Pacer
+from relay.forward import batching
+from relay.forward.pacing import Pacer
+from relay.forward.retry import Action, Answer, classify, wait_time
 from relay.plugins.api import Delivery, Outcome
 from relay.plugins.pipeline import Pipeline
 from relay.queue import Queue
-from relay.retry import Action, Answer, classify, wait_time
 from relay.sinks import Outgoing, Sink
-from relay.store import DeadLetter, Stored
+from relay.types import DeadLetter, Stored
 
 log = logging.getLogger(__name__)
 _decode = msgspec.json.Decoder(dict[str, Any]).decode

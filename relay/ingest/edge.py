@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from relay import responses
-from relay.responses import Rejection
+from relay.ingest import responses
+from relay.ingest.responses import Rejection
 
 log = logging.getLogger(__name__)
 ALLOWED_HEADERS = "Content-Type, Authorization, X-Retry-Count, Content-Encoding"

@@ -13,7 +13,7 @@ Schema:
   cursor has passed it.
 - ``dead_letters``: events that were rejected at ingest (``destination`` is NULL) or
   permanently refused by a destination, with the reason and the upstream's answer.
-- ``seen_log`` and ``seen``: dedup memory in two generations (see ``relay.sightings``).
+- ``seen_log`` and ``seen``: dedup memory in two generations (see ``relay.queue.sightings``).
 - ``done_ranges``: batches a destination finished beyond its cursor when a clean stop came
   while an earlier batch was still unfinished (``concurrency > 1``); skipped after a
   restart, and forgotten once the cursor passes them.
@@ -27,9 +27,10 @@ import time
 import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
+
+from relay.types import DeadLetter, Row, Stored
 
 SCHEMA_VERSION = 1
 HEADROOM_PAGES = 256
@@ -81,35 +82,6 @@ CREATE TABLE IF NOT EXISTS done_ranges (
     PRIMARY KEY (destination, first_id)
 ) WITHOUT ROWID;
 """
-
-Row = tuple[float, str, str, str, bytes]
-"""An event to store: (received_at, write_key, message_id, type, body)."""
-
-
-class Stored(NamedTuple):
-    """An event read back from the queue (a named tuple: a backlog is read a million at a
-    time, and a tuple is built three times faster than a frozen dataclass)."""
-
-    id: int
-    received_at: float
-    write_key: str
-    message_id: str
-    type: str
-    body: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    reason: str
-    write_key: str
-    body: bytes
-    message_id: str | None = None
-    received_at: float | None = None
-    destination: str | None = None
-    status: int | None = None
-    response: str | None = None
-    attempts: int = 0
-
 
 @contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[None]:

@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 
-from relay import sightings, store
+from relay.queue import sightings, store
 
 log = logging.getLogger(__name__)
 

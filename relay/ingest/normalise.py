@@ -12,10 +12,9 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-import msgspec
-
 from relay import timestamps
 from relay.errors import InvalidMessage
+from relay.types import Arrival, Event
 
 MESSAGE_TYPES = frozenset({"identify", "track", "page", "screen", "group", "alias"})
 MAX_MESSAGE_BYTES = 32 * 1024
@@ -49,62 +48,9 @@ SERVER_LIBRARIES = frozenset(
     }
 )
 
-_encoder = msgspec.json.Encoder()
-
-
-class Event(msgspec.Struct, gc=False):
-    """One accepted message and the facts the relay keeps beside it."""
-
-    message_id: str
-    write_key: str
-    type: str
-    received_at: float
-    body: dict[str, Any]
-    data: bytes = b""  # the body as stored, encoded once by ``encode``
-
-    def encode(self) -> bytes:
-        if not self.data:
-            self.data = _encoder.encode(self.body)
-        return self.data
-
-
-class Arrival:
-    """What one request says about all of its messages (read-only by convention; a plain
-    slotted class, because one is built for every request)."""
-
-    __slots__ = (
-        "batch_sent_at",
-        "batch_sent_iso",
-        "context",
-        "integrations",
-        "peer_ip",
-        "received_at",
-        "received_iso",
-        "received_ts",
-        "sent_at",
-        "write_key",
-    )
-
-    def __init__(self, write_key: str, received_at: datetime, peer_ip: str | None = None,
-                 sent_at: object = None, context: dict[str, Any] | None = None,
-                 integrations: dict[str, Any] | None = None, received_iso: str | None = None) -> None:
-        self.write_key = write_key
-        self.received_at = received_at
-        self.peer_ip = peer_ip
-        self.sent_at = sent_at
-        self.context = context
-        self.integrations = integrations
-        self.received_iso: str = received_iso or timestamps.iso(received_at)
-        self.received_ts: float = received_at.timestamp()
-        # None too when sent_at is unreadable (each message's own sentAt is then used)
-        self.batch_sent_at: datetime | None = None
-        self.batch_sent_iso = ""
-        if _given(sent_at):
-            try:
-                self.batch_sent_at = _time(sent_at, "sentAt")
-            except InvalidMessage:
-                return
-            self.batch_sent_iso = _canonical(sent_at, self.batch_sent_at)
+_time = timestamps.field_time
+_given = timestamps.given
+_canonical = timestamps.canonical
 
 
 def normalise(message: object, arrival: Arrival, type_hint: str | None = None) -> Event:
@@ -184,36 +130,6 @@ def _merge(message: dict[str, Any], key: str, batch_level: dict[str, Any] | None
     if own or key in message:
         message[key] = own
     return own
-
-
-def _time(value: object, field: str) -> datetime:
-    try:
-        return timestamps.parse(value)
-    except (ValueError, OverflowError):
-        raise InvalidMessage(f"{field} is not an ISO-8601 date-time") from None
-
-
-def _given(value: object) -> bool:
-    return value is not None and value != ""
-
-
-def _canonical(given: object, parsed: datetime) -> str:
-    """``given`` when it already reads as the relay writes times (millisecond UTC with a
-    ``Z``, as analytics.js sends them), else ``parsed`` written that way. A UTC time with
-    more digits (``...00.123456+00:00``, as the server SDKs send) is cut to milliseconds
-    without formatting it again: ``given`` parsed, so its fields are a valid time."""
-    if isinstance(given, str):
-        if len(given) == 24 and given[23] == "Z" and given[19] == ".":
-            return given
-        if (len(given) > 24 and given[4] == "-" and given[7] == "-" and given[10] == "T"
-                and given[13] == ":" and given[16] == ":" and given[19] == "."
-                and given[20:23].isdigit() and given.endswith(_UTC_SUFFIXES)
-                and given[23:].rstrip("Z").removesuffix("+00:00").isdigit()):
-            return given[:23] + "Z"
-    return timestamps.iso(parsed)
-
-
-_UTC_SUFFIXES = ("Z", "+00:00")
 
 
 TIME_FIELDS = ("receivedAt", "sentAt", "originalTimestamp", "timestamp")

@@ -19,11 +19,11 @@ from typing import Any, TypeVar, cast
 
 import aiosqlite
 
-from relay import salvage, sightings, store
+from relay import types
 from relay.config import QueueConfig
 from relay.errors import QueueClosed, QueueError, QueueFull
-from relay.event import Event
-from relay.store import DeadLetter
+from relay.queue import salvage, sightings, store
+from relay.types import AppendResult, DeadLetter, Event
 
 log = logging.getLogger(__name__)
 
@@ -43,19 +43,12 @@ ROW_OVERHEAD = 96
 DEDUP_ROW_BYTES = 40
 
 
-@dataclass(frozen=True, slots=True)
-class AppendResult:
-    stored: int
-    duplicates: int
-    dead_lettered: int
-
-
 @dataclass(slots=True)
 class _Pending:
     events: Sequence[Event]
     dead: Sequence[DeadLetter]
     future: asyncio.Future[AppendResult]
-    rows: list[store.Row] = field(default_factory=list)
+    rows: list[types.Row] = field(default_factory=list)
     outcome: AppendResult | QueueError | None = None
 
 
@@ -297,7 +290,7 @@ class Queue:
         self._cursors = dict(cursors)
         return cursors
 
-    async def read(self, destination: str, after: int, limit: int) -> tuple[list[store.Stored], int]:
+    async def read(self, destination: str, after: int, limit: int) -> tuple[list[types.Stored], int]:
         """Events for ``destination`` after ``after``, and the id it has read through (see
         ``store.read_for``)."""
         return await self.run(store.read_for, destination, after, limit)

@@ -25,7 +25,7 @@ import hashlib
 import sqlite3
 from collections.abc import Sequence
 
-from relay.store import transaction
+from relay.queue.store import transaction
 
 
 def dedup_hash(write_key: str, message_id: str) -> int:

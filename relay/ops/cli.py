@@ -14,8 +14,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from relay import __version__, config, deadletters, logs, salvage, store
+from relay import __version__, config, types
 from relay.errors import ConfigError
+from relay.ops import logs
+from relay.queue import deadletters, salvage, store
 
 DEFAULT_CONFIG_NAMES = ("relay.toml",)
 EXIT_USAGE = 2
@@ -210,7 +212,7 @@ def _ingest_plugins(cfg: config.Config) -> Iterator[deadletters.Admit | None]:
     replay's ``admit`` step (None when no plugin runs at ingest)."""
     import asyncio
 
-    from relay.ingest import through_ingest_plugins
+    from relay.ingest.routes import through_ingest_plugins
     from relay.plugins.pipeline import Pipeline
 
     pipeline = Pipeline.from_config(cfg)
@@ -277,7 +279,7 @@ def _queued(conn: sqlite3.Connection, destination: str | None) -> Iterator[Any]:
         if destination:
             batch = store.read_after(conn, destination, after, 1000)
         else:
-            batch = [store.Stored(*r) for r in conn.execute(
+            batch = [types.Stored(*r) for r in conn.execute(
                 "SELECT id, received_at, write_key, message_id, type, body FROM events WHERE id > ?"
                 " ORDER BY id LIMIT 1000", (after,)).fetchall()]
         if not batch:

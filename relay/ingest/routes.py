@@ -12,14 +12,15 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from relay import auth, bodies, browser, responses, timestamps
+from relay import timestamps
 from relay.config import ServerConfig
 from relay.errors import InvalidMessage, QueueClosed, QueueError, QueueFull
-from relay.event import MESSAGE_TYPES, Arrival, Event, check_size, normalise
+from relay.ingest import auth, bodies, browser, responses
+from relay.ingest.normalise import MESSAGE_TYPES, check_size, normalise
+from relay.ingest.responses import Rejection
 from relay.plugins.pipeline import Pipeline
-from relay.queue import AppendResult, Queue
-from relay.responses import Rejection
-from relay.store import DeadLetter
+from relay.queue import Queue
+from relay.types import AppendResult, Arrival, DeadLetter, Event
 
 log = logging.getLogger(__name__)
 

@@ -36,12 +36,13 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
-from relay import __version__, responses
+from relay import __version__
 from relay.config import AdminConfig
 from relay.errors import QueueClosed, QueueError
-from relay.forwarder import LATENCY_BUCKETS, Forwarder
-from relay.ingest import Ingest
-from relay.middleware import errors_as_json
+from relay.forward.forwarder import LATENCY_BUCKETS, Forwarder
+from relay.ingest import responses
+from relay.ingest.edge import errors_as_json
+from relay.ingest.routes import Ingest
 from relay.queue import Queue
 
 log = logging.getLogger(__name__)

@@ -18,9 +18,11 @@ from typing import Any
 
 import msgspec
 
-from relay import store, timestamps
+from relay import timestamps
 from relay.errors import InvalidMessage
-from relay.event import Arrival, Event, check_size, normalise
+from relay.ingest.normalise import check_size, normalise
+from relay.queue import store
+from relay.types import Arrival, Event
 
 INGEST = "(ingest)"
 _decode = msgspec.json.decode

@@ -8,7 +8,7 @@ import zlib
 import msgspec
 from aiohttp import web
 
-from relay.responses import Rejection
+from relay.ingest.responses import Rejection
 
 MAX_REQUEST_BYTES = 500 * 1024
 DEFAULT_BODY_TIMEOUT = 30.0

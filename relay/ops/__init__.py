@@ -1,0 +1,1 @@
+"""Operations: the admin listener, metrics, systemd notification, logs and the command line."""
