@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from tests.forwarding import dest, duplicates, post_events, post_to, relay_toml
-from tests.upstream import FakeUpstream, Slow
+from tests.support.forwarding import dest, duplicates, post_events, post_to, relay_toml
+from tests.support.upstream import FakeUpstream, Slow
 
-pytest_plugins = ["tests.forwarding_fixtures"]
+pytest_plugins = ["tests.support.forwarding_fixtures"]
 pytestmark = pytest.mark.usefixtures("leak_check")
 
 EVENTS = 60

@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
-from tests.forwarding import dest, duplicates, post_events, wait_requests, wait_until
-from tests.upstream import FakeUpstream, Slow
+from tests.support.forwarding import dest, duplicates, post_events, wait_requests, wait_until
+from tests.support.upstream import FakeUpstream, Slow
 
-pytest_plugins = ["tests.forwarding_fixtures"]
+pytest_plugins = ["tests.support.forwarding_fixtures"]
 pytestmark = pytest.mark.usefixtures("leak_check")
 
 

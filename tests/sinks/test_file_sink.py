@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from tests.forwarding import post_events, wait_until
+from tests.support.forwarding import post_events, wait_until
 
-pytest_plugins = ["tests.forwarding_fixtures"]
+pytest_plugins = ["tests.support.forwarding_fixtures"]
 pytestmark = pytest.mark.usefixtures("leak_check")
 
 ROTATE = 2048

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.upstream import FakeUpstream
+from tests.support.upstream import FakeUpstream
 
 BAD = {"m3", "m7"}
 

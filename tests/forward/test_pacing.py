@@ -3,9 +3,9 @@
 import pytest
 
 from relay.forward.pacing import Pacer
-from tests.forwarding import dest, post_events
+from tests.support.forwarding import dest, post_events
 
-pytest_plugins = ["tests.forwarding_fixtures"]
+pytest_plugins = ["tests.support.forwarding_fixtures"]
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Fixtures for the forwarding tests, loaded with ``pytest_plugins = ["tests.forwarding_fixtures"]``.
+"""Fixtures for the forwarding tests, loaded with ``pytest_plugins = ["tests.support.forwarding_fixtures"]``.
 
 - ``upstreams``: starts FakeUpstreams and stops them all at teardown, checking that their
   ports no longer accept connections.
@@ -16,8 +16,8 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.forwarding import refuses
-from tests.upstream import FakeUpstream
+from tests.support.forwarding import refuses
+from tests.support.upstream import FakeUpstream
 
 
 @pytest.fixture

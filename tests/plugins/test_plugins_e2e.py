@@ -19,13 +19,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.forwarding import FAST, dest, wait_requests, wait_until
-from tests.upstream import FakeUpstream
+from tests.support.forwarding import FAST, dest, wait_requests, wait_until
+from tests.support.upstream import FakeUpstream
 
-pytest_plugins = ["tests.forwarding_fixtures"]
+pytest_plugins = ["tests.support.forwarding_fixtures"]
 pytestmark = pytest.mark.usefixtures("leak_check")
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 Upstreams = Callable[..., Awaitable[FakeUpstream]]
 
 CHROME = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "

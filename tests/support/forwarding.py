@@ -1,4 +1,4 @@
-"""Helpers shared by the forwarding tests (fixtures: ``tests.forwarding_fixtures``)."""
+"""Helpers shared by the forwarding tests (fixtures: ``tests.support.forwarding_fixtures``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.upstream import FakeUpstream
+from tests.support.upstream import FakeUpstream
 
 FAST: dict[str, Any] = {
     "flush_interval": 0.05,

@@ -19,7 +19,7 @@ import pytest
 from relay.config import Config
 from relay.ops import logs
 from tests.conftest import free_port
-from tests.upstream import FakeUpstream
+from tests.support.upstream import FakeUpstream
 
 INGEST_KEY = "ingest-key-SECRET-1"
 DEST_KEY = "dest-key-SECRET-2"

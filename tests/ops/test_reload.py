@@ -15,7 +15,7 @@ import pytest
 
 from relay.errors import ConfigError
 from tests.conftest import make_config
-from tests.upstream import FakeUpstream
+from tests.support.upstream import FakeUpstream
 
 FAST = {"flush_interval": 0.02, "retry_initial": 0.05, "retry_max": 0.2}
 

@@ -16,7 +16,7 @@ from relay.config import Config, DestinationConfig, load, masked
 from relay.errors import ConfigError
 from relay.sinks import make_sink
 from relay.sinks.webhook import WebhookSink
-from tests.fake_http import FakeServer, Reply, Request, wait_for_rows
+from tests.support.fake_http import FakeServer, Reply, Request, wait_for_rows
 
 SECRET = "s3cret-for-tests"
 SERVER_CONTEXT = {"library": {"name": "analytics-python", "version": "2.3.2"}}

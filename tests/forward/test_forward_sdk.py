@@ -11,10 +11,10 @@ import pytest
 from segment.analytics import Client
 
 from relay import timestamps
-from tests.forwarding import dest, post_events, wait_until
-from tests.upstream import FakeUpstream
+from tests.support.forwarding import dest, post_events, wait_until
+from tests.support.upstream import FakeUpstream
 
-pytest_plugins = ["tests.forwarding_fixtures"]
+pytest_plugins = ["tests.support.forwarding_fixtures"]
 pytestmark = pytest.mark.usefixtures("leak_check")
 
 

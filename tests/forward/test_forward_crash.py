@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from tests.forwarding import duplicates, post_to, relay_toml
-from tests.upstream import FakeUpstream, Slow
+from tests.support.forwarding import duplicates, post_to, relay_toml
+from tests.support.upstream import FakeUpstream, Slow
 
-pytest_plugins = ["tests.forwarding_fixtures"]
+pytest_plugins = ["tests.support.forwarding_fixtures"]
 pytestmark = pytest.mark.usefixtures("leak_check")
 
 EVENTS = 200

@@ -16,7 +16,7 @@ from relay.plugins.builtin.privacy import Privacy, PrivacyOptions
 from relay.plugins.loader import DEFAULT_BUDGET_MS, load_all, load_one
 from relay.plugins.pipeline import Pipeline
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)

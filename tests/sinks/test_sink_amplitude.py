@@ -15,7 +15,7 @@ from relay.config import Config, DestinationConfig, masked
 from relay.forward.retry import Answer
 from relay.sinks import make_sink
 from relay.sinks.amplitude import AmplitudeOptions, interpret, to_amplitude
-from tests.fake_http import FakeServer, Reply, Request, wait_for_rows
+from tests.support.fake_http import FakeServer, Reply, Request, wait_for_rows
 
 API_KEY = "0123456789abcdef0123456789abcdef"
 FAST = {"flush_interval": 0.05, "retry_initial": 0.05, "retry_max": 0.2}

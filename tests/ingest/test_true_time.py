@@ -20,10 +20,10 @@ import pytest
 
 from relay import timestamps
 from relay.ingest.normalise import normalise
-from tests.forwarding import dest, wait_until
-from tests.upstream import FakeUpstream
+from tests.support.forwarding import dest, wait_until
+from tests.support.upstream import FakeUpstream
 
-pytest_plugins = ["tests.forwarding_fixtures"]
+pytest_plugins = ["tests.support.forwarding_fixtures"]
 pytestmark = pytest.mark.usefixtures("leak_check")
 
 SKEW = timedelta(hours=-3)

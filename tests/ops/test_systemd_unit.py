@@ -13,7 +13,7 @@ import pytest
 
 from relay.config import DEFAULT_SHUTDOWN_TIMEOUT
 
-UNIT = Path(__file__).resolve().parent.parent / "systemd" / "relay.service"
+UNIT = Path(__file__).resolve().parents[2] / "systemd" / "relay.service"
 INSTALLED_RELAY = "/opt/relay/.venv/bin/relay"
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 needs_systemd_analyze = pytest.mark.skipif(

@@ -1,6 +1,6 @@
 import asyncio
 
-from tests.upstream import FakeUpstream
+from tests.support.upstream import FakeUpstream
 
 
 async def test_events_reach_the_upstream_in_order_and_leave_the_queue(start_relay):

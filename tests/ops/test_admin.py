@@ -15,7 +15,7 @@ from relay import __version__ as relay_version
 from relay.app import Relay
 from relay.ops import cli
 from tests.conftest import Running, make_config
-from tests.upstream import FakeUpstream
+from tests.support.upstream import FakeUpstream
 
 TOKEN = "admin-token-0123456789"
 WAIT = 20.0  # seconds any wait for the relay's progress may take
@@ -272,7 +272,7 @@ async def test_status_is_the_report_relay_status_prints(start_relay, tmp_path):
 
 
 async def test_ready_again_once_deliveries_make_room_without_another_write(start_relay):
-    from tests.upstream import FakeUpstream
+    from tests.support.upstream import FakeUpstream
 
     upstream = FakeUpstream()
     await upstream.start()

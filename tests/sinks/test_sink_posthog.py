@@ -14,7 +14,7 @@ import pytest
 from relay.config import Config, DestinationConfig, masked
 from relay.sinks import make_sink
 from relay.sinks.posthog import PostHogOptions, event_uuid, to_posthog
-from tests.fake_http import FakeServer, Reply, Request, wait_for_rows
+from tests.support.fake_http import FakeServer, Reply, Request, wait_for_rows
 
 API_KEY = "phc_testProjectKey0123456789abcdefghijklmn"
 FAST = {"flush_interval": 0.05, "retry_initial": 0.05, "retry_max": 0.2}
