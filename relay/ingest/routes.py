@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,8 +14,8 @@ from aiohttp import web
 from relay import timestamps
 from relay.config import ServerConfig
 from relay.errors import InvalidMessage, QueueClosed, QueueError, QueueFull
-from relay.ingest import auth, bodies, browser, responses
-from relay.ingest.normalise import MESSAGE_TYPES, check_size, normalise
+from relay.ingest import admission, auth, bodies, browser, responses
+from relay.ingest.admission import Admitted
 from relay.ingest.responses import Rejection
 from relay.plugins.pipeline import Pipeline
 from relay.queue import Queue
@@ -25,7 +24,6 @@ from relay.types import AppendResult, Arrival, DeadLetter, Event
 log = logging.getLogger(__name__)
 
 MAX_BATCH_MESSAGES = 2500
-MAX_REPORTED_ERRORS = 20
 SINGLE_ROUTES = {
     "identify": "identify", "track": "track", "page": "page",
     "screen": "screen", "group": "group", "alias": "alias",
@@ -33,58 +31,6 @@ SINGLE_ROUTES = {
 }
 BATCH_ROUTES = ("batch", "import", "b")
 _encode = msgspec.json.Encoder().encode
-
-
-@dataclass(slots=True)
-class _Admitted:
-    """What a request's messages became: events to store, dead letters, reported errors."""
-
-    events: list[Event] = field(default_factory=list)
-    dead: list[DeadLetter] = field(default_factory=list)
-    errors: list[dict[str, Any]] = field(default_factory=list)
-
-    def refuse(self, ingest: Ingest, message: object, arrival: Arrival, reason: str,
-               index: int | None) -> None:
-        letter = ingest._dead_letter(message, arrival, reason)
-        self.dead.append(letter)
-        ingest._count("invalid_message")
-        if len(self.errors) < MAX_REPORTED_ERRORS:
-            error: dict[str, Any] = {"messageId": letter.message_id, "reason": reason}
-            if index is not None:
-                error["index"] = index
-            self.errors.append(error)
-
-
-def _rewrap(event: Event, body: dict[str, Any]) -> Event:
-    """The envelope again after plugins changed the message in place."""
-    kind, message_id = body.get("type"), body.get("messageId")
-    if kind not in MESSAGE_TYPES or not isinstance(message_id, str) or not message_id:
-        raise InvalidMessage("a plugin left the message without a valid type or messageId")
-    if kind != event.type or message_id != event.message_id:
-        return Event(message_id, event.write_key, kind, event.received_at, body)
-    event.data = b""  # the plugins may have changed the body since it was last encoded
-    return event
-
-
-async def through_ingest_plugins(
-    pipeline: Pipeline, event: Event, arrival: Arrival
-) -> tuple[list[Event], list[tuple[object, str]]]:
-    """Run the ``before`` and ``enrichment`` plugins on a normalised event: the events to
-    store (checked again, encoded), and the messages refused with the reason."""
-    result = await pipeline.run_ingest(event.body)
-    refused: list[tuple[object, str]] = [
-        (r.message, f"refused by plugin {r.plugin}: {r.reason}") for r in result.rejected
-    ]
-    events: list[Event] = []
-    for body in result.messages:
-        try:
-            out = _rewrap(event, body) if body is event.body else normalise(body, arrival)
-            check_size(out.encode())
-        except InvalidMessage as exc:
-            refused.append((body, f"after the ingest plugins: {exc}"))
-            continue
-        events.append(out)
-    return events, refused
 
 
 class Ingest:
@@ -118,8 +64,7 @@ class Ingest:
         async def handler(request: web.Request) -> web.StreamResponse:
             body = await self._body(request)
             arrival = self._arrival(request, body)
-            admitted = _Admitted()
-            await self._admit([body], arrival, admitted, type_hint=kind, strict=True)
+            admitted = await self._admit([body], arrival, type_hint=kind, strict=True)
             result = await self._store(admitted.events, admitted.dead)
             if admitted.errors:  # a plugin refused it: dead-lettered, so nothing to retry
                 return responses.ok({"accepted": result.stored, "rejected": result.dead_lettered,
@@ -147,8 +92,7 @@ class Ingest:
         if integrations is not None and not isinstance(integrations, dict):
             raise self._reject(400, "invalid_batch", "batch-level integrations must be an object")
         arrival = self._arrival(request, body, batch=(context, integrations, body.get("sentAt")))
-        admitted = _Admitted()
-        await self._admit(messages, arrival, admitted, indexed=True)
+        admitted = await self._admit(messages, arrival, indexed=True)
         result = await self._store(admitted.events, admitted.dead)
         answer: dict[str, Any] = {
             "accepted": result.stored,
@@ -159,38 +103,18 @@ class Ingest:
             answer["errors"] = admitted.errors
         return responses.ok(answer)
 
-    async def _admit(self, messages: Sequence[object], arrival: Arrival, admitted: _Admitted, *,
-                     type_hint: str | None = None, indexed: bool = False, strict: bool = False) -> None:
-        """Validate and normalise each message, run the ingest plugins on it, and add what
-        comes out to ``admitted``: events to store, or dead letters with the reason (and the
-        message's index in the batch when ``indexed``). With ``strict`` (single-message
-        routes) a protocol fault is a 400 instead. One call a request: without ingest
-        plugins no coroutine is awaited per message."""
-        pipeline = self.pipeline if self.pipeline is not None and self.pipeline.runs_at_ingest else None
-        for position, message in enumerate(messages):
-            index = position if indexed else None
-            try:
-                event = normalise(message, arrival, type_hint)
-                if pipeline is None:
-                    check_size(event.encode())
-                    admitted.events.append(event)
-                    continue
-            except InvalidMessage as exc:
-                if strict:
-                    raise self._reject(400, "invalid_message", str(exc)) from None
-                await self._refuse(message, arrival, admitted, str(exc), index)
-                continue
-            events, refused = await through_ingest_plugins(pipeline, event, arrival)
-            admitted.events.extend(events)
-            for body, reason in refused:
-                admitted.refuse(self, body, arrival, reason, index)
-
-    async def _refuse(self, message: object, arrival: Arrival, admitted: _Admitted, reason: str,
-                      index: int | None) -> None:
-        """Dead-letter a message that failed the protocol's checks."""
-        if self.pipeline is not None:  # what a scrubber (privacy) removes is not stored
-            message = await self.pipeline.scrub(message)
-        admitted.refuse(self, message, arrival, reason, index)
+    async def _admit(self, messages: Sequence[object], arrival: Arrival, *, type_hint: str | None = None,
+                     indexed: bool = False, strict: bool = False) -> Admitted:
+        """Admit a request's messages; a protocol fault in a single-message request (``strict``)
+        is its 400."""
+        try:
+            admitted = await admission.admit(messages, arrival, self.pipeline, type_hint=type_hint,
+                                             indexed=indexed, strict=strict)
+        except InvalidMessage as exc:
+            raise self._reject(400, "invalid_message", str(exc)) from None
+        if admitted.dead:
+            self._count("invalid_message", len(admitted.dead))
+        return admitted
 
     async def pixel(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -207,11 +131,12 @@ class Ingest:
             # A pixel always answers its image (a mail client shows nothing else); an
             # unauthorised one is not stored, not even as a dead letter.
             return responses.pixel({"X-Relay-Error": exc.message})
-        admitted = _Admitted()
         if problem is None:
-            await self._admit([message], arrival, admitted, type_hint=request.match_info["type"])
+            admitted = await self._admit([message], arrival, type_hint=request.match_info["type"])
         else:
-            await self._refuse(message, arrival, admitted, problem, None)
+            admitted = Admitted()
+            await admission.refuse(message, arrival, self.pipeline, admitted, problem)
+            self._count("invalid_message")
         await self._store(admitted.events, admitted.dead)
         if admitted.errors:
             return responses.pixel({"X-Relay-Error": admitted.errors[0]["reason"]})
@@ -304,17 +229,6 @@ class Ingest:
                                {"Retry-After": "1"}) from None
         except QueueError as exc:
             raise self._reject(503, "queue_error", str(exc), {"Retry-After": "1"}) from None
-
-    @staticmethod
-    def _dead_letter(message: object, arrival: Arrival, reason: str) -> DeadLetter:
-        message_id = message.get("messageId") if isinstance(message, dict) else None
-        return DeadLetter(
-            reason=reason,
-            write_key=arrival.write_key,
-            body=_encode(message),
-            message_id=message_id if isinstance(message_id, str) else None,
-            received_at=arrival.received_at.timestamp(),
-        )
 
     def _reject(self, status: int, code: str, message: str,
                 headers: dict[str, str] | None = None) -> Rejection:

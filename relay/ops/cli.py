@@ -18,6 +18,7 @@ from relay import __version__, config, types
 from relay.errors import ConfigError
 from relay.ops import logs
 from relay.queue import deadletters, salvage, store
+from relay.types import Arrival, Event
 
 DEFAULT_CONFIG_NAMES = ("relay.toml",)
 EXIT_USAGE = 2
@@ -198,34 +199,31 @@ def _require_filter(args: argparse.Namespace) -> deadletters.Filter:
 def cmd_dlq_replay(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     flt = _require_filter(args)
-    with _ingest_plugins(cfg) as admit, _open_queue(cfg, write=True) as conn, \
+    with _admission(cfg) as admit, _open_queue(cfg, write=True) as conn, \
             _progress(deadletters.count(conn, flt), "replay") as bar:
-        result = deadletters.replay(conn, flt, bar, admit=admit)
+        result = deadletters.replay(conn, flt, admit, bar)
     _emit({"queued": result.queued, "still_invalid": result.still_invalid}, args.json,
           lambda r: f"queued {r['queued']} dead letters again; {r['still_invalid']} still invalid")
     return 0
 
 
 @contextmanager
-def _ingest_plugins(cfg: config.Config) -> Iterator[deadletters.Admit | None]:
-    """The configured ingest plugins, loaded on an event loop of this command's own, as a
-    replay's ``admit`` step (None when no plugin runs at ingest)."""
+def _admission(cfg: config.Config) -> Iterator[deadletters.Admit]:
+    """Ingest admission with the configured plugins, on an event loop of this command's
+    own, as a replay's ``admit`` step."""
     import asyncio
 
-    from relay.ingest.routes import through_ingest_plugins
+    from relay.ingest import admission
     from relay.plugins.pipeline import Pipeline
 
     pipeline = Pipeline.from_config(cfg)
-    if not pipeline.runs_at_ingest:
-        yield None
-        return
     loop = asyncio.new_event_loop()
     try:
         loop.run_until_complete(pipeline.start())
 
-        def admit(event: Any, arrival: Any) -> Any:
-            events, refused = loop.run_until_complete(through_ingest_plugins(pipeline, event, arrival))
-            return None if refused else events
+        def admit(message: object, arrival: Arrival) -> list[Event] | None:
+            admitted = loop.run_until_complete(admission.admit([message], arrival, pipeline))
+            return None if admitted.dead else admitted.events
 
         yield admit
     finally:

@@ -19,8 +19,6 @@ from typing import Any
 import msgspec
 
 from relay import timestamps
-from relay.errors import InvalidMessage
-from relay.ingest.normalise import check_size, normalise
 from relay.queue import store
 from relay.types import Arrival, Event
 
@@ -108,15 +106,15 @@ class ReplayResult:
     still_invalid: int = 0
 
 
-Admit = Callable[[Event, Arrival], "list[Event] | None"]
-"""Runs the ingest plugins on a re-validated ingest dead letter: the events to queue, or
-None when a plugin refuses it again."""
+Admit = Callable[[object, Arrival], "list[Event] | None"]
+"""Admission (``relay.ingest.admission``) for an ingest dead letter's message: the events
+to queue, or None when it is refused again."""
 
 
-def replay(conn: sqlite3.Connection, flt: Filter, progress: Callable[[int], None] | None = None,
-           chunk: int = 500, admit: Admit | None = None) -> ReplayResult:
+def replay(conn: sqlite3.Connection, flt: Filter, admit: Admit,
+           progress: Callable[[int], None] | None = None, chunk: int = 500) -> ReplayResult:
     """Queue matching dead letters again (each chunk in one transaction) and remove them.
-    Ingest dead letters are validated again and, with ``admit``, pass the ingest plugins."""
+    Ingest dead letters are admitted again, as if they had just arrived."""
     result = ReplayResult()
     where, params = flt.where()
     joiner = " AND " if where else " WHERE "
@@ -146,7 +144,7 @@ def replay(conn: sqlite3.Connection, flt: Filter, progress: Callable[[int], None
 
 
 def _requeue(destination: str | None, write_key: str, message_id: str | None, received_at: float | None,
-             body: bytes, admit: Admit | None) -> list[tuple[Any, ...]] | None:
+             body: bytes, admit: Admit) -> list[tuple[Any, ...]] | None:
     when = received_at if received_at is not None else time.time()
     try:
         message = _decode(body)
@@ -155,14 +153,7 @@ def _requeue(destination: str | None, write_key: str, message_id: str | None, re
     if destination is not None:
         kind = message.get("type", "track") if isinstance(message, dict) else "track"
         return [(when, write_key, message_id or "", kind, bytes(body), destination)]
-    arrival = Arrival(write_key=write_key, received_at=datetime.fromtimestamp(when, UTC))
-    try:
-        event = normalise(message, arrival)
-        if admit is None:
-            check_size(event.encode())
-    except InvalidMessage:
-        return None
-    events = [event] if admit is None else admit(event, arrival)  # admit checks sizes itself
+    events = admit(message, Arrival(write_key=write_key, received_at=datetime.fromtimestamp(when, UTC)))
     if not events:
         return None
     return [(e.received_at, e.write_key, e.message_id, e.type, e.encode(), None) for e in events]
