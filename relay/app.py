@@ -7,7 +7,6 @@ import gc
 import logging
 import os
 import signal
-import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,6 +26,7 @@ from relay.ops.admin import Admin
 from relay.plugins.pipeline import Pipeline
 from relay.queue import Queue
 from relay.sinks import make_sink
+from relay.types import StatusReport
 
 log = logging.getLogger(__name__)
 # Seconds aiohttp keeps reading the rest of a body it refused before closing (default 10).
@@ -216,13 +216,9 @@ class Relay:
                                         "plugins": [p.name for p in self.pipeline.plugins]})
             return kept
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self) -> StatusReport:
         """What ``relay status --json`` prints (and the admin listener's /status answers)."""
-        report = await self.queue.status()
-        report["queue"]["path"] = self.config.queue.path
-        report["queue"]["max_bytes"] = self.config.queue.max_bytes
-        report["destinations"] = [await f.status() for f in self.forwarders]
-        return report
+        return await self.queue.status([f.live() for f in self.forwarders])
 
     async def summary(self) -> str:
         """One line for systemd's STATUS=."""
@@ -252,7 +248,7 @@ def _keep_fixed(running: Config, new: Config) -> tuple[Config, list[str]]:
 async def _summary(relay: Relay) -> str:
     try:
         return await relay.summary()
-    except (QueueError, sqlite3.Error) as exc:  # the queue answers /ready and /status with the why
+    except QueueError as exc:  # the queue answers /ready and /status with the why
         return f"running; queue figures unavailable: {exc}"
 
 

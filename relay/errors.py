@@ -7,7 +7,8 @@
     │   └── QueueClosed      the queue has been stopped
     └── InvalidMessage       one message breaks the protocol (names the problem)
 
-Errors from sqlite3, msgspec and aiohttp are mapped to these where they enter.
+Errors from the SQLite driver (in relay.queue.connection), msgspec and aiohttp are mapped to
+these where they enter.
 """
 
 

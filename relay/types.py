@@ -135,6 +135,16 @@ class DeadLetterFigures(msgspec.Struct, kw_only=True):
     events: int
 
 
+class Live(NamedTuple):
+    """A destination as a status read names it: its name and type, and the running
+    forwarder's state and last error (None when only the file is read)."""
+
+    name: str
+    type: str
+    state: DestinationState | None = None
+    last_error: str | None = None
+
+
 class DestinationStatus(msgspec.Struct, kw_only=True):
     name: str
     type: str

@@ -31,7 +31,7 @@ from relay.plugins.api import Delivery, Outcome
 from relay.plugins.pipeline import Pipeline
 from relay.queue import Queue
 from relay.sinks import Outgoing, Sink
-from relay.types import DeadLetter, Stored
+from relay.types import DeadLetter, DestinationState, Live, Stored
 
 log = logging.getLogger(__name__)
 _decode = msgspec.json.Decoder(dict[str, Any]).decode
@@ -98,7 +98,7 @@ class Forwarder:
         self.queue = queue
         self.sink = sink
         self.pipeline = pipeline
-        self.state = "ok"
+        self.state: DestinationState = "ok"
         self.last_error: str | None = None
         self.counters = Counters()
         self._rand = rand or random.Random()
@@ -378,7 +378,7 @@ class Forwarder:
                         return done.cut(part.cut_after)
                     finished_through = half[-1].event.id
                 return done
-            state = "paused" if decision.action is Action.PAUSE else "retrying"
+            state: DestinationState = "paused" if decision.action is Action.PAUSE else "retrying"
             await self._set_state(state, answer.describe())
             self.counters.retries += 1
             wait = wait_time(attempt, self.config.retry_initial, self.config.retry_max,
@@ -438,7 +438,7 @@ class Forwarder:
             for o in batch
         ]
 
-    async def _set_state(self, state: str, error: str | None) -> None:
+    async def _set_state(self, state: DestinationState, error: str | None) -> None:
         changed = state != self.state
         self.state = state
         if error is not None:
@@ -454,8 +454,6 @@ class Forwarder:
             except QueueClosed:
                 pass
 
-    async def status(self) -> dict[str, Any]:
-        report = await self.queue.destination_status(self.name, self.config.type)
-        report["state"] = self.state
-        report["last_error"] = self.last_error or report["last_error"]
-        return report
+    def live(self) -> Live:
+        """What a status read takes from this running loop: its state and last error."""
+        return Live(self.name, self.config.type, self.state, self.last_error)

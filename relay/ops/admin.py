@@ -17,10 +17,9 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -44,12 +43,12 @@ from relay.ingest import responses
 from relay.ingest.edge import errors_as_json
 from relay.ingest.routes import Ingest
 from relay.queue import Queue
+from relay.types import DESTINATION_STATES, DestinationStatus, StatusReport
 
 log = logging.getLogger(__name__)
 
 READY_QUEUE_TIMEOUT = 2.0  # seconds the queue may take to answer a readiness check
 SHUTDOWN_TIMEOUT = 2.0  # seconds admin requests in flight may take to finish at stop
-STATES = ("ok", "retrying", "paused")
 _encode = msgspec.json.Encoder().encode
 
 PluginErrors = Callable[[], Mapping[str, int]]
@@ -73,7 +72,7 @@ class Observed(Protocol):
     @property
     def plugin_errors(self) -> PluginErrors: ...
 
-    async def status(self) -> dict[str, Any]: ...
+    async def status(self) -> StatusReport: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,26 +91,21 @@ async def readiness(relay: Observed) -> Unready | None:
         return Unready("queue_full", f"the queue has refused writes since {since}: "
                                      "at its byte cap or out of disk space")
     try:
-        await asyncio.wait_for(relay.queue.run(_ping), READY_QUEUE_TIMEOUT)
+        await asyncio.wait_for(relay.queue.ping(), READY_QUEUE_TIMEOUT)
     except QueueClosed:
         return Unready("queue_closed", "the queue is closed")
     except TimeoutError:
         return Unready("queue_busy", f"the queue did not answer within {READY_QUEUE_TIMEOUT:g} s")
-    except (QueueError, sqlite3.Error, ValueError) as exc:
+    except QueueError as exc:
         return Unready("queue_error", f"the queue cannot be read: {exc}")
     return None
-
-
-def _ping(conn: sqlite3.Connection) -> None:
-    conn.execute("SELECT 1").fetchone()
 
 
 @dataclass(slots=True)
 class Snapshot:
     """The figures a scrape needs from the queue file, read just before it is encoded."""
 
-    queue: dict[str, Any] | None = None
-    destinations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    report: StatusReport | None = None
     unready: Unready | None = None
 
 
@@ -127,8 +121,9 @@ class RelayCollector:
         yield InfoMetricFamily("relay_build", "The relay's version.", value={"version": __version__})
         yield GaugeMetricFamily("relay_ready", "1 when /ready answers 200.", value=int(snap.unready is None))
         yield from self._ingest(relay)
-        yield from self._queue(relay.queue, snap.queue)
-        yield from self._destinations(relay.forwarders, snap.destinations)
+        yield from self._queue(relay.queue, snap.report)
+        reports = {d.name: d for d in snap.report.destinations} if snap.report else {}
+        yield from self._destinations(relay.forwarders, reports)
         plugins = CounterMetricFamily("relay_plugin_errors", "Errors raised by plugins, per plugin.",
                                       labels=["plugin"])
         for name, count in sorted(relay.plugin_errors().items()):
@@ -160,32 +155,31 @@ class RelayCollector:
         )
 
     @staticmethod
-    def _queue(queue: Queue, report: dict[str, Any] | None) -> Iterator[Metric]:
+    def _queue(queue: Queue, report: StatusReport | None) -> Iterator[Metric]:
         yield GaugeMetricFamily("relay_queue_full", "1 while the queue refuses writes (cap or disk full).",
                                 value=int(queue.full_since is not None))
         yield GaugeMetricFamily("relay_queue_max_bytes", "The queue's byte cap ([queue] max_bytes).",
                                 value=queue.config.max_bytes)
         if report is None:  # the queue is closed or failing: /ready says why
             return
-        figures = report["queue"]
-        yield GaugeMetricFamily("relay_queue_events", "Events in the queue.", value=figures["events"])
+        figures = report.queue
+        yield GaugeMetricFamily("relay_queue_events", "Events in the queue.", value=figures.events)
         yield GaugeMetricFamily("relay_queue_bytes", "Bytes of the queue file in use (what max_bytes caps).",
-                                value=figures["bytes"])
+                                value=figures.bytes)
         yield GaugeMetricFamily("relay_queue_oldest_event_age_seconds", "Age of the oldest queued event.",
-                                value=figures["oldest_age_s"])
+                                value=figures.oldest_age_s)
         yield CounterMetricFamily("relay_queue_evicted_events",
                                   "Events evicted to stay under the cap (when_full = drop_oldest).",
-                                  value=figures["evicted_events"])
-        if "corrupt_files" in figures:
-            yield CounterMetricFamily("relay_queue_corrupt_files",
-                                      "Corrupt queue files found at start and moved aside.",
-                                      value=figures["corrupt_files"])
+                                  value=figures.evicted_events)
+        yield CounterMetricFamily("relay_queue_corrupt_files",
+                                  "Corrupt queue files found at start and moved aside.",
+                                  value=figures.corrupt_files)
         yield GaugeMetricFamily("relay_dead_letter_events", "Events in the dead-letter table.",
-                                value=report["dead_letter"]["events"])
+                                value=report.dead_letter.events)
 
     @staticmethod
     def _destinations(forwarders: Sequence[Forwarder],
-                      reports: Mapping[str, dict[str, Any]]) -> Iterator[Metric]:
+                      reports: Mapping[str, DestinationStatus]) -> Iterator[Metric]:
         def family(kind: type[CounterMetricFamily | GaugeMetricFamily], name: str, text: str,
                    value: Callable[[Forwarder], float | None]) -> Metric:
             metric = kind(name, text, labels=["destination"])
@@ -196,7 +190,7 @@ class RelayCollector:
             return metric
 
         def reported(key: str) -> Callable[[Forwarder], float | None]:
-            return lambda f: reports[f.name][key] if f.name in reports else None
+            return lambda f: getattr(reports[f.name], key) if f.name in reports else None
 
         yield family(CounterMetricFamily, "relay_destination_delivered_events",
                      "Events delivered since the relay started.", lambda f: f.counters.delivered)
@@ -215,7 +209,7 @@ class RelayCollector:
         state = GaugeMetricFamily("relay_destination_state", "1 for the destination's current state.",
                                   labels=["destination", "state"])
         for f in forwarders:
-            for name in (*STATES, *([f.state] if f.state not in STATES else [])):
+            for name in DESTINATION_STATES:
                 state.add_metric([f.name, name], int(f.state == name))
         yield state
         latency = HistogramMetricFamily("relay_destination_request_duration_seconds",
@@ -297,7 +291,7 @@ class Admin:
     async def status(self, request: web.Request) -> web.Response:
         try:
             report = await self.relay.status()
-        except (QueueError, sqlite3.Error) as exc:
+        except QueueError as exc:
             return responses.error(503, "queue_unavailable", f"the queue cannot be read: {exc}")
         return _json(report)
 
@@ -305,10 +299,8 @@ class Admin:
         started = time.monotonic()
         snap = Snapshot(unready=await readiness(self.relay))
         try:
-            snap.queue = await self.relay.queue.status()
-            for forwarder in self.relay.forwarders:
-                snap.destinations[forwarder.name] = await forwarder.status()
-        except (QueueError, sqlite3.Error) as exc:
+            snap.report = await self.relay.status()
+        except QueueError as exc:
             log.debug("metrics without the queue's figures: %s", exc)
         log.debug("metrics snapshot", extra={"seconds": round(time.monotonic() - started, 4)})
         return snap
@@ -325,7 +317,7 @@ class Admin:
         return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), self._token)
 
 
-def _json(body: dict[str, Any], status: int = 200) -> web.Response:
+def _json(body: object, status: int = 200) -> web.Response:
     return web.Response(status=status, body=_encode(body), content_type="application/json")
 
 

@@ -6,19 +6,19 @@ import argparse
 import json
 import os
 import signal
-import sqlite3
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from relay import __version__, config, types
-from relay.errors import ConfigError
+from relay import __version__, config
+from relay.errors import ConfigError, QueueError
 from relay.ops import logs
-from relay.queue import deadletters, salvage, store
-from relay.types import Arrival, Event
+from relay.queue import deadletters
+from relay.queue.deadletters import DeadLetterFilter
+from relay.queue.files import QueueFile
+from relay.types import Arrival, Event, Live, StatusReport
 
 DEFAULT_CONFIG_NAMES = ("relay.toml",)
 EXIT_USAGE = 2
@@ -62,16 +62,9 @@ def _progress(total: int | None, what: str) -> Iterator[Callable[[int], None]]:
 
 
 @contextmanager
-def _open_queue(cfg: config.Config, write: bool = False) -> Iterator[sqlite3.Connection]:
-    path = cfg.queue.path
-    if not Path(path).exists():
-        raise SystemExit(f"relay: no queue file at {path}")
-    conn = sqlite3.connect(path, isolation_level=None) if write else store.open_read_only(path)
-    conn.execute("PRAGMA busy_timeout = 10000")
-    try:
-        yield conn
-    finally:
-        conn.close()
+def _open_queue(cfg: config.Config, write: bool = False) -> Iterator[QueueFile]:
+    with QueueFile.open(cfg.queue.path, write) as queue:
+        yield queue
 
 
 # --- run, check, status, reload, version -------------------------------------------------------
@@ -103,20 +96,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def status_report(cfg: config.Config) -> dict[str, Any]:
-    with _open_queue(cfg) as conn:
-        report = store.status(conn)
-        now = time.time()
-        report["destinations"] = [
-            store.destination_status(conn, d.name, d.type, now) for d in cfg.destinations
-        ]
-    report["queue"]["path"] = cfg.queue.path
-    report["queue"]["max_bytes"] = cfg.queue.max_bytes
-    return report
+def status_report(cfg: config.Config) -> StatusReport:
+    with _open_queue(cfg) as queue:
+        return queue.status([Live(d.name, d.type) for d in cfg.destinations], cfg.queue.max_bytes)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    _emit(status_report(load_config(args.config)), args.json, _text_status)
+    _emit(status_report(load_config(args.config)).to_builtins(), args.json, _text_status)
     return 0
 
 
@@ -163,15 +149,15 @@ def cmd_version(args: argparse.Namespace) -> int:
 # --- dead letters, export, recover -------------------------------------------------------------
 
 
-def _filter(args: argparse.Namespace) -> deadletters.Filter:
+def _filter(args: argparse.Namespace) -> DeadLetterFilter:
     destination = deadletters.INGEST if getattr(args, "ingest", False) else args.destination
-    return deadletters.Filter(destination, args.reason, tuple(getattr(args, "ids", None) or ()))
+    return DeadLetterFilter(destination, args.reason, tuple(getattr(args, "ids", None) or ()))
 
 
 def cmd_dlq_list(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
-    with _open_queue(cfg) as conn:
-        rows = deadletters.listing(conn, _filter(args), args.limit)
+    with _open_queue(cfg) as queue:
+        rows = queue.dead_letters(_filter(args), args.limit)
     _emit(rows, args.json, lambda rs: "\n".join(
         f"{r['id']:>8}  {r['failed_at']}  {r['destination']:<16} {r['message_id'] or '-':<38} {r['reason']}"
         for r in rs) or "no dead letters")
@@ -180,8 +166,8 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
 
 def cmd_dlq_show(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
-    with _open_queue(cfg) as conn:
-        rows = deadletters.listing(conn, deadletters.Filter(ids=(args.id,)), 1, with_body=True)
+    with _open_queue(cfg) as queue:
+        rows = queue.dead_letters(DeadLetterFilter(ids=(args.id,)), 1, with_body=True)
     if not rows:
         print(f"relay: no dead letter {args.id}", file=sys.stderr)
         return 1
@@ -189,9 +175,9 @@ def cmd_dlq_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _require_filter(args: argparse.Namespace) -> deadletters.Filter:
+def _require_filter(args: argparse.Namespace) -> DeadLetterFilter:
     flt = _filter(args)
-    if flt == deadletters.Filter() and not args.all:
+    if flt == DeadLetterFilter() and not args.all:
         raise SystemExit("relay: name --destination, --ingest, --reason or ids, or say --all")
     return flt
 
@@ -199,9 +185,9 @@ def _require_filter(args: argparse.Namespace) -> deadletters.Filter:
 def cmd_dlq_replay(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     flt = _require_filter(args)
-    with _admission(cfg) as admit, _open_queue(cfg, write=True) as conn, \
-            _progress(deadletters.count(conn, flt), "replay") as bar:
-        result = deadletters.replay(conn, flt, admit, bar)
+    with _admission(cfg) as admit, _open_queue(cfg, write=True) as queue, \
+            _progress(queue.dead_letter_count(flt), "replay") as bar:
+        result = queue.replay(flt, admit, bar)
     _emit({"queued": result.queued, "still_invalid": result.still_invalid}, args.json,
           lambda r: f"queued {r['queued']} dead letters again; {r['still_invalid']} still invalid")
     return 0
@@ -234,8 +220,8 @@ def _admission(cfg: config.Config) -> Iterator[deadletters.Admit]:
 def cmd_dlq_purge(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     flt = _require_filter(args)
-    with _open_queue(cfg, write=True) as conn:
-        deleted = deadletters.purge(conn, flt)
+    with _open_queue(cfg, write=True) as queue:
+        deleted = queue.purge(flt)
     _emit({"deleted": deleted}, args.json, lambda r: f"deleted {r['deleted']} dead letters")
     return 0
 
@@ -245,14 +231,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")
     written = 0
     try:
-        with _open_queue(cfg) as conn:
+        with _open_queue(cfg) as queue:
             if args.what == "dead-letters":
                 flt = _filter(args)
-                total = deadletters.count(conn, flt)
-                rows: Iterator[Any] = deadletters.iterate(conn, flt)
+                total = queue.dead_letter_count(flt)
+                rows: Iterator[Any] = queue.each_dead_letter(flt)
             else:
-                total = conn.execute("SELECT count(*) FROM events").fetchone()[0]
-                rows = _queued(conn, args.destination)
+                total = queue.event_count()
+                rows = queue.events(args.destination)
             with _progress(total, "export") as bar:
                 for row in rows:
                     out.write(json.dumps(row, separators=(",", ":")) + "\n")
@@ -266,27 +252,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _queued(conn: sqlite3.Connection, destination: str | None) -> Iterator[Any]:
-    after = 0
-    if destination:
-        row = conn.execute("SELECT cursor FROM progress WHERE destination = ?", (destination,)).fetchone()
-        if row is None:
-            raise SystemExit(f"relay: no destination {destination!r} in the queue file")
-        after = row[0]
-    while True:
-        if destination:
-            batch = store.read_after(conn, destination, after, 1000)
-        else:
-            batch = [types.Stored(*r) for r in conn.execute(
-                "SELECT id, received_at, write_key, message_id, type, body FROM events WHERE id > ?"
-                " ORDER BY id LIMIT 1000", (after,)).fetchall()]
-        if not batch:
-            return
-        for event in batch:
-            yield json.loads(event.body)
-        after = batch[-1].id
-
-
 def cmd_recover(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if not Path(args.file).exists():
@@ -295,14 +260,9 @@ def cmd_recover(args: argparse.Namespace) -> int:
     if Path(args.file).resolve() == Path(cfg.queue.path).resolve():
         print("relay: that is the live queue; recover reads a file that was moved aside", file=sys.stderr)
         return EXIT_USAGE
-    Path(cfg.queue.path).parent.mkdir(parents=True, exist_ok=True)
-    live = sqlite3.connect(cfg.queue.path, isolation_level=None)
-    try:
-        store.prepare(live, cfg.queue.durability, cfg.queue.max_bytes)
-        with _progress(None, "recover") as bar:
-            counts = salvage.recover(args.file, live, bar)
-    finally:
-        live.close()
+    with QueueFile.create(cfg.queue.path, cfg.queue.durability, cfg.queue.max_bytes) as live, \
+            _progress(None, "recover") as bar:
+        counts = live.recover_from(args.file, bar)
     _emit(counts, args.json, lambda c: (
         f"recovered {c['events']} events and {c['dead_letters']} dead letters from {args.file}; "
         f"{c['duplicates']} already queued, {c['unreadable']} unreadable"))
@@ -407,5 +367,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"relay: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except QueueError as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return 1
     except BrokenPipeError:
         return 0

@@ -16,7 +16,8 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from typing import Any
+
+from relay.types import StatusReport
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +53,12 @@ def watchdog_interval(environ: Mapping[str, str], pid: int) -> float | None:
     return value / 2_000_000 if value > 0 else None
 
 
-def describe(report: Mapping[str, Any]) -> str:
+def describe(report: StatusReport) -> str:
     """The one-line ``STATUS=`` text for a ``Relay.status()`` report."""
-    queue = report["queue"]
-    parts = [f"queue {queue['events']} events, {_size(queue['bytes'])}, oldest {queue['oldest_age_s']:g} s"]
-    for dest in report.get("destinations", []):
-        parts.append(f"{dest['name']} {dest['state']} ({dest['pending']} pending)")
+    queue = report.queue
+    parts = [f"queue {queue.events} events, {_size(queue.bytes)}, oldest {queue.oldest_age_s:g} s"]
+    for dest in report.destinations:
+        parts.append(f"{dest.name} {dest.state} ({dest.pending} pending)")
     return "; ".join(parts)
 
 

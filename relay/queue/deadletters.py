@@ -27,7 +27,7 @@ _decode = msgspec.json.decode
 
 
 @dataclass(frozen=True, slots=True)
-class Filter:
+class DeadLetterFilter:
     destination: str | None = None  # a destination name, INGEST, or None for all
     reason: str | None = None  # a substring of the reason
     ids: tuple[int, ...] = ()
@@ -69,13 +69,13 @@ def _row(values: tuple[Any, ...], with_body: bool) -> dict[str, Any]:
     return row
 
 
-def count(conn: sqlite3.Connection, flt: Filter) -> int:
+def count(conn: sqlite3.Connection, flt: DeadLetterFilter) -> int:
     where, params = flt.where()
     return int(conn.execute(f"SELECT count(*) FROM dead_letters{where}", params).fetchone()[0])
 
 
 def listing(
-    conn: sqlite3.Connection, flt: Filter, limit: int, with_body: bool = False
+    conn: sqlite3.Connection, flt: DeadLetterFilter, limit: int, with_body: bool = False
 ) -> list[dict[str, Any]]:
     where, params = flt.where()
     rows = conn.execute(
@@ -84,7 +84,7 @@ def listing(
     return [_row(r, with_body) for r in rows]
 
 
-def iterate(conn: sqlite3.Connection, flt: Filter, chunk: int = 1000) -> Iterator[dict[str, Any]]:
+def iterate(conn: sqlite3.Connection, flt: DeadLetterFilter, chunk: int = 1000) -> Iterator[dict[str, Any]]:
     where, params = flt.where()
     last = 0
     joiner = " AND " if where else " WHERE "
@@ -111,7 +111,7 @@ Admit = Callable[[object, Arrival], "list[Event] | None"]
 to queue, or None when it is refused again."""
 
 
-def replay(conn: sqlite3.Connection, flt: Filter, admit: Admit,
+def replay(conn: sqlite3.Connection, flt: DeadLetterFilter, admit: Admit,
            progress: Callable[[int], None] | None = None, chunk: int = 500) -> ReplayResult:
     """Queue matching dead letters again (each chunk in one transaction) and remove them.
     Ingest dead letters are admitted again, as if they had just arrived."""
@@ -159,7 +159,7 @@ def _requeue(destination: str | None, write_key: str, message_id: str | None, re
     return [(e.received_at, e.write_key, e.message_id, e.type, e.encode(), None) for e in events]
 
 
-def purge(conn: sqlite3.Connection, flt: Filter) -> int:
+def purge(conn: sqlite3.Connection, flt: DeadLetterFilter) -> int:
     where, params = flt.where()
     with store.transaction(conn):
         deleted = conn.execute(f"DELETE FROM dead_letters{where}", params).rowcount

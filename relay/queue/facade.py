@@ -1,7 +1,7 @@
 """The durable write-ahead queue: the only owner of the SQLite connection.
 
 Requests hand their events to ``append`` and wait. One writer task takes everything that
-is waiting, writes it in one transaction on aiosqlite's connection thread, commits with
+is waiting, writes it in one transaction on the connection's own thread, commits with
 the configured durability, and only then resolves each request's future: concurrent
 requests share a commit (group commit), so fsync is paid once per group, not per event.
 """
@@ -12,24 +12,22 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, cast
-
-import aiosqlite
+from typing import TypeVar
 
 from relay import types
 from relay.config import QueueConfig
 from relay.errors import QueueClosed, QueueError, QueueFull
 from relay.queue import salvage, sightings, store
-from relay.types import AppendResult, DeadLetter, Event
+from relay.queue.connection import FULL_RETRY_AFTER, Connection
+from relay.types import AppendResult, DeadLetter, Event, Live, StatusReport
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MAX_GROUP_EVENTS = 20_000
-FULL_RETRY_AFTER = 5
 FULL_CLEAR_RATIO = 0.9
 DEDUP_PRUNE_INTERVAL = 60.0
 DEDUP_PRUNE_CHUNK = 50_000
@@ -55,7 +53,7 @@ class _Pending:
 class Queue:
     def __init__(self, config: QueueConfig) -> None:
         self.config = config
-        self._db: aiosqlite.Connection | None = None
+        self._db = Connection(config.path, "relay-queue")
         self._pending: list[_Pending] = []
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
@@ -63,7 +61,7 @@ class Queue:
         self._checkpoints: asyncio.Task[None] | None = None
         # Checkpoints run on a second connection (its own thread), so that copying the WAL
         # back into the file never sits inside a commit that requests are waiting on.
-        self._checkpointer: aiosqlite.Connection | None = None
+        self._checkpointer = Connection(config.path, "relay-checkpoints")
         self._closing = False
         self._used_bytes = 0
         self.full_since: float | None = None
@@ -85,7 +83,7 @@ class Queue:
         return self._used_bytes
 
     async def start(self) -> None:
-        if self._db is not None:
+        if self._db.is_open:
             return
         Path(self.config.path).parent.mkdir(parents=True, exist_ok=True)
         self._closing = False
@@ -96,18 +94,17 @@ class Queue:
             log.error("queue file is corrupt: moved aside intact, starting a fresh queue; "
                       "salvage it with `relay recover %s`", moved,
                       extra={"problem": damage, "moved_to": moved})
-        db = await aiosqlite.connect(self.config.path, isolation_level=None)
-        self._db = db
         try:
-            await self.run(store.prepare, self.config.durability, self.config.max_bytes)
-            self._used_bytes = await self.run(store.used_bytes)
-            await self.run(self.sightings.load)
+            await self._db.open()
+            await self._db.call(store.prepare, self.config.durability, self.config.max_bytes)
+            self._used_bytes = await self._db.call(store.used_bytes)
+            await self._db.call(self.sightings.load)
             if moved is not None:
-                await self.run(_note_corrupt_file, moved)
+                await self._db.call(store.note_corrupt_file, moved)
+            await self._checkpointer.open()
         except BaseException:
             await self.stop()
             raise
-        self._checkpointer = await aiosqlite.connect(self.config.path, isolation_level=None)
         self._writer = asyncio.create_task(self._write_loop(), name="queue-writer")
         self._pruner = asyncio.create_task(self._prune_loop(), name="queue-maintenance")
         self._checkpoints = asyncio.create_task(self._checkpoint_loop(), name="queue-checkpoints")
@@ -121,9 +118,7 @@ class Queue:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         self._pruner = self._checkpoints = None
-        if self._checkpointer is not None:
-            checkpointer, self._checkpointer = self._checkpointer, None
-            await checkpointer.close()
+        await self._checkpointer.close()
         if self._writer is not None:
             await asyncio.gather(self._writer, return_exceptions=True)
             self._writer = None
@@ -131,21 +126,15 @@ class Queue:
             if not pending.future.done():
                 pending.future.set_exception(QueueClosed("the queue is closed"))
         self._pending.clear()
-        if self._db is not None:
-            db, self._db = self._db, None
-            await db.close()
+        await self._db.close()
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(connection, *args)`` on the connection's own thread."""
-        if self._db is None:
-            raise QueueClosed("the queue is closed")
-        conn = self._db._conn
-        execute = cast(Callable[..., Awaitable[T]], self._db._execute)
-        return await execute(fn, conn, *args)
+    async def ping(self) -> None:
+        """Return once the connection's thread answers a read (readiness)."""
+        await self._db.call(store.ping)
 
     async def append(self, events: Sequence[Event], dead: Sequence[DeadLetter] = ()) -> AppendResult:
         """Store events (and ingest dead letters); return once their transaction committed."""
-        if self._closing or self._db is None:
+        if self._closing or not self._db.is_open:
             raise QueueClosed("the queue is closed")
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(events, dead, future))
@@ -167,9 +156,9 @@ class Queue:
                         for e in pending.events
                     ]
                 try:
-                    outcomes = await self.run(self._commit, group, time.time())
-                except sqlite3.Error as exc:
-                    outcomes = [self._map_error(exc)] * len(group)
+                    outcomes = await self._db.call(self._commit, group, time.time())
+                except QueueError as exc:
+                    outcomes = [self._failed(exc)] * len(group)
                 except Exception as exc:  # never let the writer die: every waiter gets an answer
                     log.exception("queue write failed")
                     outcomes = [QueueError(f"the queue could not be written: {exc}")] * len(group)
@@ -199,13 +188,13 @@ class Queue:
         group, self._pending = self._pending, []
         return group
 
-    def _map_error(self, exc: sqlite3.Error) -> QueueError:
-        if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
+    def _failed(self, exc: QueueError) -> QueueError:
+        if isinstance(exc, QueueFull):
             self.full_since = self.full_since or time.time()
             log.warning("queue file is full: %s", exc)
-            return QueueFull("the queue's disk is full", FULL_RETRY_AFTER)
-        log.error("queue write failed: %s", exc)
-        return QueueError(f"the queue could not be written: {exc}")
+        else:
+            log.error("queue write failed: %s", exc)
+        return exc
 
     def _commit(
         self, conn: sqlite3.Connection, group: list[_Pending], now: float
@@ -286,14 +275,14 @@ class Queue:
 
     async def register(self, names: Sequence[str]) -> dict[str, int]:
         """Declare the configured destinations (all of them); return their cursors."""
-        cursors = await self.run(store.register_destinations, list(names), time.time())
+        cursors = await self._db.call(store.register_destinations, list(names), time.time())
         self._cursors = dict(cursors)
         return cursors
 
     async def read(self, destination: str, after: int, limit: int) -> tuple[list[types.Stored], int]:
         """Events for ``destination`` after ``after``, and the id it has read through (see
         ``store.read_for``)."""
-        return await self.run(store.read_for, destination, after, limit)
+        return await self._db.call(store.read_for, destination, after, limit)
 
     async def record_progress(
         self, destination: str, cursor: int, delivered: int, dead: Sequence[DeadLetter] = ()
@@ -309,7 +298,7 @@ class Queue:
         # Deleting in chunks rewrites each page once rather than at every batch; a queue
         # that has caught up is emptied at once.
         chunked = through - self._deleted_through >= DELETE_CHUNK
-        deleted = await self.run(self._record, destination, cursor, delivered, dead, through, chunked)
+        deleted = await self._db.call(self._record, destination, cursor, delivered, dead, through, chunked)
         if deleted:
             self._deleted_through = through
 
@@ -334,23 +323,21 @@ class Queue:
 
     async def record_done_range(self, destination: str, first: int, last: int, delivered: int,
                                 dead: Sequence[DeadLetter]) -> None:
-        await self.run(store.record_done_range, destination, first, last, delivered, dead, time.time())
+        await self._db.call(store.record_done_range, destination, first, last, delivered, dead, time.time())
 
     async def done_ranges(self, destination: str) -> list[tuple[int, int]]:
-        return await self.run(store.done_ranges, destination)
+        return await self._db.call(store.done_ranges, destination)
 
     async def set_state(self, destination: str, state: str, last_error: str | None) -> None:
-        await self.run(store.set_state, destination, state, last_error)
+        await self._db.call(store.set_state, destination, state, last_error)
 
-    async def destination_status(self, name: str, type_: str) -> dict[str, Any]:
-        return await self.run(store.destination_status, name, type_, time.time())
 
     # --- maintenance ---------------------------------------------------------------------------
 
     async def _rotate_sightings(self) -> None:
         try:
-            await self.run(self.sightings.rotate_step, DEDUP_ROTATE_STEP)
-        except sqlite3.Error as exc:  # retried after the next commits; dedup stays correct meanwhile
+            await self._db.call(self.sightings.rotate_step, DEDUP_ROTATE_STEP)
+        except QueueError as exc:  # retried after the next commits; dedup stays correct meanwhile
             log.warning("dedup rotation failed: %s", exc)
 
     def _shrink_dedup(self, conn: sqlite3.Connection, over: int) -> int:
@@ -368,28 +355,24 @@ class Queue:
             await asyncio.sleep(DEDUP_PRUNE_INTERVAL)
             try:
                 await self.prune_seen()
-                await self.run(store.reclaim_space)
-            except (sqlite3.Error, QueueClosed) as exc:
+                await self._db.call(store.reclaim_space)
+            except QueueError as exc:
                 log.warning("queue maintenance failed: %s", exc)
 
     async def _checkpoint_loop(self) -> None:
-        while self._checkpointer is not None:
+        while self._checkpointer.is_open:
             await asyncio.sleep(CHECKPOINT_INTERVAL)
             try:
-                await self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            except sqlite3.Error as exc:  # PASSIVE never waits for a lock; the next one catches up
+                await self._checkpointer.call(store.checkpoint)
+            except QueueError as exc:  # PASSIVE never waits for a lock; the next one catches up
                 log.debug("checkpoint skipped: %s", exc)
 
     async def prune_seen(self, now: float | None = None) -> int:
         if not self.config.dedup_window:
             return 0
         cutoff = (time.time() if now is None else now) - self.config.dedup_window
-        return await self.run(self.sightings.forget_before, cutoff, DEDUP_PRUNE_CHUNK)
+        return await self._db.call(self.sightings.forget_before, cutoff, DEDUP_PRUNE_CHUNK)
 
-    async def status(self) -> dict[str, Any]:
-        return await self.run(store.status)
-
-
-def _note_corrupt_file(conn: sqlite3.Connection, moved: str) -> None:
-    store.bump_meta(conn, "corrupt_files", 1)
-    conn.execute("INSERT OR REPLACE INTO meta VALUES ('last_corrupt_file', ?)", (moved,))
+    async def status(self, destinations: Sequence[Live] = ()) -> StatusReport:
+        return await self._db.call(store.report, destinations, self.config.path, self.config.max_bytes,
+                                   time.time())

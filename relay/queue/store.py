@@ -23,14 +23,23 @@ Schema:
 from __future__ import annotations
 
 import sqlite3
-import time
 import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from relay.types import DeadLetter, Row, Stored
+from relay.types import (
+    DESTINATION_STATES,
+    DeadLetter,
+    DeadLetterFigures,
+    DestinationStatus,
+    Live,
+    QueueFigures,
+    Row,
+    StatusReport,
+    Stored,
+)
 
 SCHEMA_VERSION = 1
 HEADROOM_PAGES = 256
@@ -206,24 +215,32 @@ def _received_after(conn: sqlite3.Connection, after: int) -> float | None:
     return float(row[0]) if row else None
 
 
-def status(conn: sqlite3.Connection, now: float | None = None) -> dict[str, Any]:
-    """The figures ``relay status`` prints, read from the file in O(log n) (dead letters
-    aside): ``bytes`` is the file's size in use, what ``queue.max_bytes`` caps."""
-    now = time.time() if now is None else now
+def report(conn: sqlite3.Connection, destinations: Sequence[Live], path: str, max_bytes: int,
+           now: float) -> StatusReport:
+    """What ``relay status``, ``/status``, the metrics and systemd's STATUS= show, read from
+    the file in O(log n) (dead letters aside) and built here alone: ``bytes`` is the file's
+    size in use, what ``queue.max_bytes`` caps."""
     first, last = id_range(conn)
     oldest = _received_after(conn, 0)
     dead = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
-    return {
-        "queue": {
-            "events": last - first + 1 if last else 0,
-            "bytes": used_bytes(conn),
-            "oldest_age_s": round(max(0.0, now - oldest), 3) if oldest is not None else 0.0,
-            "evicted_events": meta_int(conn, "evicted_events"),
-            "corrupt_files": meta_int(conn, "corrupt_files"),
-            "last_corrupt_file": _meta(conn, "last_corrupt_file"),
-        },
-        "dead_letter": {"events": dead},
-    }
+    return StatusReport(
+        queue=QueueFigures(
+            events=last - first + 1 if last else 0,
+            bytes=used_bytes(conn),
+            oldest_age_s=_age(now, oldest),
+            evicted_events=meta_int(conn, "evicted_events"),
+            corrupt_files=meta_int(conn, "corrupt_files"),
+            last_corrupt_file=_meta(conn, "last_corrupt_file"),
+            path=path,
+            max_bytes=max_bytes,
+        ),
+        dead_letter=DeadLetterFigures(events=int(dead)),
+        destinations=[destination_status(conn, d, now) for d in destinations],
+    )
+
+
+def _age(now: float, then: float | None) -> float:
+    return round(max(0.0, now - then), 3) if then is not None else 0.0
 
 
 # --- destinations' progress ---------------------------------------------------------------
@@ -246,6 +263,18 @@ def register_destinations(conn: sqlite3.Connection, names: Sequence[str], now: f
 
 def read_after(conn: sqlite3.Connection, destination: str, after: int, limit: int) -> list[Stored]:
     return read_for(conn, destination, after, limit)[0]
+
+
+def read_all_after(conn: sqlite3.Connection, after: int, limit: int) -> list[Stored]:
+    """Up to ``limit`` queued events after ``after``, whoever they are for."""
+    rows = conn.execute("SELECT id, received_at, write_key, message_id, type, body FROM events WHERE id > ?"
+                        " ORDER BY id LIMIT ?", (after, limit)).fetchall()
+    return [Stored(*row) for row in rows]
+
+
+def cursor_of(conn: sqlite3.Connection, destination: str) -> int | None:
+    row = conn.execute("SELECT cursor FROM progress WHERE destination = ?", (destination,)).fetchone()
+    return int(row[0]) if row else None
 
 
 def read_for(conn: sqlite3.Connection, destination: str, after: int,
@@ -320,30 +349,33 @@ def set_state(conn: sqlite3.Connection, destination: str, state: str, last_error
     )
 
 
-def destination_status(
-    conn: sqlite3.Connection, name: str, type_: str, now: float
-) -> dict[str, Any]:
+def destination_status(conn: sqlite3.Connection, live: Live, now: float) -> DestinationStatus:
+    """A destination's figures from the file; its state and last error from the running
+    forwarder when there is one (``live.state``), else as last persisted."""
     row = conn.execute(
         "SELECT cursor, delivered, dead_lettered, state, last_error FROM progress WHERE destination = ?",
-        (name,),
+        (live.name,),
     ).fetchone()
     cursor, delivered, dead, state, last_error = row or (0, 0, 0, "ok", None)
     _, last = id_range(conn)
+    # events replayed for other destinations only: read from the partial index on target,
+    # never by walking the backlog after the cursor
     others = conn.execute(
-        "SELECT count(*) FROM events WHERE target IS NOT NULL AND target != ? AND id > ?", (name, cursor)
+        "SELECT count(*) FROM events INDEXED BY events_target"
+        " WHERE target IS NOT NULL AND target != ? AND id > ?", (live.name, cursor)
     ).fetchone()[0]
     pending = max(0, last - cursor - others)
     oldest = _received_after(conn, cursor) if pending else None
-    return {
-        "name": name,
-        "type": type_,
-        "pending": pending,
-        "delivered": delivered,
-        "dead_lettered": dead,
-        "state": state,
-        "last_error": last_error,
-        "oldest_pending_age_s": round(max(0.0, now - oldest), 3) if oldest is not None else 0.0,
-    }
+    return DestinationStatus(
+        name=live.name,
+        type=live.type,
+        pending=pending,
+        delivered=delivered,
+        dead_lettered=dead,
+        state=live.state or (state if state in DESTINATION_STATES else "ok"),
+        last_error=live.last_error or last_error,
+        oldest_pending_age_s=_age(now, oldest),
+    )
 
 
 def reclaim_space(conn: sqlite3.Connection, keep_free_pages: int = 1024) -> int:
@@ -353,3 +385,17 @@ def reclaim_space(conn: sqlite3.Connection, keep_free_pages: int = 1024) -> int:
         return 0
     conn.execute(f"PRAGMA incremental_vacuum({free - keep_free_pages})").fetchall()
     return free - keep_free_pages
+
+
+def ping(conn: sqlite3.Connection) -> None:
+    conn.execute("SELECT 1").fetchone()
+
+
+def checkpoint(conn: sqlite3.Connection) -> None:
+    """Copy the WAL back into the file without waiting for any lock (the next one catches up)."""
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+
+def note_corrupt_file(conn: sqlite3.Connection, moved: str) -> None:
+    bump_meta(conn, "corrupt_files", 1)
+    conn.execute("INSERT OR REPLACE INTO meta VALUES ('last_corrupt_file', ?)", (moved,))

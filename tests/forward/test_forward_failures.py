@@ -20,7 +20,14 @@ from typing import Any
 
 import pytest
 
-from tests.support.forwarding import dest, duplicates, post_events, wait_requests, wait_until
+from tests.support.forwarding import (
+    dest,
+    destination_report,
+    duplicates,
+    post_events,
+    wait_requests,
+    wait_until,
+)
 from tests.support.upstream import FakeUpstream, Slow
 
 pytest_plugins = ["tests.support.forwarding_fixtures"]
@@ -195,7 +202,7 @@ async def test_a_refused_key_pauses_keeps_every_event_and_resumes(start_relay, u
     await wait_requests(upstream, 3)  # it probes again and again while paused
     await wait_until(lambda: forwarder(relay).state == "paused", 5, "state paused")
     assert relay.rows("SELECT state FROM progress WHERE destination = 'seg'") == [("paused",)]
-    report = await forwarder(relay).status()
+    report = await destination_report(relay, "seg")
     assert report["state"] == "paused" and str(status) in report["last_error"]
     assert report["pending"] == 10 and report["dead_lettered"] == 0
     assert relay.rows("SELECT count(*) FROM events") == [(10,)]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
-from tests.support.forwarding import closed_port, dest, post_events, wait_until
+from tests.support.forwarding import closed_port, dest, destination_report, post_events, wait_until
 from tests.support.upstream import FakeUpstream, Slow
 
 pytest_plugins = ["tests.support.forwarding_fixtures"]
@@ -42,7 +43,7 @@ async def test_the_other_destination_gets_everything_while_one_is_down(start_rel
     down = next(f for f in relay.relay.forwarders if f.name == "down")
     expected = "paused" if mode == "401" else "retrying"
     await wait_until(lambda: down.state == expected, 5, f"state {expected}")  # a hanging one needs 0.5 s
-    report = await down.status()
+    report = await destination_report(relay, "down")
     assert report["state"] == expected
     assert report["pending"] == len(ids)
     assert report["delivered"] == 0 and report["dead_lettered"] == 0
@@ -82,6 +83,7 @@ async def test_a_dead_letter_replayed_for_one_destination_leaves_the_queue_once_
     """The other destination never reads the replayed event; its cursor still passes it, so
     the queue empties without waiting for later traffic."""
     from relay.queue import deadletters
+    from relay.queue.files import QueueFile
 
     picky: FakeUpstream = await upstreams(
         default=lambda batch: (400, {}, '{"rejected": ["r3"]}') if any(
@@ -94,7 +96,11 @@ async def test_a_dead_letter_replayed_for_one_destination_leaves_the_queue_once_
     await wait_until(lambda: relay.rows("SELECT count(*) FROM dead_letters") == [(1,)], 5, "r3 refused")
     await wait_until(lambda: relay.rows("SELECT count(*) FROM events") == [(0,)], 5, "the queue empties")
     picky.default = 200  # fixed upstream: replay the refused event for picky only
-    result = await relay.relay.queue.run(deadletters.replay, deadletters.Filter(destination="picky"))
+    def replay() -> deadletters.ReplayResult:  # as `relay dlq replay` does, beside the running relay
+        with QueueFile.open(relay.db_path, write=True) as queue:
+            return queue.replay(deadletters.DeadLetterFilter(destination="picky"), admit=lambda m, a: None)
+
+    result = await asyncio.to_thread(replay)
     assert result.queued == 1
     await wait_until(lambda: "r3" in picky.delivered_ids()[-1:], 5, "r3 delivered to picky")
     await wait_until(lambda: relay.rows("SELECT count(*) FROM events") == [(0,)], 5,

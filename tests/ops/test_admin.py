@@ -257,7 +257,7 @@ async def test_status_is_the_report_relay_status_prints(start_relay, tmp_path):
         assert (await relay.post("/v1/track", track(message_id)))[0] == 200
     status, body, _ = await get(relay, "/status")
     assert status == 200
-    printed = cli.status_report(relay.relay.config)
+    printed = cli.status_report(relay.relay.config).to_builtins()
 
     def shape(report: Any) -> Any:
         if isinstance(report, dict):

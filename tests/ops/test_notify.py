@@ -12,9 +12,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from relay.ops.notify import Notifier, describe, socket_address, watchdog_interval
+from relay.types import StatusReport
 
 WAIT = 20.0  # seconds any wait for a datagram may take
 
@@ -183,14 +185,20 @@ def test_watchdog_interval_is_half_the_timeout_for_this_process(environ: dict[st
 
 
 def test_the_status_line_names_the_queue_depth_and_each_destination() -> None:
-    report = {
-        "queue": {"events": 1234, "bytes": 5 * 1024 * 1024, "oldest_age_s": 12.5},
+    report = msgspec.convert({
+        "queue": {"events": 1234, "bytes": 5 * 1024 * 1024, "oldest_age_s": 12.5, "evicted_events": 0,
+                  "corrupt_files": 0, "last_corrupt_file": None},
+        "dead_letter": {"events": 0},
         "destinations": [
-            {"name": "seg", "state": "retrying", "pending": 1234},
-            {"name": "files", "state": "ok", "pending": 0},
+            {"name": "seg", "type": "segment", "state": "retrying", "pending": 1234, "delivered": 0,
+             "dead_lettered": 0, "last_error": None, "oldest_pending_age_s": 0.0},
+            {"name": "files", "type": "file", "state": "ok", "pending": 0, "delivered": 0,
+             "dead_lettered": 0, "last_error": None, "oldest_pending_age_s": 0.0},
         ],
-    }
+    }, StatusReport)
     assert describe(report) == "queue 1234 events, 5.0 MiB, oldest 12.5 s; seg retrying (1234 pending); " \
                                "files ok (0 pending)"
-    assert describe({"queue": {"events": 0, "bytes": 0, "oldest_age_s": 0.0}}) == \
+    empty = msgspec.structs.replace(report, queue=msgspec.structs.replace(
+        report.queue, events=0, bytes=0, oldest_age_s=0.0), destinations=[])
+    assert describe(empty) == \
         "queue 0 events, 0 B, oldest 0 s"

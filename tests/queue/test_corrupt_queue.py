@@ -63,7 +63,7 @@ async def test_garbage_file_is_moved_aside_and_a_fresh_queue_takes_events(start_
     assert moved.read_bytes() == b"this is not a database" * 1000  # kept intact
     status, body, _ = await relay.post("/v1/track", {"userId": "u", "event": "E"})
     assert (status, body) == (200, {"success": True})
-    report = await relay.relay.queue.status()
+    report = (await relay.relay.queue.status()).to_builtins()
     assert report["queue"]["corrupt_files"] == 1
     assert report["queue"]["last_corrupt_file"] == str(moved)
 

@@ -20,7 +20,7 @@ def lift_limit(conn: sqlite3.Connection) -> int:
 async def test_disk_full_answers_503_keeps_acknowledged_events_and_recovers(start_relay):
     relay = await start_relay(queue={"dedup_window": 0})
     acknowledged: list[str] = []
-    await relay.relay.queue.run(limit_pages(3))
+    await relay.relay.queue._db.call(limit_pages(3))
     refused = None
     padding = "x" * 3000
     for i in range(200):
@@ -42,7 +42,7 @@ async def test_disk_full_answers_503_keeps_acknowledged_events_and_recovers(star
         {"type": "track", "userId": "u", "event": "E", "messageId": "b1", "properties": {"p": padding}}]})
     assert status == 503
 
-    await relay.relay.queue.run(lift_limit)  # space returns
+    await relay.relay.queue._db.call(lift_limit)  # space returns
     status, body, _ = await relay.post("/v1/track", {"userId": "u", "event": "E", "messageId": "after"})
     assert (status, body) == (200, {"success": True})
     assert relay.relay.queue.full_since is None

@@ -257,14 +257,14 @@ async def test_a_repeat_is_caught_in_either_dedup_generation_and_rotation_keeps_
     queue = relay.relay.queue
     first = {"type": "track", "userId": "u", "event": "E", "messageId": "gen-1"}
     assert (await relay.post("/v1/batch", {"batch": [first]}))[1]["accepted"] == 1
-    assert await queue.run(queue.sightings.rotate) == 1  # gen-1 now lives in the old generation
+    assert await queue._db.call(queue.sightings.rotate) == 1  # gen-1 now lives in the old generation
     assert relay.rows("SELECT count(*) FROM seen_log") == [(0,)]
     assert queue.sightings.recent == {}
     again = await relay.post("/v1/batch", {"batch": [first, {**first, "messageId": "gen-2"}]})
     assert (again[1]["accepted"], again[1]["duplicates"]) == (1, 1)
     # both generations age out by their own times: an hour and a bit later, gen-1 is new again
-    await queue.run(queue.sightings.rotate)
-    await queue.run(lambda conn: conn.execute("UPDATE seen SET at = at - 4000"))
+    await queue._db.call(queue.sightings.rotate)
+    await queue._db.call(lambda conn: conn.execute("UPDATE seen SET at = at - 4000"))
     later = await relay.post("/v1/batch", {"batch": [first]})
     assert (later[1]["accepted"], later[1]["duplicates"]) == (1, 0)
     assert [e["messageId"] for e in relay.events()] == ["gen-1", "gen-2", "gen-1"]

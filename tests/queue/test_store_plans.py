@@ -8,6 +8,7 @@ import sqlite3
 from pathlib import Path
 
 from relay.queue import store
+from relay.types import Live
 
 
 def plans_of(conn: sqlite3.Connection, call) -> list[tuple[str, str]]:
@@ -29,8 +30,8 @@ def test_status_and_destination_status_search_the_events_table_never_scan_it(tmp
     store.prepare(conn, "os", 1 << 30)
     store.insert_events(conn, [(1.0, "k", f"m{i}", "track", b"{}") for i in range(100)])
     store.register_destinations(conn, ["up"], 0.0)
-    plans = plans_of(conn, lambda: store.status(conn))
-    plans += plans_of(conn, lambda: store.destination_status(conn, "up", "segment", 0.0))
+    plans = plans_of(conn, lambda: store.report(conn, [], "q", 1 << 30, 0.0))
+    plans += plans_of(conn, lambda: store.destination_status(conn, Live("up", "segment"), 0.0))
     assert any("events" in sql for sql, _ in plans)
     scans = [(sql, plan) for sql, plan in plans if plan.startswith("SCAN events")]
     assert scans == []

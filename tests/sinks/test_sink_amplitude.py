@@ -401,7 +401,7 @@ async def test_a_wrong_api_key_pauses_the_destination_and_is_never_logged(
         assert relay.rows("SELECT count(*) FROM events") == [(1,)]
         assert all(r.status == 400 for r in fake.requests)
         assert API_KEY not in caplog.text
-        assert API_KEY not in str(await forwarder.status())
+        assert API_KEY not in str(await relay.relay.status())
 
 
 async def test_orders_whose_products_exceed_a_request_are_split_before_amplitude_sees_them(

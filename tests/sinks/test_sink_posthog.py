@@ -318,4 +318,4 @@ async def test_a_wrong_api_key_pauses_the_destination_and_is_never_logged(
         assert relay.dead_letters() == []
         assert relay.rows("SELECT count(*) FROM events") == [(1,)]
         assert API_KEY not in caplog.text
-        assert API_KEY not in str(await forwarder.status())
+        assert API_KEY not in str(await relay.relay.status())

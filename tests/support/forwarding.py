@@ -105,3 +105,10 @@ async def post_to(port: int, ids: list[str], chunk: int = 50, write_key: str = "
                 answer = await resp.json()
                 assert resp.status == 200, answer
                 assert answer["accepted"] == len(ids[start:start + chunk]), answer
+
+
+async def destination_report(relay: Any, name: str) -> dict[str, Any]:
+    """The destination's entry of the running relay's status report, as /status shows it."""
+    report = (await relay.relay.status()).to_builtins()
+    entry: dict[str, Any] = next(d for d in report["destinations"] if d["name"] == name)
+    return entry
