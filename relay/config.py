@@ -35,7 +35,11 @@ NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
 
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    pass
+    def __repr__(self) -> str:
+        """Every secret masked, as ``relay check`` prints them: a config can be logged."""
+        shown = ", ".join(f"{name}={_masked_field(name, getattr(self, name))!r}"
+                          for name in self.__struct_fields__)
+        return f"{type(self).__name__}({shown})"
 
 
 class ServerConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -264,6 +268,19 @@ def masked(config: Config) -> dict[str, Any]:
     for plugin in data.get("plugins", []):
         _mask_options(plugin.get("options", {}))
     return data
+
+
+SECRET_FIELDS = frozenset({"write_keys", "token", "write_key"})
+
+
+def _masked_field(name: str, value: Any) -> Any:
+    if name in SECRET_FIELDS and value:
+        return tuple(MASK for _ in value) if isinstance(value, tuple) else MASK
+    if name == "options" and isinstance(value, dict):
+        options = msgspec.to_builtins(value)
+        _mask_options(options)
+        return options
+    return value
 
 
 def _mask_options(options: dict[str, Any]) -> None:

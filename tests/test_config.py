@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from relay import config
@@ -245,3 +246,18 @@ def test_relay_check_fails_with_exit_2_naming_a_bad_environment_variable(tmp_pat
     done = relay_cli("check", cwd=tmp_path, env=clean_env(RELAY_SERVER_PORT="http"))
     assert done.returncode == 2
     assert "RELAY_SERVER_PORT" in done.stderr and "$.server.port" in done.stderr
+
+
+def test_repr_of_a_config_masks_every_secret_as_relay_check_does() -> None:
+    config = msgspec.convert({
+        "server": {"write_keys": ["source-key-123"]},
+        "admin": {"token": "admin-token-456"},
+        "destinations": [{"name": "s", "type": "segment", "endpoint": "http://127.0.0.1:9/",
+                          "write_key": "upstream-key-789", "options": {"api_key": "vendor-key-000"}}],
+        "plugins": [{"use": "privacy", "options": {"salt": "salt-value-111"}}],
+    }, Config)
+    shown = repr(config)
+    secrets = ("source-key-123", "admin-token-456", "upstream-key-789", "vendor-key-000", "salt-value-111")
+    for secret in secrets:
+        assert secret not in shown
+    assert MASK in shown and "127.0.0.1:9" in shown

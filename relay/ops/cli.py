@@ -71,7 +71,7 @@ def _open_queue(cfg: config.Config, write: bool = False) -> Iterator[QueueFile]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from relay import app
+    from relay import process
 
     cfg = load_config(args.config)
     level = args.log_level or cfg.log.level
@@ -80,7 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     pid.parent.mkdir(parents=True, exist_ok=True)
     pid.write_text(f"{os.getpid()}\n")
     try:
-        app.run(cfg, _config_path(args.config))
+        process.run(cfg, _config_path(args.config))
     finally:
         pid.unlink(missing_ok=True)
     return 0

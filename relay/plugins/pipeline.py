@@ -57,7 +57,7 @@ class PluginStats:
 
 
 @dataclass(slots=True)
-class Rejection:
+class Refusal:
     """A message to dead-letter (or, in ``Result.drops``, one dropped on purpose), and why."""
 
     plugin: str
@@ -73,10 +73,10 @@ class Result:
     dropped messages, each with the plugin that dropped it."""
 
     messages: list[Message]
-    rejected: list[Rejection] = field(default_factory=list)
+    rejected: list[Refusal] = field(default_factory=list)
     dropped: int = 0
     skipped: str | None = None
-    drops: list[Rejection] = field(default_factory=list)
+    drops: list[Refusal] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -255,7 +255,7 @@ class Pipeline:
             reason = self.route(destination, message)
         except Exception as exc:
             result.messages = []
-            result.rejected.append(Rejection("routing", f"routing failed: {_describe(exc)}", message))
+            result.rejected.append(Refusal("routing", f"routing failed: {_describe(exc)}", message))
             return result
         if reason is not None:
             result.messages = []
@@ -337,7 +337,7 @@ class Pipeline:
                  result: Result) -> None:
         name = step.loaded.name
         step.stats.rejected += 1
-        result.rejected.append(Rejection(name, f"blocked by {name}: {block.reason}", message))
+        result.rejected.append(Refusal(name, f"blocked by {name}: {block.reason}", message))
         out.extend(block.emit)
 
     def _error(self, step: _Step, exc: Exception, message: Message, out: list[Message],
@@ -345,7 +345,7 @@ class Pipeline:
         name = step.loaded.name
         self._failed(step, exc)
         if step.fatal:
-            result.rejected.append(Rejection(name, f"plugin {name} failed: {_describe(exc)}", message))
+            result.rejected.append(Refusal(name, f"plugin {name} failed: {_describe(exc)}", message))
         else:
             out.append(message)
 
@@ -354,7 +354,7 @@ class Pipeline:
         name = step.loaded.name
         step.stats.dropped += 1
         result.dropped += 1
-        result.drops.append(Rejection(name, f"dropped by {name}", message))
+        result.drops.append(Refusal(name, f"dropped by {name}", message))
 
     def _failed(self, step: _Step, exc: Exception) -> None:
         step.stats.errors += 1

@@ -64,7 +64,7 @@ class AmplitudeOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
 # --- the mapping (pure) -----------------------------------------------------------------------
 
 
-def to_amplitude(message: f.Message, options: AmplitudeOptions) -> list[dict[str, Any]]:
+def to_amplitude(message: f.MessageView, options: AmplitudeOptions) -> list[dict[str, Any]]:
     """The Amplitude events for one Segment message (none for ``alias``, which Segment sends
     to Amplitude's separate usermap API, off by default)."""
     kind = message.get("type")
@@ -84,10 +84,10 @@ def to_amplitude(message: f.Message, options: AmplitudeOptions) -> list[dict[str
     raise ValueError(f"unknown message type {kind!r}")
 
 
-def _common(message: f.Message, options: AmplitudeOptions) -> dict[str, Any]:
+def _common(message: f.MessageView, options: AmplitudeOptions) -> dict[str, Any]:
     """Ids, time, insert_id and the context fields every Amplitude event takes."""
     event: dict[str, Any] = {}
-    device_id = f.ident(f.get(message, "context.device.id"))
+    device_id = f.ident(f.at(message, "context.device.id"))
     anonymous_id = f.ident(message.get("anonymousId"))
     f.put(event, "user_id", f.ident(message.get("userId")))
     if options.prefer_anonymous_id:
@@ -97,22 +97,22 @@ def _common(message: f.Message, options: AmplitudeOptions) -> dict[str, Any]:
     f.put(event, "time", f.millis(message.get("timestamp")))
     f.put(event, "insert_id", f.text(message.get("messageId")))
     context = f.obj(message.get("context"))
-    f.put(event, "app_version", f.text(f.get(context, "app.version")))
+    f.put(event, "app_version", f.text(f.at(context, "app.version")))
     f.put(event, "platform", _platform(context))
-    f.put(event, "os_name", f.text(f.get(context, "os.name")))
-    f.put(event, "os_version", f.text(f.get(context, "os.version")))
-    f.put(event, "device_brand", f.text(f.get(context, "device.brand")))
-    f.put(event, "device_manufacturer", f.text(f.get(context, "device.manufacturer")))
-    f.put(event, "device_model", f.text(f.get(context, "device.model")))
-    f.put(event, "carrier", f.text(f.get(context, "network.carrier")))
-    f.put(event, "country", f.text(f.get(context, "location.country")))
-    f.put(event, "region", f.text(f.get(context, "location.region")))
-    f.put(event, "city", f.text(f.get(context, "location.city")))
-    f.put(event, "location_lat", f.number(f.get(context, "location.latitude")))
-    f.put(event, "location_lng", f.number(f.get(context, "location.longitude")))
+    f.put(event, "os_name", f.text(f.at(context, "os.name")))
+    f.put(event, "os_version", f.text(f.at(context, "os.version")))
+    f.put(event, "device_brand", f.text(f.at(context, "device.brand")))
+    f.put(event, "device_manufacturer", f.text(f.at(context, "device.manufacturer")))
+    f.put(event, "device_model", f.text(f.at(context, "device.model")))
+    f.put(event, "carrier", f.text(f.at(context, "network.carrier")))
+    f.put(event, "country", f.text(f.at(context, "location.country")))
+    f.put(event, "region", f.text(f.at(context, "location.region")))
+    f.put(event, "city", f.text(f.at(context, "location.city")))
+    f.put(event, "location_lat", f.number(f.at(context, "location.latitude")))
+    f.put(event, "location_lng", f.number(f.at(context, "location.longitude")))
     f.put(event, "language", f.text(context.get("locale")))
     f.put(event, "ip", f.text(context.get("ip")))
-    advertising_id = f.text(f.get(context, "device.advertisingId"))
+    advertising_id = f.text(f.at(context, "device.advertisingId"))
     f.put(event, "idfa", advertising_id)
     f.put(event, "adid", advertising_id)
     f.put(event, "user_agent", f.text(context.get("userAgent")))
@@ -120,15 +120,15 @@ def _common(message: f.Message, options: AmplitudeOptions) -> dict[str, Any]:
     return event
 
 
-def _settings(message: f.Message) -> dict[str, Any]:
+def _settings(message: f.MessageView) -> dict[str, Any]:
     """The message's ``integrations.Amplitude`` object."""
     return f.obj(f.obj(message.get("integrations")).get(INTEGRATION_KEY))
 
 
 def _platform(context: dict[str, Any]) -> str | None:
-    platform = f.text(f.get(context, "device.type"))
+    platform = f.text(f.at(context, "device.type"))
     if platform is None:
-        return "Web" if f.get(context, "library.name") == "analytics.js" else None
+        return "Web" if f.at(context, "library.name") == "analytics.js" else None
     lowered = platform.lower()
     return {"ios": "iOS", "android": "Android"}.get(lowered, platform)
 
@@ -148,7 +148,7 @@ def _session_id(value: object) -> int | None:
     return None
 
 
-def _track(message: f.Message, base: dict[str, Any]) -> dict[str, Any]:
+def _track(message: f.MessageView, base: dict[str, Any]) -> dict[str, Any]:
     properties = f.properties(message)
     event = {**base, "event_type": message.get("event")}
     if properties:
@@ -162,7 +162,8 @@ def _track(message: f.Message, base: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
-def _purchase(message: f.Message, base: dict[str, Any], options: AmplitudeOptions) -> list[dict[str, Any]]:
+def _purchase(message: f.MessageView, base: dict[str, Any],
+              options: AmplitudeOptions) -> list[dict[str, Any]]:
     """Segment's Log Purchase (its preset for ``Order Completed``): the order's event with its
     revenue, then one ``Product Purchased`` event per product, the product as its
     properties; with ``track_revenue_per_product`` the revenue goes on each product instead."""
@@ -209,7 +210,7 @@ def _revenue(source: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def _page(message: f.Message, base: dict[str, Any], options: AmplitudeOptions,
+def _page(message: f.MessageView, base: dict[str, Any], options: AmplitudeOptions,
           noun: str) -> list[dict[str, Any]]:
     properties = f.properties(message)
     name = f.text(message.get("name")) or f.text(properties.get("name"))
@@ -233,7 +234,7 @@ def _page(message: f.Message, base: dict[str, Any], options: AmplitudeOptions,
     return events
 
 
-def _identify(message: f.Message, base: dict[str, Any], options: AmplitudeOptions) -> dict[str, Any]:
+def _identify(message: f.MessageView, base: dict[str, Any], options: AmplitudeOptions) -> dict[str, Any]:
     operations: dict[str, dict[str, Any]] = {}
     for key, value in f.traits(message).items():
         if key in options.traits_to_increment:
@@ -249,7 +250,7 @@ def _identify(message: f.Message, base: dict[str, Any], options: AmplitudeOption
     return event
 
 
-def _group(message: f.Message, base: dict[str, Any], options: AmplitudeOptions) -> list[dict[str, Any]]:
+def _group(message: f.MessageView, base: dict[str, Any], options: AmplitudeOptions) -> list[dict[str, Any]]:
     """The user joins the group (an ``$identify`` with ``groups``, as Amplitude's setGroup does);
     the group's traits become its properties (a ``$groupidentify``)."""
     traits = f.traits(message)

@@ -14,7 +14,8 @@ from urllib.parse import urlsplit
 
 from relay import timestamps
 
-Message = Mapping[str, Any]
+MessageView = Mapping[str, Any]
+"""A Segment message as a mapping read (never changed) by a vendor mapping."""
 
 
 def obj(value: object) -> dict[str, Any]:
@@ -22,7 +23,7 @@ def obj(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def get(message: Message, path: str) -> Any:
+def at(message: MessageView, path: str) -> Any:
     """The value at a dotted ``path`` (``"context.device.id"``), or None."""
     value: Any = message
     for key in path.split("."):
@@ -77,7 +78,7 @@ def millis(value: object) -> int | None:
     return round((moment - timestamps.EPOCH).total_seconds() * 1000)
 
 
-def properties(message: Message) -> dict[str, Any]:
+def properties(message: MessageView) -> dict[str, Any]:
     """The message's ``properties`` (a copy); a non-object is an error, not an empty object."""
     value = message.get("properties")
     if value is None:
@@ -87,7 +88,7 @@ def properties(message: Message) -> dict[str, Any]:
     return dict(value)
 
 
-def traits(message: Message) -> dict[str, Any]:
+def traits(message: MessageView) -> dict[str, Any]:
     value = message.get("traits")
     if value is None:
         return {}

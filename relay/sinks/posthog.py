@@ -79,7 +79,7 @@ class PostHogOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
 # --- the mapping (pure) -----------------------------------------------------------------------
 
 
-def to_posthog(message: f.Message, options: PostHogOptions) -> dict[str, Any]:
+def to_posthog(message: f.MessageView, options: PostHogOptions) -> dict[str, Any]:
     """The PostHog event for one Segment message."""
     kind = message.get("type")
     distinct_id = f.ident(message.get("userId")) or f.ident(message.get("anonymousId"))
@@ -118,11 +118,11 @@ def to_posthog(message: f.Message, options: PostHogOptions) -> dict[str, Any]:
     return event
 
 
-def _context_properties(message: f.Message, options: PostHogOptions) -> dict[str, Any]:
+def _context_properties(message: f.MessageView, options: PostHogOptions) -> dict[str, Any]:
     context = f.obj(message.get("context"))
     props: dict[str, Any] = {}
     for name, path in CONTEXT_PROPERTIES:
-        value = f.get(context, path)
+        value = f.at(context, path)
         if value is not None and value != "":
             props[name] = value
     f.put(props, "$host", f.host(props.get("$current_url")))
@@ -133,7 +133,7 @@ def _context_properties(message: f.Message, options: PostHogOptions) -> dict[str
     return props
 
 
-def _page_properties(message: f.Message) -> dict[str, Any]:
+def _page_properties(message: f.MessageView) -> dict[str, Any]:
     """A page's own url, path, referrer and title (Segment's page properties) over the context's."""
     own = f.properties(message)
     props: dict[str, Any] = {}
