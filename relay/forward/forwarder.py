@@ -16,7 +16,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +26,7 @@ from relay.config import DestinationConfig
 from relay.errors import QueueClosed
 from relay.forward import batching
 from relay.forward.pacing import Pacer
-from relay.forward.retry import Action, Answer, classify, wait_time
+from relay.forward.retry import Action, Answer, Decision, classify, wait_time
 from relay.plugins.api import Delivery, Outcome
 from relay.plugins.pipeline import Pipeline
 from relay.queue import Queue
@@ -103,6 +103,7 @@ class Forwarder:
         self.counters = Counters()
         self._rand = rand or random.Random()
         self._pacer = Pacer(config.max_events_per_second)
+        self._classify: Callable[[Answer], Decision] = getattr(sink, "classify", classify)
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._cursor = 0
@@ -355,7 +356,7 @@ class Forwarder:
             answer = await self.sink.send(batch)
             self.counters.requests += 1
             self.counters.observe(time.monotonic() - started)
-            decision = classify(answer)
+            decision = self._classify(answer)
             if decision.action is Action.DELIVERED:
                 await self._set_state("ok", None)
                 done.delivered += len(batch)

@@ -2,8 +2,10 @@
 
 A sink turns a queued event into the bytes its upstream takes (``prepare``), sends one
 batch of them (``send``) and reports what came back as a ``retry.Answer``; the forwarder
-decides what that answer means. ``probe`` is a cheap "is it reachable again?" check used
-while an upstream is down, so that delivery resumes soon after it comes back.
+decides what that answer means (``relay.forward.retry.classify``), unless the sink has a
+``classify`` of its own for an upstream whose API says more than its status (Vector's
+per-sink retry logic). ``probe`` is a cheap "is it reachable again?" check used while an
+upstream is down, so that delivery resumes soon after it comes back.
 """
 
 from __future__ import annotations

@@ -5,9 +5,10 @@ events and 1 MB a request (413 beyond). Segment calls are mapped as Segment's ow
 Amplitude destination documents it (see ``to_amplitude``); every event carries
 ``insert_id`` (Amplitude drops a repeat within 7 days), so a retried batch is not counted
 twice. Answers: 400 rejects the whole request (the forwarder bisects to the bad event),
-but a 400 for the API key itself is reported as 401 so the destination pauses instead of
-dead-lettering everything; a 429 without ``Retry-After`` waits ``throttle_wait`` seconds
-(Amplitude asks for 30 s per throttled user or device).
+but the sink classifies a 400 for the API key itself as a pause (``classify``), so the
+destination keeps its events instead of dead-lettering everything; a 429 without
+``Retry-After`` waits ``throttle_wait`` seconds (Amplitude asks for 30 s per throttled user
+or device).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from relay.config import DestinationConfig
-from relay.forward.retry import Answer
+from relay.forward import retry
+from relay.forward.retry import Action, Answer, Decision
 from relay.sinks import Outgoing
 from relay.sinks import fields as f
 from relay.sinks import options as opts
@@ -274,16 +276,22 @@ def _nth(event: dict[str, Any], index: int, which: str) -> dict[str, Any]:
     return event
 
 
-def interpret(answer: Answer, throttle_wait: float) -> Answer:
-    """Amplitude's answer in the relay's terms: a rejected API key pauses; a 429 waits."""
+def classify(answer: Answer) -> Decision:
+    """Amplitude's answer in the relay's terms: a 400 that refuses the API key pauses (a
+    wrong key must not dead-letter the backlog); everything else as for any HTTP upstream."""
     if answer.status == 400:
         try:
             body = msgspec.json.decode(answer.body)
         except msgspec.DecodeError:
-            return answer
+            body = None
         if isinstance(body, dict) and (body.get("error") == "Invalid API key"
                                        or body.get("missing_field") == "api_key"):
-            return replace(answer, status=401)
+            return Decision(Action.PAUSE)
+    return retry.classify(answer)
+
+
+def throttled(answer: Answer, throttle_wait: float) -> Answer:
+    """A 429 without ``Retry-After`` waits ``throttle_wait`` seconds."""
     if answer.status == 429 and answer.retry_after is None:
         return replace(answer, retry_after=throttle_wait)
     return answer
@@ -329,4 +337,7 @@ class AmplitudeSink(HttpSink):
         if events > MAX_EVENTS_PER_REQUEST:  # an order's products: split before Amplitude refuses it
             return Answer(413, f"{events} Amplitude events; a request takes at most {MAX_EVENTS_PER_REQUEST}")
         body = self._head + b",".join(o.data for o in batch) + self._tail
-        return interpret(await self._http.request(body), self.options.throttle_wait)
+        return throttled(await self._http.request(body), self.options.throttle_wait)
+
+    def classify(self, answer: Answer) -> Decision:
+        return classify(answer)

@@ -16,7 +16,7 @@ from relay.forward.retry import (
     wait_time,
 )
 
-# Every row of "How failures from an upstream are classified" in reliability.md.
+# Every row of "How failures from an upstream are classified" in docs/reliability.md.
 TABLE = [
     # 2xx: delivered
     (200, Action.DELIVERED, True),

@@ -1,4 +1,4 @@
-"""Which destination gets a message: integrations and consent (protocol.md semantics)."""
+"""Which destination gets a message: integrations and consent (docs/protocol.md)."""
 
 from __future__ import annotations
 

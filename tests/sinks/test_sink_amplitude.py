@@ -12,9 +12,9 @@ import msgspec
 import pytest
 
 from relay.config import Config, DestinationConfig, masked
-from relay.forward.retry import Answer
+from relay.forward.retry import Action, Answer
 from relay.sinks import make_sink
-from relay.sinks.amplitude import AmplitudeOptions, interpret, to_amplitude
+from relay.sinks.amplitude import AmplitudeOptions, classify, throttled, to_amplitude
 from tests.support.fake_http import FakeServer, Reply, Request, wait_for_rows
 
 API_KEY = "0123456789abcdef0123456789abcdef"
@@ -254,20 +254,21 @@ def test_properties_that_are_not_an_object_cannot_be_mapped() -> None:
 
 
 @pytest.mark.parametrize(("answer", "expected"), [
-    (Answer(400, '{"code":400,"error":"Invalid API key"}'), 401),
-    (Answer(400, '{"code":400,"error":"Request missing required field","missing_field":"api_key"}'), 401),
-    (Answer(400, '{"code":400,"error":"Invalid field values on some events"}'), 400),
-    (Answer(400, "not json"), 400),
-    (Answer(200, '{"code":200}'), 200),
-    (Answer(None, error="refused"), None),
+    (Answer(400, '{"code":400,"error":"Invalid API key"}'), Action.PAUSE),
+    (Answer(400, '{"code":400,"error":"Request missing required field","missing_field":"api_key"}'),
+     Action.PAUSE),
+    (Answer(400, '{"code":400,"error":"Invalid field values on some events"}'), Action.REJECT),
+    (Answer(400, "not json"), Action.REJECT),
+    (Answer(200, '{"code":200}'), Action.DELIVERED),
+    (Answer(None, error="refused"), Action.RETRY),
 ])
-def test_a_rejected_api_key_pauses_instead_of_dead_lettering(answer: Answer, expected: int | None) -> None:
-    assert interpret(answer, 30.0).status == expected
+def test_a_rejected_api_key_pauses_instead_of_dead_lettering(answer: Answer, expected: Action) -> None:
+    assert classify(answer).action is expected
 
 
 def test_a_429_without_retry_after_waits_the_throttle_time() -> None:
-    assert interpret(Answer(429, "{}"), 30.0).retry_after == 30.0
-    assert interpret(Answer(429, "{}", retry_after=5.0), 30.0).retry_after == 5.0
+    assert throttled(Answer(429, "{}"), 30.0).retry_after == 30.0
+    assert throttled(Answer(429, "{}", retry_after=5.0), 30.0).retry_after == 5.0
 
 
 @pytest.mark.parametrize(("fields", "named"), [
