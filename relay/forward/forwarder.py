@@ -25,6 +25,7 @@ import msgspec
 from relay.config import DestinationConfig
 from relay.errors import QueueClosed
 from relay.forward import batching
+from relay.forward.ledger import Finished, Ledger
 from relay.forward.pacing import Pacer
 from relay.forward.retry import Action, Answer, Decision, classify, wait_time
 from relay.plugins.api import Delivery, Outcome
@@ -45,35 +46,6 @@ READ_AHEAD = 4  # batches of events held in memory at most, read ahead of the se
 MAX_RESPONSE_CHARS = 4096
 # upper bounds (seconds) of the request latency histogram's buckets; the last bucket is +Inf
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-
-
-@dataclass(slots=True)
-class Finished:
-    """What became of a batch. ``cut_after`` is set when a stop cut a split batch short: the
-    queue id of the last event of its finished prefix (the rest is read again after a restart)."""
-
-    delivered: int = 0
-    dead: list[DeadLetter] = field(default_factory=list)
-    dead_ids: list[int] = field(default_factory=list)  # the queue id of each of ``dead``
-    cut_after: int | None = None
-
-    def add(self, other: Finished) -> None:
-        self.delivered += other.delivered
-        self.dead.extend(other.dead)
-        self.dead_ids.extend(other.dead_ids)
-
-    def add_dead(self, batch: Sequence[Outgoing], letters: Sequence[DeadLetter]) -> None:
-        self.dead.extend(letters)
-        self.dead_ids.extend(o.event.id for o in batch)
-
-    def cut(self, through: int | None) -> Finished | None:
-        """Keep only what is finished at or below ``through``; None when nothing is."""
-        if through is None:
-            return None
-        kept = [(i, d) for i, d in zip(self.dead_ids, self.dead, strict=True) if i <= through]
-        self.dead_ids, self.dead = [i for i, _ in kept], [d for _, d in kept]
-        self.cut_after = through
-        return self
 
 
 @dataclass(slots=True)
@@ -109,9 +81,7 @@ class Forwarder:
         self._cursor = 0
         self._read_to = 0
         self._persisted: tuple[str, float] = ("ok", 0.0)
-        self._batch_starts: dict[int, int] = {}  # in flight: last id -> first id
-        self._done: list[tuple[int, int]] = []  # id ranges finished beyond the cursor (see store)
-        self._unpreparable: list[tuple[int, DeadLetter]] = []  # (queue id, letter), not yet recorded
+        self._ledger = Ledger()
 
     @property
     def name(self) -> str:
@@ -127,7 +97,7 @@ class Forwarder:
         await self.sink.start()
         self._stopping.clear()
         self._cursor = self._read_to = cursor
-        self._done = [r for r in await self.queue.done_ranges(self.name) if r[1] > cursor]
+        self._ledger.restart(await self.queue.done_ranges(self.name), cursor)
         self._task = asyncio.create_task(self._supervise(), name=f"forward-{self.name}")
 
     async def stop(self, timeout: float) -> None:
@@ -156,8 +126,7 @@ class Forwarder:
                 log.exception("delivery loop failed; restarting", extra={"destination": self.name})
                 self.state, self.last_error = "retrying", "internal error; see the log"
                 self._read_to = self._cursor
-                self._batch_starts.clear()
-                self._unpreparable.clear()  # read again from the cursor
+                self._ledger.restart((), self._cursor)  # read again from the cursor
                 await self._pause_for(asyncio.sleep(RESTART_DELAY))
 
     async def _run(self) -> None:
@@ -186,7 +155,7 @@ class Forwarder:
                 if delay > 0:
                     await self._pause_for(asyncio.sleep(delay))
                 inflight.append((batch[-1].event.id, asyncio.create_task(self._deliver(batch))))
-                self._batch_starts[batch[-1].event.id] = batch[0].event.id
+                self._ledger.sent(batch[0].event.id, batch[-1].event.id)
                 full = len(inflight) >= self.config.concurrency
                 if full and len(buffer) < self.config.max_events:
                     await self._fill(buffer)  # read ahead while the batch is in flight
@@ -204,7 +173,7 @@ class Forwarder:
         rows, through = await self.queue.read(self.name, self._read_to, limit)
         plain = self.pipeline is None or self.pipeline.passthrough(self.name)
         for row in rows:
-            if self._done and self._already_done(row.id):
+            if self._ledger.has_done_ranges and self._ledger.already_done(row.id):
                 self._read_to = row.id
                 continue
             for copy in [row] if plain else await self._through_plugins(row):
@@ -213,11 +182,6 @@ class Forwarder:
                     buffer.append(outgoing)
             self._read_to = row.id
         self._read_to = max(self._read_to, through)  # past events only other destinations read
-
-    def _already_done(self, event_id: int) -> bool:
-        while self._done and self._done[0][1] < event_id:
-            self._done.pop(0)
-        return bool(self._done) and self._done[0][0] <= event_id
 
     async def _through_plugins(self, row: Stored) -> list[Stored]:
         """This destination's own copy of the event, after consent, ``integrations`` and its
@@ -258,7 +222,7 @@ class Forwarder:
         letter = DeadLetter(reason=reason, write_key=row.write_key, body=row.body if body is None else body,
                             message_id=row.message_id, received_at=row.received_at,
                             destination=self.name)
-        self._unpreparable.append((row.id, letter))
+        self._ledger.refuse(row.id, letter)
 
     def _flush_wait(self, buffer: deque[Outgoing]) -> float:
         """Seconds a partial batch may still wait for more events."""
@@ -297,10 +261,10 @@ class Forwarder:
                 # stopped before it finished: what is unfinished is sent after a restart
                 if finished is not None and finished.cut_after is not None:
                     await self._record(finished.cut_after, finished)
-                self._batch_starts.pop(through, None)
+                self._ledger.settled(through)
                 await self._keep_finished_beyond(inflight)
                 return
-            self._batch_starts.pop(through, None)
+            self._ledger.settled(through)
             await self._record(through, finished)
 
     async def _keep_finished_beyond(self, inflight: deque[tuple[int, asyncio.Task[Finished | None]]]) -> None:
@@ -313,23 +277,18 @@ class Forwarder:
             if finished is None:
                 continue
             last = finished.cut_after if finished.cut_after is not None else through
-            first = self._batch_starts.pop(through, None)
+            first = self._ledger.settled(through)
             if first is None or last < first:
                 continue
-            refused = [d for i, d in self._unpreparable if first <= i <= last]
-            self._unpreparable = [(i, d) for i, d in self._unpreparable if not first <= i <= last]
-            dead = [*refused, *finished.dead]
+            dead = [*self._ledger.refused_between(first, last), *finished.dead]
             await asyncio.shield(self.queue.record_done_range(
                 self.name, first, last, finished.delivered, dead))
             self.counters.delivered += finished.delivered
             self.counters.dead_lettered += len(dead)
 
     async def _record(self, through: int, finished: Finished) -> None:
-        dead = finished.dead
-        if self._unpreparable:  # only those the cursor passes now; the others come later
-            ready = [d for i, d in self._unpreparable if i <= through]
-            self._unpreparable = [(i, d) for i, d in self._unpreparable if i > through]
-            dead = [*ready, *dead]
+        refused = self._ledger.refused_through(through)  # those the cursor passes; others come later
+        dead = [*refused, *finished.dead] if refused else finished.dead
         await asyncio.shield(
             self.queue.record_progress(self.name, through, finished.delivered, dead)
         )
