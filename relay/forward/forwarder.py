@@ -16,14 +16,15 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import msgspec
 
 from relay.config import DestinationConfig
-from relay.errors import QueueClosed
+from relay.errors import QueueClosed, QueueError
 from relay.forward import batching
 from relay.forward.ledger import Finished, Ledger
 from relay.forward.pacing import Pacer
@@ -42,6 +43,8 @@ IDLE_POLL = 1.0  # seconds between looks at the queue when nothing was announced
 PROBE_INTERVAL = 1.0  # seconds between reachability probes while an upstream is down
 STATE_PERSIST_INTERVAL = 5.0
 RESTART_DELAY = 1.0
+PROGRESS_RETRY_INITIAL = 0.5  # seconds before a refused progress write is tried again
+PROGRESS_RETRY_MAX = 30.0
 READ_AHEAD = 4  # batches of events held in memory at most, read ahead of the sends
 MAX_RESPONSE_CHARS = 4096
 # upper bounds (seconds) of the request latency histogram's buckets; the last bucket is +Inf
@@ -281,20 +284,43 @@ class Forwarder:
             if first is None or last < first:
                 continue
             dead = [*self._ledger.refused_between(first, last), *finished.dead]
-            await asyncio.shield(self.queue.record_done_range(
-                self.name, first, last, finished.delivered, dead))
+            await self._persist(partial(self.queue.record_done_range, self.name, first, last,
+                                        finished.delivered, dead))
             self.counters.delivered += finished.delivered
             self.counters.dead_lettered += len(dead)
 
     async def _record(self, through: int, finished: Finished) -> None:
         refused = self._ledger.refused_through(through)  # those the cursor passes; others come later
         dead = [*refused, *finished.dead] if refused else finished.dead
-        await asyncio.shield(
-            self.queue.record_progress(self.name, through, finished.delivered, dead)
-        )
+        await self._persist(partial(self.queue.record_progress, self.name, through, finished.delivered, dead))
         self._cursor = max(self._cursor, through)
         self.counters.delivered += finished.delivered
         self.counters.dead_lettered += len(dead)
+
+    async def _persist(self, write: Callable[[], Awaitable[None]]) -> None:
+        """Record a finished batch's progress, however long the queue refuses it: the batch
+        is delivered, so it is remembered here and the write retried with backoff before
+        anything else is sent (sending on from the old cursor would deliver it again). A
+        stop gives up; the batch then counts as in flight and is sent again after a restart."""
+        attempt = 0
+        while True:
+            try:
+                await asyncio.shield(write())
+                if attempt:
+                    log.info("progress recorded again", extra={"destination": self.name})
+                return
+            except QueueClosed:
+                raise
+            except QueueError as exc:
+                if self._stopping.is_set():
+                    raise QueueClosed("stopped while the queue refused progress") from exc
+                if not attempt:
+                    log.warning("cannot record progress; kept in memory and retried before sending more",
+                                extra={"destination": self.name, "error": str(exc)})
+                self.state, self.last_error = "retrying", f"cannot record progress: {exc}"
+                wait = wait_time(attempt, PROGRESS_RETRY_INITIAL, PROGRESS_RETRY_MAX, None, self._rand)
+                attempt += 1
+                await self._pause_for(asyncio.sleep(wait))
 
     # --- one batch ------------------------------------------------------------------------------
 
@@ -411,8 +437,8 @@ class Forwarder:
                                                        "error": error})
             try:
                 await self.queue.set_state(self.name, state, error)
-            except QueueClosed:
-                pass
+            except QueueError as exc:  # the state is shown from memory; persisting it is best effort
+                log.debug("destination state not persisted: %s", exc)
 
     def live(self) -> Live:
         """What a status read takes from this running loop: its state and last error."""

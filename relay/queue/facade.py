@@ -22,6 +22,7 @@ from relay.config import QueueConfig
 from relay.errors import QueueClosed, QueueError, QueueFull
 from relay.queue import salvage, sightings, store
 from relay.queue.connection import FULL_RETRY_AFTER, Connection
+from relay.queue.reserve import Reserve
 from relay.types import AppendResult, DeadLetter, Event, Live, StatusReport
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class Queue:
         # Checkpoints run on a second connection (its own thread), so that copying the WAL
         # back into the file never sits inside a commit that requests are waiting on.
         self._checkpointer = Connection(config.path, "relay-checkpoints")
+        self._reserve = Reserve(config.path)
         self._closing = False
         self._used_bytes = 0
         self.full_since: float | None = None
@@ -102,6 +104,7 @@ class Queue:
             if moved is not None:
                 await self._db.call(store.note_corrupt_file, moved)
             await self._checkpointer.open()
+            await asyncio.to_thread(self._reserve.restore)
         except BaseException:
             await self.stop()
             raise
@@ -298,7 +301,13 @@ class Queue:
         # Deleting in chunks rewrites each page once rather than at every batch; a queue
         # that has caught up is emptied at once.
         chunked = through - self._deleted_through >= DELETE_CHUNK
-        deleted = await self._db.call(self._record, destination, cursor, delivered, dead, through, chunked)
+        args = (destination, cursor, delivered, dead, through, chunked)
+        try:
+            deleted = await self._db.call(self._record, *args)
+        except QueueFull:  # the disk is full: its reserve makes room to delete what was delivered
+            if not await asyncio.to_thread(self._reserve.release):
+                raise
+            deleted = await self._db.call(self._record, *args)
         if deleted:
             self._deleted_through = through
 
@@ -356,6 +365,8 @@ class Queue:
             try:
                 await self.prune_seen()
                 await self._db.call(store.reclaim_space)
+                if self.full_since is None:
+                    await asyncio.to_thread(self._reserve.restore)
             except QueueError as exc:
                 log.warning("queue maintenance failed: %s", exc)
 
