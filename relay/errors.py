@@ -4,7 +4,8 @@
     ├── ConfigError          a config file or environment variable is wrong (names the key)
     ├── QueueError           the queue cannot be used
     │   ├── QueueFull        the byte cap or the disk is reached; retry later
-    │   └── QueueClosed      the queue has been stopped
+    │   ├── QueueClosed      the queue has been stopped
+    │   └── QueueLocked      another relay owns the queue file (names its pid)
     └── InvalidMessage       one message breaks the protocol (names the problem)
 
 Errors from the SQLite driver (in relay.queue.connection), msgspec and aiohttp are mapped to
@@ -32,6 +33,12 @@ class QueueFull(QueueError):
 
 class QueueClosed(QueueError):
     pass
+
+
+class QueueLocked(QueueError):
+    def __init__(self, message: str, owner: str) -> None:
+        super().__init__(message)
+        self.owner = owner
 
 
 class InvalidMessage(RelayError):

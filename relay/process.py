@@ -13,6 +13,7 @@ import gc
 import logging
 import os
 import signal
+from pathlib import Path
 
 from relay import config as config_module
 from relay.app import Relay
@@ -30,9 +31,10 @@ async def _summary(relay: Relay) -> str:
         return f"running; queue figures unavailable: {exc}"
 
 
-async def serve(config: Config, config_path: str | None = None) -> None:
+async def serve(config: Config, config_path: str | None = None, pid_file: Path | None = None) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully; reload ``config_path`` on SIGHUP;
-    tell systemd (when it started us) as each of those happens."""
+    tell systemd (when it started us) as each of those happens. ``pid_file`` is written once
+    the queue is ours (its lock taken) and removed at exit."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -41,31 +43,72 @@ async def serve(config: Config, config_path: str | None = None) -> None:
     notifier = notify.Notifier.from_environment()
     relay = Relay(config)
     reloads: set[asyncio.Task[None]] = set()
+    phase = "starting"
+    reload_asked = False
 
-    def on_hangup() -> None:
+    def reload_now() -> None:
         task = asyncio.create_task(_reload(relay, notifier, config_path), name="reload")
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
+    def on_hangup() -> None:
+        # Installed before anything else and kept to the end: SIGHUP's default action would
+        # kill the relay in the middle of its start or its stop.
+        nonlocal reload_asked
+        if phase == "running":
+            reload_now()
+        elif phase == "starting":
+            reload_asked = True
+            log.warning("reload requested while starting: it runs once the relay is ready")
+        else:
+            log.warning("reload requested while stopping: ignored")
+
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    written = False
     await notifier.start(relay.summary)
     try:
         notifier.status("starting: opening the queue")
         await relay.start()
-        loop.add_signal_handler(signal.SIGHUP, on_hangup)
+        if pid_file is not None:
+            _write_private(pid_file, f"{os.getpid()}\n")
+            written = True
+        phase = "running"
+        if reload_asked:
+            reload_now()
         notifier.ready(await _summary(relay))
         await stopping.wait()
         log.info("stopping")
     finally:
-        loop.remove_signal_handler(signal.SIGHUP)
+        phase = "stopping"
         await asyncio.gather(*reloads, return_exceptions=True)
         notifier.stopping()
         try:
             await relay.stop()
         finally:
             await notifier.stop()
+            if written and pid_file is not None:
+                _remove(pid_file)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
     log.info("stopped")
+
+
+def _remove(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path``, readable by its owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+    os.chmod(path, 0o600)  # an older file of another mode
 
 
 async def _reload(relay: Relay, notifier: notify.Notifier, config_path: str | None) -> None:
@@ -84,12 +127,17 @@ async def _reload(relay: Relay, notifier: notify.Notifier, config_path: str | No
         logs.mask_secrets(logs.secrets(new))
 
 
-def run(config: Config, config_path: str | None = None) -> None:
+def run(config: Config, config_path: str | None = None, pid_file: Path | None = None) -> None:
+    # SIGHUP ignored until the loop's handler takes over, and again after the loop is gone
+    # (the loop restores the default action, which terminates), up to the process's exit.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     gc.freeze()  # what start-up allocated is never garbage: stop scanning it
     gc.set_threshold(100_000, 50, 100)  # fewer young collections under a flood of small dicts
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
-        asyncio.run(serve(config, config_path))
+        asyncio.run(serve(config, config_path, pid_file))
     else:
-        uvloop.run(serve(config, config_path))
+        uvloop.run(serve(config, config_path, pid_file))
+    finally:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)

@@ -76,13 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     level = args.log_level or cfg.log.level
     logs.setup(level, {"json": True, "text": False, "auto": None}[cfg.log.format])
-    pid = pid_path(cfg)
-    pid.parent.mkdir(parents=True, exist_ok=True)
-    pid.write_text(f"{os.getpid()}\n")
-    try:
-        process.run(cfg, _config_path(args.config))
-    finally:
-        pid.unlink(missing_ok=True)
+    process.run(cfg, _config_path(args.config), pid_path(cfg))
     return 0
 
 

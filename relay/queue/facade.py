@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from relay.config import QueueConfig
 from relay.errors import QueueClosed, QueueError, QueueFull
 from relay.queue import salvage, sightings, store
 from relay.queue.connection import FULL_RETRY_AFTER, Connection
+from relay.queue.lock import QueueLock
 from relay.queue.reserve import Reserve
 from relay.types import AppendResult, DeadLetter, Event, Live, StatusReport
 
@@ -64,6 +66,7 @@ class Queue:
         # back into the file never sits inside a commit that requests are waiting on.
         self._checkpointer = Connection(config.path, "relay-checkpoints")
         self._reserve = Reserve(config.path)
+        self._lock = QueueLock(config.path)
         self._closing = False
         self._used_bytes = 0
         self.full_since: float | None = None
@@ -88,6 +91,7 @@ class Queue:
         if self._db.is_open:
             return
         Path(self.config.path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock.acquire()  # before anything reads or moves the file: one owner at a time
         self._closing = False
         damage = await asyncio.to_thread(salvage.problem, self.config.path)
         moved = None
@@ -97,6 +101,7 @@ class Queue:
                       "salvage it with `relay recover %s`", moved,
                       extra={"problem": damage, "moved_to": moved})
         try:
+            await asyncio.to_thread(_create_private, self.config.path)
             await self._db.open()
             await self._db.call(store.prepare, self.config.durability, self.config.max_bytes)
             self._used_bytes = await self._db.call(store.used_bytes)
@@ -130,6 +135,7 @@ class Queue:
                 pending.future.set_exception(QueueClosed("the queue is closed"))
         self._pending.clear()
         await self._db.close()
+        self._lock.release()
 
     async def ping(self) -> None:
         """Return once the connection's thread answers a read (readiness)."""
@@ -387,3 +393,12 @@ class Queue:
     async def status(self, destinations: Sequence[Live] = ()) -> StatusReport:
         return await self._db.call(store.report, destinations, self.config.path, self.config.max_bytes,
                                    time.time())
+
+
+def _create_private(path: str) -> None:
+    """Create a new queue file readable by its owner only (it holds personal data); SQLite
+    gives its -wal and -shm files the same mode."""
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
