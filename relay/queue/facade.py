@@ -65,6 +65,9 @@ class Queue:
         # Checkpoints run on a second connection (its own thread), so that copying the WAL
         # back into the file never sits inside a commit that requests are waiting on.
         self._checkpointer = Connection(config.path, "relay-checkpoints")
+        # Status reads (relay status, /status, /metrics) run on a third connection: a reader in
+        # WAL mode never waits for the writer, and the writer never waits behind a status read.
+        self._reader = Connection(config.path, "relay-status")
         self._reserve = Reserve(config.path)
         self._lock = QueueLock(config.path)
         self._closing = False
@@ -109,6 +112,8 @@ class Queue:
             if moved is not None:
                 await self._db.call(store.note_corrupt_file, moved)
             await self._checkpointer.open()
+            await self._reader.open()
+            await self._reader.call(store.prepare_reader)
             await asyncio.to_thread(self._reserve.restore)
         except BaseException:
             await self.stop()
@@ -127,6 +132,7 @@ class Queue:
                 await asyncio.gather(task, return_exceptions=True)
         self._pruner = self._checkpoints = None
         await self._checkpointer.close()
+        await self._reader.close()
         if self._writer is not None:
             await asyncio.gather(self._writer, return_exceptions=True)
             self._writer = None
@@ -391,8 +397,8 @@ class Queue:
         return await self._db.call(self.sightings.forget_before, cutoff, DEDUP_PRUNE_CHUNK)
 
     async def status(self, destinations: Sequence[Live] = ()) -> StatusReport:
-        return await self._db.call(store.report, destinations, self.config.path, self.config.max_bytes,
-                                   time.time())
+        return await self._reader.call(store.report, destinations, self.config.path,
+                                       self.config.max_bytes, time.time())
 
 
 def _create_private(path: str) -> None:

@@ -134,6 +134,13 @@ def prepare(conn: sqlite3.Connection, durability: str, max_bytes: int) -> None:
     conn.execute(f"PRAGMA max_page_count = {max_bytes // page_size + HEADROOM_PAGES}")
 
 
+def prepare_reader(conn: sqlite3.Connection) -> None:
+    """A connection that only reads (status): it never takes the write lock."""
+    conn.execute("PRAGMA busy_timeout = 5000")
+    conn.execute("PRAGMA query_only = ON")
+    conn.execute(f"PRAGMA cache_size = -{PAGE_CACHE_KIB}")
+
+
 def used_bytes(conn: sqlite3.Connection) -> int:
     """Bytes of the file in use (pages not on the free list). One statement: inside the
     writer's transaction it costs no extra lock, which three PRAGMAs outside it did."""

@@ -7,6 +7,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from relay.config import QueueConfig
 from relay.errors import QueueClosed
 from relay.queue import Queue
 from relay.types import Event
+from tests.conftest import make_config
 
 MIB = 1 << 20
 CONCURRENT = 200
@@ -268,3 +270,18 @@ async def test_a_repeat_is_caught_in_either_dedup_generation_and_rotation_keeps_
     later = await relay.post("/v1/batch", {"batch": [first]})
     assert (later[1]["accepted"], later[1]["duplicates"]) == (1, 0)
     assert [e["messageId"] for e in relay.events()] == ["gen-1", "gen-2", "gen-1"]
+
+
+async def test_status_is_read_beside_the_writer_never_behind_it(tmp_path):
+    queue = Queue(make_config(tmp_path).queue)
+    await queue.start()
+    try:
+        release = threading.Event()
+        # the writer's thread busy for as long as the test wants
+        busy = asyncio.ensure_future(queue._db.call(lambda conn: release.wait(10)))
+        report = await asyncio.wait_for(queue.status(), 5)  # answered all the same
+        assert report.queue.events == 0 and not busy.done()
+        release.set()
+        await busy
+    finally:
+        await queue.stop()

@@ -35,3 +35,30 @@ def test_status_and_destination_status_search_the_events_table_never_scan_it(tmp
     assert any("events" in sql for sql, _ in plans)
     scans = [(sql, plan) for sql, plan in plans if plan.startswith("SCAN events")]
     assert scans == []
+
+
+def _status_steps(tmp_path: Path, backlog: int) -> int:
+    """SQLite virtual-machine steps (in units of 100) that one status read costs."""
+    conn = sqlite3.connect(tmp_path / f"q{backlog}.db", isolation_level=None)
+    store.prepare(conn, "os", 1 << 30)
+    store.register_destinations(conn, ["up", "other"], 0.0)
+    store.insert_events(conn, [(1.0, "k", f"m{i}", "track", b"{}") for i in range(backlog)])
+    conn.execute("INSERT INTO events (received_at, write_key, message_id, type, body, target)"
+                 " VALUES (1.0, 'k', 'replayed', 'track', x'7b7d', 'other')")
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    conn.set_progress_handler(count, 100)
+    store.report(conn, [Live("up", "segment"), Live("other", "segment")], "q", 1 << 30, 0.0)
+    conn.set_progress_handler(None, 0)
+    conn.close()
+    return steps
+
+
+def test_status_costs_the_same_whatever_the_backlog(tmp_path: Path) -> None:
+    small, large = _status_steps(tmp_path, 1_000), _status_steps(tmp_path, 100_000)
+    assert large <= small + 2, (small, large)  # a walk of the backlog would cost ~100x
