@@ -85,6 +85,7 @@ class Forwarder:
         self._read_to = 0
         self._persisted: tuple[str, float] = ("ok", 0.0)
         self._ledger = Ledger()
+        self._head_seen = 0.0  # monotonic time the oldest buffered event was read
 
     @property
     def name(self) -> str:
@@ -173,6 +174,8 @@ class Forwarder:
 
     async def _fill(self, buffer: deque[Outgoing]) -> None:
         limit = READ_AHEAD * self.config.max_events - len(buffer)
+        if not buffer:
+            self._head_seen = time.monotonic()
         rows, through = await self.queue.read(self.name, self._read_to, limit)
         plain = self.pipeline is None or self.pipeline.passthrough(self.name)
         for row in rows:
@@ -233,7 +236,9 @@ class Forwarder:
             return 0.0
         if sum(o.size for o in buffer) >= self.config.max_bytes:
             return 0.0
-        age = time.time() - buffer[0].event.received_at
+        # The event's age on the wall clock, but never less than the time since the loop read
+        # it (a monotonic clock): a clock stepped back must not hold a batch back by the step.
+        age = max(time.time() - buffer[0].event.received_at, time.monotonic() - self._head_seen)
         return max(0.0, self.config.flush_interval - age)
 
     async def _pause_for(self, awaitable: Any) -> None:
