@@ -17,7 +17,7 @@ from relay.forward.forwarder import Forwarder
 from relay.ingest.edge import Cors, error_response
 from relay.ingest.guard import ConnectionGuard, GuardStats
 from relay.ingest.routes import Ingest
-from relay.ops import notify
+from relay.ops import logs, notify
 from relay.ops.admin import Admin
 from relay.plugins.pipeline import Pipeline
 from relay.queue import Queue
@@ -163,7 +163,8 @@ class Relay:
         await asyncio.gather(*(f.stop(timeout) for f in forwarders))
 
     def _forwarders(self, config: Config, pipeline: Pipeline) -> list[Forwarder]:
-        return [Forwarder(d, self.queue, make_sink(d), pipeline) for d in config.destinations]
+        mask = logs.SecretFilter(logs.secrets(config)).mask
+        return [Forwarder(d, self.queue, make_sink(d), pipeline, mask=mask) for d in config.destinations]
 
     def plugin_errors(self) -> Mapping[str, int]:
         """Per-plugin error counts, for /metrics."""

@@ -14,6 +14,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -119,6 +120,9 @@ class DestinationConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_on
         if self.type == "segment":
             if not self.endpoint.startswith(("http://", "https://")):
                 raise ValueError(f"destination {self.name!r}: `endpoint` must be an http(s) URL")
+            if "@" in urlsplit(self.endpoint).netloc:
+                raise ValueError(f"destination {self.name!r}: `endpoint` must not carry credentials "
+                                 "(user:password@): the upstream's key goes in `write_key`")
         elif self.type == "file" and not self.path:
             raise ValueError(f"destination {self.name!r}: `path` (a folder) is required for type file")
         if self.retry_max < self.retry_initial:

@@ -15,7 +15,7 @@ import pytest
 
 from relay import config
 from relay.app import Relay
-from relay.config import MASK, Config
+from relay.config import MASK, Config, load
 from relay.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -261,3 +261,19 @@ def test_repr_of_a_config_masks_every_secret_as_relay_check_does() -> None:
     for secret in secrets:
         assert secret not in shown
     assert MASK in shown and "127.0.0.1:9" in shown
+
+
+@pytest.mark.parametrize(("destination", "key", "where"), [
+    ('type = "segment"\nendpoint = "https://user:s3cret-pass@api.example.test"', "endpoint", "`write_key`"),
+    ('type = "webhook"\noptions = { url = "https://hook:s3cret-pass@hooks.example.test/in" }', "options.url",
+     "`headers`"),
+])
+def test_credentials_in_a_url_are_refused_naming_the_key_and_where_they_go(tmp_path, destination, key, where):
+    path = write(tmp_path, f'[[destinations]]\nname = "up"\n{destination}\n')
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    message = str(caught.value)
+    assert f"`{key}`" in message and where in message and "credentials" in message
+    assert "s3cret-pass" not in message
+    checked = relay_cli("check", "--config", str(path), cwd=tmp_path)
+    assert checked.returncode != 0 and "s3cret-pass" not in checked.stdout + checked.stderr

@@ -23,7 +23,7 @@ from typing import Any
 
 import msgspec
 
-from relay.config import DestinationConfig
+from relay.config import MASK, DestinationConfig
 from relay.errors import QueueClosed, QueueError
 from relay.forward import batching
 from relay.forward.ledger import Finished, Ledger
@@ -45,6 +45,7 @@ STATE_PERSIST_INTERVAL = 5.0
 RESTART_DELAY = 1.0
 PROGRESS_RETRY_INITIAL = 0.5  # seconds before a refused progress write is tried again
 PROGRESS_RETRY_MAX = 30.0
+MIN_MASKED_KEY = 4  # shorter write keys are not searched for in an upstream's answer
 READ_AHEAD = 4  # batches of events held in memory at most, read ahead of the sends
 MAX_RESPONSE_CHARS = 4096
 # upper bounds (seconds) of the request latency histogram's buckets; the last bucket is +Inf
@@ -68,7 +69,7 @@ class Counters:
 
 class Forwarder:
     def __init__(self, config: DestinationConfig, queue: Queue, sink: Sink, pipeline: Pipeline | None = None,
-                 rand: random.Random | None = None) -> None:
+                 rand: random.Random | None = None, mask: Callable[[str], str] | None = None) -> None:
         self.config = config
         self.queue = queue
         self.sink = sink
@@ -85,6 +86,7 @@ class Forwarder:
         self._read_to = 0
         self._persisted: tuple[str, float] = ("ok", 0.0)
         self._ledger = Ledger()
+        self._mask = mask or (lambda text: text)  # the configured secrets, as logs mask them
         self._head_seen = 0.0  # monotonic time the oldest buffered event was read
 
     @property
@@ -370,13 +372,13 @@ class Forwarder:
                     finished_through = half[-1].event.id
                 return done
             state: DestinationState = "paused" if decision.action is Action.PAUSE else "retrying"
-            await self._set_state(state, answer.describe())
+            await self._set_state(state, self._describe(answer, batch))
             self.counters.retries += 1
             wait = wait_time(attempt, self.config.retry_initial, self.config.retry_max,
                              answer.retry_after, self._rand)
             attempt += decision.counts_as_attempt
             log.info("retrying", extra={"destination": self.name, "state": state,
-                                        "error": answer.describe(), "wait_s": round(wait, 3)})
+                                        "error": self._describe(answer, batch), "wait_s": round(wait, 3)})
             await self._wait_to_retry(wait, probe=answer.status is None)
 
     async def _tell_after(self, batch: Sequence[Outgoing], outcome: Outcome,
@@ -411,12 +413,21 @@ class Forwarder:
             return [o for o in batch if o.event.received_at >= cutoff]
         return batch
 
+    def _describe(self, answer: Answer, batch: Sequence[Outgoing]) -> str:
+        """The answer for a log line, ``last_error`` or a dead letter, with the batch's write
+        keys and the configured secrets masked: an upstream may echo the key it refused."""
+        text = answer.describe()
+        for key in {o.key for o in batch} | {o.event.write_key for o in batch}:
+            if len(key) >= MIN_MASKED_KEY:
+                text = text.replace(key, MASK)
+        return self._mask(text)
+
     def _dead_letter(self, batch: Sequence[Outgoing], answer: Answer, attempts: int,
                      reason: str | None = None) -> list[DeadLetter]:
         why = reason or f"rejected by {self.name}"
         return [
             DeadLetter(
-                reason=f"{why}: {answer.describe()}",
+                reason=f"{why}: {self._describe(answer, batch)}",
                 write_key=o.event.write_key,
                 body=o.event.body,
                 message_id=o.event.message_id,

@@ -22,11 +22,13 @@ def parse(options: dict[str, Any], kind: type[T]) -> T:
         raise ValueError(message) from None
 
 
-def http_url(value: str, name: str) -> str:
-    """``value`` when it is an absolute http(s) URL with a host; a ValueError naming ``name`` if not."""
+def http_url(value: str, name: str, credentials_go: str = "in the `headers` option") -> str:
+    """``value`` when it is an absolute http(s) URL with a host and no credentials; a
+    ValueError naming ``name`` if not (``credentials_go`` says where they belong instead)."""
     split = urlsplit(value)
     if split.scheme not in ("http", "https") or not split.hostname:
         raise ValueError(f"`{name}` must be an http(s) URL, got {shown(value)!r}")
+    refuse_credentials(value, name, credentials_go)
     try:
         split.port  # noqa: B018 - raises on a port that is not a number
     except ValueError:
@@ -44,3 +46,13 @@ def shown(url: str) -> str:
         port = None
     netloc = f"{host}:{port}" if port else host
     return f"{split.scheme}://{netloc}{split.path}" if split.scheme else split.path
+
+
+def refuse_credentials(url: str, name: str, credentials_go: str) -> None:
+    """A URL's ``user:password@`` is printed wherever the URL is, and aiohttp refuses to send it
+    beside an Authorization header (so it could never deliver): refuse it, saying where the
+    credentials go, without repeating them."""
+    split = urlsplit(url)
+    if split.username is not None or split.password is not None:
+        raise ValueError(f"`{name}` must not carry credentials (user:password@ in {shown(url)!r}): "
+                         f"put them {credentials_go}")

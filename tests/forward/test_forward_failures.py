@@ -392,3 +392,19 @@ async def test_an_event_the_destination_cannot_encode_is_dead_lettered_once_and_
     [letter] = dead_letters(relay)
     assert (letter["message_id"], letter["destination"], letter["attempts"]) == ("damaged", "seg", 0)
     assert "cannot prepare" in letter["reason"]
+
+
+async def test_an_upstream_that_echoes_the_write_key_has_it_masked_in_last_error_and_status(
+        start_relay, upstreams):
+    key = "source-key-echoed-123"
+    answer = f'{{"error": "write key {key} is not valid"}}'
+    upstream = await upstreams(default=lambda batch: (401, {}, answer))
+    relay = await start_relay(destinations=[dest("seg", upstream.url, max_events=4)])
+    await post_events(relay, ["e1", "e2"], write_key=key)
+    await wait_until(lambda: forwarder(relay).state == "paused", 10, "state paused")
+    report = await destination_report(relay, "seg")
+    assert "is not valid" in report["last_error"] and key not in report["last_error"]
+    assert key not in (forwarder(relay).last_error or "")
+    async with relay.session.get(f"{relay.admin_url}/status") as resp:  # the admin listener's /status
+        text = await resp.text()
+    assert resp.status == 200 and "is not valid" in text and key not in text
