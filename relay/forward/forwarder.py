@@ -16,7 +16,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -154,13 +154,11 @@ class Forwarder:
                     await self._pause_for(self.queue.wait_for_commit(seen, wait))
                     await self._settle(inflight, block=False)
                     continue
-                batch = batching.take(buffer, self.config.max_events, self.config.max_bytes)
-                for _ in batch:
-                    buffer.popleft()
+                batch, delivery = self._next(buffer)
                 delay = self._pacer.delay(len(batch), time.monotonic())
                 if delay > 0:
                     await self._pause_for(asyncio.sleep(delay))
-                inflight.append((batch[-1].event.id, asyncio.create_task(self._deliver(batch))))
+                inflight.append((batch[-1].event.id, asyncio.create_task(delivery)))
                 self._ledger.sent(batch[0].event.id, batch[-1].event.id)
                 full = len(inflight) >= self.config.concurrency
                 if full and len(buffer) < self.config.max_events:
@@ -173,6 +171,32 @@ class Forwarder:
             for _, task in inflight:
                 task.cancel()
             await asyncio.gather(*(t for _, t in inflight), return_exceptions=True)
+
+    def _next(self, buffer: deque[Outgoing]) -> tuple[list[Outgoing], Coroutine[Any, Any, Finished | None]]:
+        """Take the next unit of progress off the buffer: the events it spans, in queue
+        order, and the coroutine that delivers them. Usually one batch; when keys interleave
+        so that the head's batch would be short, the buffered window grouped by key, one
+        request per key, recorded as one unit."""
+        batch = batching.take(buffer, self.config.max_events, self.config.max_bytes)
+        if len(batch) < self.config.max_events and len(buffer) > len(batch):
+            groups, taken = batching.by_key(buffer, self.config.max_events, self.config.max_bytes)
+            if len(groups[0]) > len(batch):
+                window = [buffer.popleft() for _ in range(taken)]
+                return window, self._deliver_groups(groups)
+        for _ in batch:
+            buffer.popleft()
+        return batch, self._deliver(batch)
+
+    async def _deliver_groups(self, groups: list[list[Outgoing]]) -> Finished | None:
+        """Deliver a window's key groups one after the other; None if stopped before the last
+        finished (the window is then sent again after a restart, as one batch would be)."""
+        done = Finished()
+        for group in groups:
+            part = await self._deliver(group)
+            if part is None or part.cut_after is not None:
+                return None
+            done.add(part)
+        return done
 
     async def _fill(self, buffer: deque[Outgoing]) -> None:
         limit = READ_AHEAD * self.config.max_events - len(buffer)

@@ -9,6 +9,7 @@ however long the event waited in the queue.
 from __future__ import annotations
 
 import base64
+import functools
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -27,6 +28,7 @@ _decode = msgspec.json.Decoder(dict[str, Any]).decode
 _encode = msgspec.json.Encoder().encode
 
 
+AUTH_CACHE_KEYS = 4096
 _RECEIVED = b',"receivedAt":"'
 # The tail ingest writes: receivedAt, then sentAt and originalTimestamp when present, then
 # timestamp, and the object's end. A value with a quote in it (an escape) does not match.
@@ -52,11 +54,17 @@ def retime(body: bytes) -> bytes | None:
     return b"".join((head, b',"originalTimestamp":"', when, b'","timestamp":"', when, b'"}'))
 
 
+@functools.lru_cache(maxsize=AUTH_CACHE_KEYS)
+def _basic(key: str) -> str:
+    """Basic auth for a write key; the most recent keys' headers are kept (bounded, whatever
+    the number of sources)."""
+    return "Basic " + base64.b64encode(f"{key}:".encode()).decode("ascii")
+
+
 class SegmentSink(HttpSink):
     def __init__(self, config: DestinationConfig) -> None:
         self.config = config
         self._http = HttpClient(config, config.endpoint.rstrip("/") + "/v1/batch")
-        self._auth: dict[str, str] = {}
 
     @property
     def url(self) -> str:
@@ -80,11 +88,7 @@ class SegmentSink(HttpSink):
         ))
 
     def _authorization(self, key: str) -> str:
-        header = self._auth.get(key)
-        if header is None:
-            header = "Basic " + base64.b64encode(f"{key}:".encode()).decode("ascii")
-            self._auth[key] = header
-        return header
+        return _basic(key)
 
     async def send(self, batch: Sequence[Outgoing]) -> Answer:
         body = self.payload(batch, datetime.now(UTC))

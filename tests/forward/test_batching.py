@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from relay.forward.batching import ENVELOPE_BYTES, halves, take
+from relay.forward.batching import ENVELOPE_BYTES, by_key, halves, take
 
 
 @dataclass(frozen=True)
@@ -89,3 +89,20 @@ def test_halves_cover_the_batch_in_order_and_both_shrink(n):
     assert left + right == batch
     assert 0 < len(left) < n and 0 < len(right) < n
     assert abs(len(left) - len(right)) <= 1
+
+
+@pytest.mark.parametrize(("keys", "max_events", "max_bytes", "groups", "taken"), [
+    ("aaaa", 10, 10_000, ["aaaa"], 4),
+    ("abab", 10, 10_000, ["aa", "bb"], 4),
+    ("abcabc", 2, 10_000, ["aa", "bb", "cc"], 6),
+    ("aabab", 2, 10_000, ["aa", "b"], 3),  # a's group is full: the window ends before the third a
+    ("abab", 10, ENVELOPE_BYTES + 1 + 11, ["a", "b"], 2),  # bytes: one event of 10 bytes a request
+    ("a", 1, 1, ["a"], 1),  # at least one item, whatever its size
+])
+def test_by_key_groups_a_window_by_key_keeping_order_within_each(keys, max_events, max_bytes, groups, taken):
+    items = [Item(i, 10, k) for i, k in enumerate(keys)]
+    got, count = by_key(items, max_events, max_bytes)
+    assert ["".join(i.key for i in g) for g in got] == groups and count == taken
+    for group in got:
+        assert [i.n for i in group] == sorted(i.n for i in group)
+    assert sorted(i.n for g in got for i in g) == list(range(taken))  # exactly the prefix

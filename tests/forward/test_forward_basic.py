@@ -28,3 +28,4 @@ async def test_events_reach_the_upstream_in_order_and_leave_the_queue(start_rela
         assert relay.rows("SELECT delivered FROM progress WHERE destination = 'seg'") == [(30,)]
     finally:
         await upstream.stop()
+
