@@ -142,7 +142,7 @@ class Relay:
         self._in_flight += 1
         try:
             allowed = self.cors.allow(request.headers.get("Origin"))
-            response = self.cors.preflight(request, allowed)
+            response = self.cors.preflight(request, allowed) or self.cors.refusal(request, allowed)
             if response is None:
                 try:
                     response = await handler(request)
