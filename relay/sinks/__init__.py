@@ -54,6 +54,8 @@ SINK_TYPES: dict[str, str] = {
     "webhook": "relay.sinks.webhook:WebhookSink",
     "amplitude": "relay.sinks.amplitude:AmplitudeSink",
     "posthog": "relay.sinks.posthog:PostHogSink",
+    "nats": "relay.sinks.nats:NatsSink",
+    "kafka": "relay.sinks.kafka:KafkaSink",
 }
 
 
