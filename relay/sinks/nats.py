@@ -32,12 +32,12 @@ import msgspec
 
 from relay import jetstream
 from relay.config import DestinationConfig
-from relay.retry import Answer
+from relay.forward.retry import Answer
 from relay.sinks import Outgoing
 from relay.sinks import options as opts
 from relay.sinks.segment import as_sent
 from relay.sinks.topics import Template
-from relay.store import Stored
+from relay.types import Stored
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg

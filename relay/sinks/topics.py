@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from relay.store import Stored
+from relay.types import Stored
 
 FIELDS = frozenset({"write_key", "type", "event"})
 MAX_SLUG_CHARS = 64

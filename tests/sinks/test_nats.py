@@ -14,7 +14,7 @@ import pytest
 
 from relay.errors import ConfigError
 from tests.conftest import make_config
-from tests.forwarding import FAST, duplicates, post_events, post_to, wait_until
+from tests.support.forwarding import FAST, duplicates, post_events, post_to, wait_until
 from tests.support.nats_server import stream_count, stream_messages
 
 pytest_plugins = ["tests.support.fixtures"]
