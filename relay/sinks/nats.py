@@ -33,7 +33,7 @@ import msgspec
 from relay import jetstream
 from relay.config import DestinationConfig
 from relay.forward.retry import Answer
-from relay.sinks import Outgoing
+from relay.sinks import Outgoing, most_urgent
 from relay.sinks import options as opts
 from relay.sinks.segment import as_sent
 from relay.sinks.topics import Template
@@ -159,7 +159,11 @@ class NatsSink:
         answers = [self._read(message, token, future) for message, token, future in sent]
         if failure is not None:
             answers.append(failure)
-        return self._verdict(batch, answers)
+        answer = most_urgent(answers)
+        if answer.status == 200:
+            for outgoing in batch:
+                self._accepted.discard(outgoing.event.id)
+        return answer
 
     def _read(self, message: Message, token: str, future: asyncio.Future[Msg]) -> Answer:
         """What one publish came to (200 for an ack); the event is remembered if acked."""
@@ -181,21 +185,6 @@ class NatsSink:
             self._accepted.add(message.event.id)
             return Answer(200)
         return _refusal(ack.error)
-
-    def _verdict(self, batch: Sequence[Outgoing], answers: list[Answer]) -> Answer:
-        """One answer for the batch: delivered when every event is; else what needs doing
-        first: a pause, then a retry, then a refusal (which the forwarder bisects)."""
-        failed = [a for a in answers if a.status != 200]
-        if not failed:
-            for outgoing in batch:
-                self._accepted.discard(outgoing.event.id)
-            return Answer(200)
-        for rank in (lambda a: a.status in (401, 403), lambda a: a.status is None,
-                     lambda a: a.status is not None and a.status >= 500):
-            first = next((a for a in failed if rank(a)), None)
-            if first is not None:
-                return first
-        return failed[0]
 
     async def _get_ready(self) -> Answer | None:
         """Subscribe to the PubAcks' subjects and create the stream if asked; None when done."""

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.nats_server import NatsServer
+from tests.support.tansu import Tansu
 
 
 @pytest.fixture
@@ -25,3 +26,12 @@ def nats_server(tmp_path: Path) -> Iterator[Callable[..., NatsServer]]:
     yield make
     for server in made:
         server.kill()
+
+
+@pytest.fixture
+def tansu(tmp_path: Path) -> Iterator[Tansu]:
+    """A started Tansu broker, killed at teardown."""
+    broker = Tansu(tmp_path / "tansu")
+    broker.start()
+    yield broker
+    broker.kill()
