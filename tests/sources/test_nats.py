@@ -97,7 +97,8 @@ async def test_a_message_that_cannot_be_admitted_is_dead_lettered_with_the_reaso
     central = await start_relay(make_config(tmp_path, sources=[source(server.url)]))
     await wait_until(lambda: _all_acked(server.url), timeout=30, what="every message acked")
     letters = {message_id: reason for _, reason, message_id, _ in central.dead_letters()}
-    assert letters == {None: "message must be a JSON object", "no-user": "message needs a userId or an anonymousId"}
+    assert letters == {None: "message must be a JSON object",
+                       "no-user": "message needs a userId or an anonymousId"}
     assert [e["messageId"] for e in central.events()] == ["good"]
 
 
