@@ -140,3 +140,20 @@ async def test_central_relay_killed_between_commit_and_ack_gets_the_redelivery_a
     delivered = Counter(segment.delivered_ids())
     assert set(delivered) == {f"r{i:03d}" for i in range(total)} and set(delivered.values()) == {1}
     central.terminate()
+
+
+def test_source_config_errors_name_the_key(tmp_path):
+    from relay import config
+    from relay.errors import ConfigError
+
+    def check(table: str) -> str:
+        path = tmp_path / "relay.toml"
+        path.write_text(f'[[sources]]\nname = "edges"\n{table}\n')
+        with pytest.raises(ConfigError) as caught:
+            config.load(path, environ={})
+        return str(caught.value)
+
+    assert "sources[0] (edges)" in check('type = "nats"\noptions = { stream = "S" }')
+    assert "`durable`" in check('type = "nats"\noptions = { stream = "S" }')
+    assert "unknown source type 'kafka'" in check('type = "kafka"')
+    assert "`options.batch`" in check('type = "nats"\noptions = { stream = "S", durable = "d", batch = 0 }')

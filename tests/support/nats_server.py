@@ -30,11 +30,12 @@ def free_port() -> int:
 
 
 class NatsServer:
-    def __init__(self, folder: Path, extra: str = "") -> None:
+    def __init__(self, folder: Path, extra: str = "", max_file_store: str = "1GB") -> None:
         self.folder = folder
         self.store = folder / "store"
         self.port = free_port()
         self.extra = extra  # more config, e.g. an authorization block
+        self.max_file_store = max_file_store
         self.proc: subprocess.Popen[bytes] | None = None
         self.conf = folder / "nats.conf"
         self.log = folder / "nats.log"
@@ -49,7 +50,7 @@ class NatsServer:
         self.conf.write_text("\n".join([
             f"listen: 127.0.0.1:{self.port}",
             "jetstream {", f"  store_dir: {str(self.store)!r}", "  sync_interval: always",
-            "  max_memory_store: 64MB", "  max_file_store: 1GB", "}", self.extra, "",
+            "  max_memory_store: 64MB", f"  max_file_store: {self.max_file_store}", "}", self.extra, "",
         ]))
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen([binary(), "-c", str(self.conf)], stdout=log,
