@@ -123,7 +123,7 @@ async def reset_stream(url: str) -> None:
         except Exception:
             pass
         await js.add_stream(StreamConfig(name=STREAM, subjects=["relay.>"], storage=StorageType.FILE,
-                                         duplicate_window=120.0, 
+                                         duplicate_window=120.0,
                                          discard=DiscardPolicy.NEW))
     finally:
         await nc.close()
