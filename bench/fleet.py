@@ -62,7 +62,8 @@ def relay_toml(workdir: Path, url: str, edge: bool) -> Path:
     path = workdir / ("edge.toml" if edge else "central.toml")
     queue = workdir / ("edge.db" if edge else "central.db")
     lines = ['[server]\nhost = "127.0.0.1"\nport = 0\nshutdown_timeout = 5.0',
-             f'[queue]\npath = {json.dumps(str(queue))}\ndurability = "fsync"\nmax_bytes = {common.QUEUE_MAX_BYTES}',
+             f'[queue]\npath = {json.dumps(str(queue))}\ndurability = "fsync"\n'
+             f"max_bytes = {common.QUEUE_MAX_BYTES}",
              "[admin]\nenabled = false"]
     if edge:
         lines.append(f'[[destinations]]\nname = "js"\ntype = "nats"\nmax_events = {BATCH}\n'
@@ -80,7 +81,8 @@ def start(procs: common.Processes, config: Path, cpu: int | None) -> common.Serv
     log_path = config.with_suffix(".log")
     with open(log_path, "wb") as log:
         proc = procs.start([sys.executable, "-m", "relay", "run", "--config", str(config)], cpu,
-                           stdout=log, stderr=common.subprocess.STDOUT, env=common._child_env(), cwd=common.ROOT)
+                           stdout=log, stderr=common.subprocess.STDOUT, env=common._child_env(),
+                           cwd=common.ROOT)
     server = common.Server("relay", proc, log_path, config_path=config)
     server.wait_listening()
     return server
@@ -222,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
 
     edge_rate, central_rate = n / edge_s, n / central_s
     print(f"fleet benchmark, {n:,} events of {drain.EVENT['type']} (about 600 bytes each); nats-server "
-          f"{'on CPU ' + str(other_cpu) if other_cpu is not None else 'unpinned'} with sync_interval: always; "
+          f"{'on CPU ' + str(other_cpu) if other_cpu is not None else 'unpinned'} "
+          "with sync_interval: always; "
           f"relay and references on CPU {relay_cpu}")
     print(f"edge drain:    relay {edge_rate:,.0f} events/s, nats-py publish_async {bare_edge:,.0f} events/s "
           f"({BATCH * IN_FLIGHT} acks in flight), ratio {edge_rate / bare_edge:.2f} (target 0.8); "
