@@ -29,7 +29,7 @@ def kafka_dest(address: str, **options: Any) -> dict[str, Any]:
 
 
 async def _status(relay: Any) -> dict[str, Any]:
-    report: dict[str, Any] = (await relay.relay.status())["destinations"][0]
+    report: dict[str, Any] = (await relay.relay.status()).to_builtins()["destinations"][0]
     return report
 
 

@@ -75,7 +75,7 @@ async def test_http_ingest_to_jetstream_every_event_once_in_order_per_subject(
         body = json.loads(m.data)
         assert "sentAt" not in body and body["originalTimestamp"] == body["timestamp"]
     assert by_subject == sent  # every subject's events in the order they were posted
-    status = await relay.relay.status()
+    status = (await relay.relay.status()).to_builtins()
     assert status["destinations"][0]["delivered"] == 600
 
 
@@ -122,7 +122,7 @@ async def stream_count_after_restart(server: Any) -> int:
 
 
 async def _delivered(relay: Any, count: int) -> bool:
-    status = await relay.relay.status()
+    status = (await relay.relay.status()).to_builtins()
     return bool(status["destinations"][0]["delivered"] == count and status["queue"]["events"] == 0)
 
 
@@ -174,14 +174,14 @@ async def test_wrong_credentials_pause_the_destination_and_keep_its_events(
     relay = await start_relay(make_config(tmp_path, destinations=[dest]))
     await post_events(relay, ["a1", "a2"])
     await wait_until(lambda: _state(relay, "paused"), what="the destination paused")
-    status = (await relay.relay.status())["destinations"][0]
+    status = (await relay.relay.status()).to_builtins()["destinations"][0]
     assert status["pending"] == 2 and status["dead_lettered"] == 0
     assert "authorization violation" in status["last_error"].lower()
     assert relay.dead_letters() == []
 
 
 async def _state(relay: Any, state: str) -> bool:
-    return bool((await relay.relay.status())["destinations"][0]["state"] == state)
+    return bool((await relay.relay.status()).to_builtins()["destinations"][0]["state"] == state)
 
 
 @pytest.mark.parametrize("auth", ["token_env", "nkey_seed_file", "nkey_seed_env"])
