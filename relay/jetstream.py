@@ -91,6 +91,8 @@ def check(options: ConnectionOptions, kind: str) -> Credentials:
         if split.scheme not in ("nats", "tls") or not split.hostname:
             raise ValueError(f"`options.servers[{i}]` must be a nats:// or tls:// URL, got "
                              f"{opts.shown(server)!r}")
+        opts.refuse_credentials(server, f"options.servers[{i}]",
+                                "in `options.user` and `options.password` (or their _env/_file forms)")
     for key in ("tls_ca", "tls_cert", "tls_key"):
         path = getattr(options, key)
         if path and not Path(path).is_file():

@@ -234,3 +234,4 @@ def test_config_errors_name_the_key(tmp_path):
     assert "options.subject" in check(subject="segment.{user}")
     assert "options.servers[0]" in check(servers=["http://127.0.0.1:4222"])
     assert "options.token" in check(token="a", token_file=str(tmp_path / "t"))
+    assert "must not carry credentials" in check(servers=["nats://u:secret@127.0.0.1:4222"])
