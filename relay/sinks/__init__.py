@@ -56,6 +56,9 @@ SINK_TYPES: dict[str, str] = {
     "posthog": "relay.sinks.posthog:PostHogSink",
     "nats": "relay.sinks.nats:NatsSink",
     "kafka": "relay.sinks.kafka:KafkaSink",
+    "duckdb": "relay.sinks.warehouse.duckdb:DuckDBSink",
+    "postgres": "relay.sinks.warehouse.postgres:PostgresSink",
+    "parquet": "relay.sinks.warehouse.parquet:ParquetSink",
 }
 
 

@@ -1,0 +1,136 @@
+"""What the warehouse types share: options, mapping at ``prepare``, and loads run one at a time.
+
+Each event is mapped into its rows when the forwarder prepares it (one that cannot be mapped
+is dead-lettered with the reason). ``send`` hands its batch to the loader and waits for the
+load that holds it to commit: batches that arrive while a load runs (``concurrency > 1``) go
+into the next load together, so a load is one transaction over all of them. ``send`` answers
+only after the commit, and the forwarder records progress only after ``send`` answers, so a
+crash can only make the forwarder send again what the warehouse may already hold, which the
+``id`` key (or, for Parquet, the load journal) keeps from being written twice.
+
+A backend's ``_load`` answers 200 once committed; ``Answer(None, error)`` for what passes
+(a lock, a connection, the disk): retried, never failed; ``Answer(400, body)`` for data the
+engine refuses, which makes the forwarder bisect the batch and dead-letter only that event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+import msgspec
+
+from relay import timestamps
+from relay.config import DestinationConfig
+from relay.retry import Answer
+from relay.sinks import Outgoing
+from relay.sinks.warehouse import schema
+from relay.sinks.warehouse.load import Mapped
+from relay.store import Stored
+
+DEFAULT_SCHEMA = "events"
+EXTRA = "warehouse"
+MAX_LOAD_EVENTS = 20_000  # events in one load at most, whatever ``concurrency`` lets arrive
+
+_decode = msgspec.json.Decoder(dict[str, Any]).decode
+
+
+class WarehouseOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    schemas: dict[str, str] = msgspec.field(default_factory=dict)  # write key -> schema name
+    default_schema: str = DEFAULT_SCHEMA  # the schema of every write key not in ``schemas``
+
+
+def require(*modules: str, type_name: str) -> None:
+    """A ValueError naming the extra to install when a library the type needs is missing."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ValueError(f"type {type_name} needs the Python package(s) {', '.join(missing)}: "
+                         f"install the relay with its `{EXTRA}` extra (pip install 'relay[{EXTRA}]')")
+
+
+def schema_names(options: WarehouseOptions) -> dict[str, str]:
+    if schema.schema_name(options.default_schema) is None:
+        raise ValueError(f"`options.default_schema`: {options.default_schema!r} is not a usable schema name "
+                         "(lowercase letters, digits and single underscores, not a reserved word)")
+    for name in options.schemas.values():
+        if schema.schema_name(name) is None:
+            raise ValueError(f"`options.schemas`: the schema {name!r} (for a write key) is not a usable "
+                             "schema name (lowercase letters, digits and single underscores)")
+    return dict(options.schemas)
+
+
+class MappedEvent(Outgoing):
+    __slots__ = ("mapped",)
+
+    def __init__(self, event: Stored, mapped: Mapped) -> None:
+        super().__init__(event, event.body, "")
+        self.mapped = mapped
+
+
+class WarehouseSink:
+    type_name: ClassVar[str]
+
+    def __init__(self, config: DestinationConfig, options: WarehouseOptions) -> None:
+        self.config = config
+        self.schemas = schema_names(options)
+        self.default_schema = options.default_schema
+        self._pending: list[tuple[list[Mapped], asyncio.Future[Answer]]] = []
+        self._loader: asyncio.Task[None] | None = None
+
+    def schema_for(self, write_key: str) -> str:
+        return self.schemas.get(write_key, self.default_schema)
+
+    def prepare(self, event: Stored) -> Outgoing:
+        message = _decode(event.body)
+        received = timestamps.iso(timestamps.from_epoch(event.received_at))
+        rows = schema.map_message(message, received)
+        return MappedEvent(event, Mapped(self.schema_for(event.write_key), str(rows[0][1]["id"]), rows,
+                                         datetime.now(UTC)))
+
+    async def send(self, batch: Sequence[Outgoing]) -> Answer:
+        items = [o.mapped for o in batch if isinstance(o, MappedEvent)]
+        done: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self._pending.append((items, done))
+        if self._loader is None or self._loader.done():
+            self._loader = asyncio.create_task(self._drain(), name=f"load-{self.config.name}")
+        return await asyncio.shield(done)  # a cancelled send leaves the load to finish
+
+    async def _drain(self) -> None:
+        while self._pending:
+            take: list[tuple[list[Mapped], asyncio.Future[Answer]]] = []
+            count = 0
+            while self._pending and (not take or count + len(self._pending[0][0]) <= MAX_LOAD_EVENTS):
+                items, done = self._pending.pop(0)
+                take.append((items, done))
+                count += len(items)
+            try:
+                answer = await self._load([m for items, _ in take for m in items])
+                if answer.status == 400 and len(take) > 1:  # each batch on its own, for its own answer
+                    for items, done in take:
+                        _answer(done, await self._load(items))
+                    continue
+            except Exception as exc:  # a fault of the relay's own: retried, and logged by the forwarder
+                answer = Answer(None, error=f"load failed: {type(exc).__name__}: {exc}")
+            for _, done in take:
+                _answer(done, answer)
+
+    async def stop(self) -> None:
+        """Let a load in flight finish (its data is then committed whether or not recorded)."""
+        if self._loader is not None:
+            await asyncio.gather(self._loader, return_exceptions=True)
+            self._loader = None
+
+    async def _load(self, events: list[Mapped]) -> Answer:
+        raise NotImplementedError
+
+
+def _answer(done: asyncio.Future[Answer], answer: Answer) -> None:
+    if not done.done():
+        done.set_result(answer)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
