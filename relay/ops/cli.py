@@ -1,4 +1,5 @@
-"""The ``relay`` command line: run | check | status | reload | dlq | export | recover | send | version."""
+"""The ``relay`` command line: run | check | status | reload | dlq | export | recover | send | sql |
+version."""
 
 from __future__ import annotations
 
@@ -311,6 +312,18 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 0 if status == 200 else 1
 
 
+def cmd_sql(args: argparse.Namespace) -> int:
+    from relay.sinks.warehouse import query
+
+    try:
+        result = query.run(load_config(args.config), args.destination, args.statement, args.wait)
+    except query.QueryFailed as exc:
+        print(f"relay: sql: {exc}", file=sys.stderr)
+        return 1
+    _emit(query.as_records(result), args.json, lambda _: query.render(result))
+    return 0
+
+
 # --- the parser ----------------------------------------------------------------------------------
 
 
@@ -370,6 +383,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--event", default="Relay Test Event")
     p.add_argument("--user-id", default="relay-test-user")
     p.add_argument("--timeout", type=float, default=10.0)
+    p = command(sub, "sql", cmd_sql, "run a read-only query against a warehouse destination", json_flag=True)
+    p.add_argument("statement", help='e.g. "SELECT event, count(*) FROM events.tracks GROUP BY 1"')
+    p.add_argument("--destination", "-d", help="the warehouse destination (needed when there are several)")
+    p.add_argument("--wait", type=float, default=10.0, help="seconds to wait while a load holds the file")
     return top
 
 

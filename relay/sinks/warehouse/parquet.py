@@ -1,0 +1,216 @@
+"""The ``parquet`` type: Segment Data Lakes' layout, written with pyarrow.
+
+Files: ``<path>/<source>/<table>/day=YYYY-MM-DD/hr=HH/part-<load>-<n>.parquet``, partitioned
+by each row's ``received_at`` (UTC); every file of a table carries the table's whole schema
+so far, and a new column appears in the files written from then on. DuckDB and pandas read a
+table's folder as one dataset (``read_parquet('.../order_completed/**/*.parquet',
+union_by_name = true)``).
+
+A load writes each file under a hidden temporary name and fsyncs it; then it commits by
+writing the load journal (``<path>/.relay/<destination>.json``: the files and the events of
+the latest loads) in the same way; then renames the files into place and fsyncs their
+folders. Only then does ``send`` answer, and the forwarder record progress. After a crash, the
+start rolls a committed load forward (renames what is left) and deletes the temporary files
+of one that did not commit; events the forwarder sends again that the journal holds are not
+written twice. Readers never see a partial file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from relay.config import DestinationConfig
+from relay.retry import Answer
+from relay.sinks import options as opts
+from relay.sinks.warehouse import arrow, base
+from relay.sinks.warehouse.load import Catalog, Mapped, TableLoad, plan
+from relay.sinks.warehouse.schema import Kind
+
+JOURNAL_DIR = ".relay"
+TEMP_PREFIX = ".part-"
+TEMP_SUFFIX = ".parquet.tmp"
+
+
+class ParquetOptions(base.WarehouseOptions, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    path: str  # the lake's root folder
+    compression: Literal["snappy", "zstd", "gzip", "none"] = "snappy"
+
+
+class ParquetSink(base.WarehouseSink):
+    type_name = "parquet"
+
+    def __init__(self, config: DestinationConfig) -> None:
+        options = opts.parse(config.options, ParquetOptions)
+        base.require("pyarrow", type_name=self.type_name)
+        if not options.path.strip():
+            raise ValueError("`options.path`: expected the lake's root folder")
+        super().__init__(config, options)
+        self.root = Path(options.path)
+        self.options = options
+        self.journal_path = self.root / JOURNAL_DIR / f"{config.name}.json"
+        # events a restart may send again: those of the batches in flight at most
+        self.keep_events = config.concurrency * config.max_events
+        self._loads: list[dict[str, Any]] = []
+        self._written: set[tuple[str, str]] = set()
+        self._catalog: Catalog | None = None
+        self._last_load = 0
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._recover)
+
+    async def probe(self) -> bool:
+        return True
+
+    async def _load(self, events: list[Mapped]) -> Answer:
+        try:
+            return await asyncio.to_thread(self._load_now, events)
+        except OSError as exc:
+            self._catalog = None
+            return Answer(None, error=f"cannot write under {self.root}: {exc}")
+
+    # --- a load ----------------------------------------------------------------------------------
+
+    def _load_now(self, events: list[Mapped]) -> Answer:
+        events = [e for e in events if (e.schema, e.message_id) not in self._written]
+        if not events:
+            return Answer(200)  # already written before a crash: the journal says so
+        catalog = self._catalog or read_catalog(self.root)
+        load = plan(events, catalog, base.now())
+        load_id = self._last_load = max(time.time_ns(), self._last_load + 1)
+        files: list[tuple[Path, Path]] = []
+        try:
+            for table in load.tables:
+                columns = {**catalog.tables.get((table.schema, table.table), {}), **table.add}
+                for n, (partition, rows) in enumerate(_partitions(table).items()):
+                    folder = self.root / table.schema / table.table / partition
+                    final = folder / f"part-{load_id:020d}-{len(files):04d}-{n:03d}.parquet"
+                    temp = folder / f"{TEMP_PREFIX}{final.name[len('part-'):]}{TEMP_SUFFIX}"
+                    self._write(arrow.table(table, columns, rows), temp)
+                    files.append((temp, final))
+            ids = [[e.schema, e.message_id] for e in events]
+            self._commit({"load": load_id, "events": ids,
+                          "files": [[str(t.relative_to(self.root)), str(f.relative_to(self.root))]
+                                    for t, f in files]})
+        except BaseException:
+            for temp, _ in files:
+                temp.unlink(missing_ok=True)
+            raise
+        folders = set()
+        for temp, final in files:
+            os.replace(temp, final)
+            folders.add(final.parent)
+        for folder in folders:
+            _fsync_path(folder)
+        load.apply(catalog)
+        self._catalog = catalog
+        return Answer(200)
+
+    def _write(self, data: Any, temp: Path) -> None:
+        import pyarrow.parquet as pq  # type: ignore[import-untyped]
+
+        new = [p for p in (temp.parent, *temp.parent.parents) if not p.exists()]
+        temp.parent.mkdir(parents=True, exist_ok=True)
+        for folder in reversed(new):  # a new folder's entry is made durable in its parent
+            _fsync_path(folder.parent)
+        compression = None if self.options.compression == "none" else self.options.compression
+        with temp.open("wb") as file:
+            pq.write_table(data, file, compression=compression)
+            file.flush()
+            os.fsync(file.fileno())
+
+    def _commit(self, entry: dict[str, Any]) -> None:
+        """Write the journal with this load in it: the load's commit point."""
+        loads = [*self._loads, entry]
+        kept, count = [], 0
+        for old in reversed(loads):
+            kept.append(old)
+            count += len(old["events"])
+            if count >= self.keep_events:
+                break
+        kept.reverse()
+        self.journal_path.parent.mkdir(parents=True, exist_ok=True)
+        temp = self.journal_path.with_suffix(".tmp")
+        with temp.open("w", encoding="utf-8") as file:
+            json.dump({"loads": kept}, file, separators=(",", ":"))
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, self.journal_path)
+        _fsync_path(self.journal_path.parent)
+        self._loads = kept
+        self._written = {(s, m) for old in kept for s, m in old["events"]}
+
+    # --- after a crash ---------------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        """Roll the journal's loads forward; delete temporary files no committed load names."""
+        if self.journal_path.exists():
+            self._loads = json.loads(self.journal_path.read_text(encoding="utf-8"))["loads"]
+        self._written = {(s, m) for old in self._loads for s, m in old["events"]}
+        self._last_load = max((old["load"] for old in self._loads), default=0)
+        committed = {}
+        for old in self._loads:
+            for temp, final in old["files"]:
+                committed[self.root / temp] = self.root / final
+        for temp, final in committed.items():
+            if temp.exists():
+                os.replace(temp, final)
+                _fsync_path(final.parent)
+        if self.root.is_dir():
+            for folder, _, names in os.walk(self.root):
+                for name in names:
+                    if name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX):
+                        (Path(folder) / name).unlink()
+
+
+def _partitions(table: TableLoad) -> dict[str, list[int]]:
+    """Row numbers by ``day=YYYY-MM-DD/hr=HH`` of their ``received_at``."""
+    received = table.data[table.columns.index("received_at")]
+    parts: dict[str, list[int]] = {}
+    for i, moment in enumerate(received):
+        key = f"day={moment:%Y-%m-%d}/hr={moment:%H}" if moment is not None else "day=unknown/hr=unknown"
+        parts.setdefault(key, []).append(i)
+    return parts
+
+
+def read_catalog(root: Path) -> Catalog:
+    """Each table's columns, from its newest file (each file has the table's whole schema)."""
+    import pyarrow.parquet as pq
+
+    catalog = Catalog()
+    if not root.is_dir():
+        return catalog
+    for source in (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        catalog.schemas.add(source.name)
+        for table in (p for p in source.iterdir() if p.is_dir()):
+            files = sorted(table.glob("day=*/hr=*/part-*.parquet"), key=lambda p: p.name)
+            if files:
+                schema = pq.read_schema(files[-1])
+                catalog.tables[(source.name, table.name)] = {f.name: _kind(f.type) for f in schema}
+    return catalog
+
+
+def _kind(arrow_type: Any) -> Kind:
+    import pyarrow as pa
+
+    if pa.types.is_timestamp(arrow_type) or pa.types.is_date(arrow_type):
+        return "timestamp"
+    if pa.types.is_boolean(arrow_type):
+        return "boolean"
+    if pa.types.is_integer(arrow_type):
+        return "integer"
+    if pa.types.is_floating(arrow_type) or pa.types.is_decimal(arrow_type):
+        return "float"
+    return "varchar"
+
+
+def _fsync_path(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,151 @@
+"""The ``postgres`` type: Segment's warehouse schema in a PostgreSQL database, with asyncpg.
+
+A load is one transaction: new schemas, tables and columns, then for each table its rows
+copied (``COPY``, binary) into a temporary staging table and merged from there: an event
+already present (same ``id``) is left alone, ``users`` and ``accounts`` are upserted. The
+password comes from an environment variable (``password_env``) or a file (``password_file``),
+never from the config file itself.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from relay.config import DestinationConfig
+from relay.retry import Answer
+from relay.sinks import options as opts
+from relay.sinks.warehouse import base, sql
+from relay.sinks.warehouse.load import Catalog, Mapped, plan
+from relay.sinks.warehouse.schema import Kind
+
+TYPES: dict[Kind, str] = {"varchar": "text", "integer": "bigint", "float": "double precision",
+                          "boolean": "boolean", "timestamp": "timestamptz"}
+DEFAULT_PORT = 5432
+
+
+class PostgresOptions(base.WarehouseOptions, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    host: str = "127.0.0.1"  # or a folder holding the server's unix socket
+    port: int = DEFAULT_PORT
+    database: str = "postgres"
+    user: str = "postgres"
+    password_env: str = ""  # the name of an environment variable holding the password
+    password_file: str = ""  # or a file holding it (one line)
+    ssl: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
+
+
+def password(options: PostgresOptions) -> str | None:
+    if options.password_env:
+        value = os.environ.get(options.password_env)
+        if value is None:
+            raise OSError(f"the environment variable {options.password_env} (`options.password_env`) "
+                          "is not set")
+        return value
+    if options.password_file:
+        return Path(options.password_file).read_text(encoding="utf-8").rstrip("\r\n")
+    return None
+
+
+async def connect(options: PostgresOptions, timeout: float) -> Any:
+    import asyncpg  # type: ignore[import-untyped]
+
+    return await asyncpg.connect(host=options.host, port=options.port, user=options.user,
+                                 database=options.database, password=password(options), ssl=options.ssl,
+                                 timeout=timeout, command_timeout=max(timeout, 60.0))
+
+
+class PostgresSink(base.WarehouseSink):
+    type_name = "postgres"
+
+    def __init__(self, config: DestinationConfig) -> None:
+        options = opts.parse(config.options, PostgresOptions)
+        base.require("asyncpg", type_name=self.type_name)
+        if options.password_env and options.password_file:
+            raise ValueError("`options.password_env` and `options.password_file`: set one of them, not both")
+        if not 0 < options.port < 65536:
+            raise ValueError("`options.port`: expected a port number")
+        super().__init__(config, options)
+        self.options = options
+        self._conn: Any = None
+        self._catalog: Catalog | None = None
+
+    def __repr__(self) -> str:
+        where = f"{self.options.host}:{self.options.port}/{self.options.database}"
+        return f"PostgresSink({self.config.name!r}, {where})"
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            conn.terminate()
+
+    async def probe(self) -> bool:
+        try:
+            conn = await self._connection()
+            await conn.fetchval("SELECT 1")
+        except Exception:
+            await self._drop_connection()
+            return False
+        return True
+
+    async def _connection(self) -> Any:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await connect(self.options, self.config.timeout)
+        return self._conn
+
+    async def _drop_connection(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            conn.terminate()
+
+    async def _load(self, events: list[Mapped]) -> Answer:
+        import asyncpg
+
+        where = f"{self.options.host}:{self.options.port}/{self.options.database}"
+        try:
+            conn = await self._connection()
+            catalog = self._catalog or await read_catalog(conn)
+            load = plan(events, catalog, base.now())
+            async with conn.transaction():
+                for name in load.new_schemas:
+                    await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {sql.quote(name)}")
+                for i, table in enumerate(load.tables):
+                    ddl = [sql.create_table(table, TYPES)] if table.create else sql.add_columns(table, TYPES)
+                    for statement in ddl:
+                        await conn.execute(statement)
+                    stage = f"relay_stage_{i}"
+                    await conn.execute(f"CREATE TEMPORARY TABLE {stage} (LIKE "
+                                       f"{sql.qualified(table.schema, table.table)}) ON COMMIT DROP")
+                    await conn.copy_records_to_table(stage, records=zip(*table.data, strict=True),
+                                                     columns=table.columns)
+                    await conn.execute(sql.merge(table, stage))
+            load.apply(catalog)
+            self._catalog = catalog
+            return Answer(200)
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+            self._catalog = None
+            return Answer(400, body=f"PostgreSQL refused the data: {exc}")
+        except asyncpg.PostgresError as exc:
+            self._catalog = None
+            return Answer(None, error=f"PostgreSQL load failed ({where}): {exc}")
+        except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:
+            self._catalog = None
+            await self._drop_connection()
+            return Answer(None, error=f"cannot reach PostgreSQL at {where}: {exc}")
+
+
+async def read_catalog(conn: Any) -> Catalog:
+    catalog = Catalog()
+    schemas = await conn.fetch("SELECT schema_name FROM information_schema.schemata")
+    catalog.schemas.update(r[0] for r in schemas)
+    for record in await conn.fetch(
+            "SELECT table_schema, table_name, column_name, data_type FROM information_schema.columns"
+            " WHERE table_schema NOT IN ('pg_catalog', 'information_schema')"
+            " ORDER BY table_schema, table_name, ordinal_position"):
+        schema_name, table, column, data_type = record
+        catalog.tables.setdefault((schema_name, table), {})[column] = sql.kind_of(data_type)
+    return catalog

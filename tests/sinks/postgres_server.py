@@ -1,0 +1,81 @@
+"""A real PostgreSQL server for the tests: Debian's binaries, a fresh cluster in a temporary
+folder owned by the ``postgres`` user (initdb refuses root), on a free loopback port with its
+unix socket in that folder; stopped by its PID, and the folder removed."""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 15.0
+
+
+def binaries() -> Path:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"), key=lambda p: int(p.split("/")[4]))
+    if not found:
+        raise RuntimeError("PostgreSQL is not installed: `make test` installs it "
+                           "(apt-get install postgresql)")
+    return Path(found[-1]).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class PostgresServer:
+    def __init__(self) -> None:
+        self.bin = binaries()
+        self.user = pwd.getpwnam("postgres")
+        self.folder = Path(tempfile.mkdtemp(prefix="relay-pg-"))
+        os.chown(self.folder, self.user.pw_uid, self.user.pw_gid)
+        self.data = self.folder / "data"
+        self.port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = self.folder / "server.log"
+
+    def _as_postgres(self) -> dict[str, object]:
+        return {"user": self.user.pw_uid, "group": self.user.pw_gid, "extra_groups": [],
+                "env": {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(self.folder)}}
+
+    def start(self) -> None:
+        subprocess.run([str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust",
+                        "--no-sync", "-E", "UTF8", "--no-instructions"], check=True, capture_output=True,
+                       timeout=START_TIMEOUT, cwd=self.folder, **self._as_postgres())  # type: ignore[call-overload]
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(  # type: ignore[call-overload]
+                [str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port), "-h", "127.0.0.1",
+                 "-k", str(self.folder), "-c", "fsync=off", "-c", "synchronous_commit=off",
+                 "-c", "full_page_writes=off", "-c", "shared_buffers=16MB"],
+                stdout=log, stderr=subprocess.STDOUT, cwd=self.folder, **self._as_postgres())
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"postgres exited: {self.log.read_text()[-2000:]}")
+            ready = subprocess.run([str(self.bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
+                                   capture_output=True, timeout=10)
+            if ready.returncode == 0:
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise TimeoutError("postgres did not accept connections")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # "fast" shutdown
+            try:
+                self.proc.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=STOP_TIMEOUT)
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -1,0 +1,143 @@
+"""The ``duckdb`` destination end to end: segment-analytics-python -> relay -> a DuckDB file,
+then SQL over the file: the event tables, ``identifies``, ``users`` with the latest traits, a
+column added mid-run and a type conflict in ``discards``; and a reader holding the file only
+delays a load."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from tests.forwarding import wait_until
+from tests.sinks.warehouse import (
+    WAVE_1,
+    WAVE_2,
+    destination,
+    relay_sql,
+    send_with_sdk,
+    toml_for,
+    wait_delivered,
+)
+
+pytest_plugins = ["tests.forwarding_fixtures"]
+pytestmark = pytest.mark.usefixtures("leak_check")
+
+
+def query(path: Path, statement: str, *params: Any) -> list[tuple[Any, ...]]:
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        return con.execute(statement, list(params)).fetchall()
+    finally:
+        con.close()
+
+
+def column_types(path: Path, table: str) -> dict[str, str]:
+    return dict(query(path, "SELECT column_name, data_type FROM duckdb_columns()"
+                            " WHERE schema_name = 'web_prod' AND table_name = ?", table))
+
+
+async def test_sdk_events_land_in_segments_schema_and_evolve(start_relay, tmp_path):
+    path = tmp_path / "wh.duckdb"
+    dest = destination("duckdb", path=str(path), max_events=50)
+    relay = await start_relay(destinations=[dest])
+    await asyncio.to_thread(send_with_sdk, relay.url, WAVE_1)
+    await wait_delivered(relay, 3)
+    # the file is there to query while the relay runs: `relay sql`, a process of its own
+    config = toml_for(tmp_path, [dest])
+    assert relay_sql(config, "SELECT event, count(*) AS n FROM web_prod.tracks GROUP BY 1 ORDER BY 1") == [
+        {"event": "order_completed", "n": 1}, {"event": "signed_up", "n": 1}]
+    await asyncio.to_thread(send_with_sdk, relay.url, WAVE_2)  # a new column, a bad value, a new table
+    await wait_delivered(relay, 7)
+
+    tables = {t for (t,) in query(path, "SELECT table_name FROM duckdb_tables()"
+                                        " WHERE schema_name = 'web_prod'")}
+    assert tables == {"tracks", "order_completed", "signed_up", "added_to_cart", "identifies", "users",
+                      "discards"}
+    assert query(path, "SELECT id, event, event_text, user_id, context_ip, context_page_path,"
+                       " context_library_name FROM web_prod.tracks ORDER BY id") == [
+        ("m-1", "order_completed", "Order Completed", "u-1", "203.0.113.9", "/checkout", "analytics-python"),
+        ("m-2", "signed_up", "Signed Up", "u-2", "203.0.113.9", "/checkout", "analytics-python"),
+        ("m-4", "order_completed", "Order Completed", "u-1", "203.0.113.9", "/checkout", "analytics-python"),
+        ("m-5", "order_completed", "Order Completed", "u-1", "203.0.113.9", "/checkout", "analytics-python"),
+        ("m-7", "added_to_cart", "Added to Cart", "u-2", "203.0.113.9", "/checkout", "analytics-python"),
+    ]
+    assert query(path, "SELECT id, user_id, order_id, revenue, currency, products, shipping_method,"
+                       " shipping_cost, coupon FROM web_prod.order_completed ORDER BY id") == [
+        ("m-1", "u-1", "o-m-1", 42.5, "USD", '[{"sku":"sku-1","quantity":2}]', "ground", 5, None),
+        ("m-4", "u-1", "o-m-4", 42.5, "USD", '[{"sku":"sku-1","quantity":2}]', "ground", 5, "BF25"),
+        ("m-5", "u-1", "o-m-5", None, "USD", '[{"sku":"sku-1","quantity":2}]', "ground", 5, None),
+    ]
+    types = column_types(path, "order_completed")
+    assert (types["revenue"], types["shipping_cost"], types["coupon"], types["received_at"]) == (
+        "DOUBLE", "BIGINT", "VARCHAR", "TIMESTAMP WITH TIME ZONE")
+    assert list(types)[-1] == "coupon"  # added by ALTER TABLE, after the columns of the first load
+    assert "coupon" not in column_types(path, "tracks")
+    assert query(path, "SELECT plan, account_type, trial FROM web_prod.signed_up") == [
+        ("Pro Annual", "Facebook", True)]
+    assert column_types(path, "signed_up")["trial"] == "BOOLEAN"
+    assert query(path, "SELECT id, email, first_name, logins, address_city, plan FROM web_prod.identifies"
+                       " ORDER BY id") == [("m-3", "ada@example.com", "Ada", 3, "Berlin", None),
+                                           ("m-6", None, None, 4, None, "pro")]
+    assert column_types(path, "identifies")["created_at"] == "TIMESTAMP WITH TIME ZONE"
+    # users: one row per userId, the newest traits over the older ones, which fill the gaps
+    assert query(path, "SELECT id, email, first_name, logins, address_city, plan FROM web_prod.users") == [
+        ("u-1", "ada@example.com", "Ada", 4, "Berlin", "pro")]
+    assert "anonymous_id" not in column_types(path, "users")
+    assert query(path, "SELECT table_name, column_name, column_value, row_id, reason"
+                       " FROM web_prod.discards") == [
+        ("order_completed", "revenue", "lots", "m-5", "incompatible schema conversion from varchar to float")]
+    assert query(path, "SELECT count(*) FROM web_prod.tracks WHERE uuid_ts IS NULL OR loaded_at IS NULL"
+                       " OR received_at IS NULL OR timestamp IS NULL") == [(0,)]
+    assert relay.dead_letters() == []
+
+
+async def test_a_batch_sent_again_gives_one_row_per_event(start_relay, tmp_path):
+    path = tmp_path / "wh.duckdb"
+    relay = await start_relay(queue={"dedup_window": 0}, destinations=[destination("duckdb", path=str(path))])
+    for _ in range(2):  # the relay stores both copies; the warehouse keeps one of each
+        await asyncio.to_thread(send_with_sdk, relay.url, WAVE_1)
+    await wait_delivered(relay, 6)
+    assert query(path, "SELECT id, count(*) FROM web_prod.tracks GROUP BY 1 ORDER BY 1") == [
+        ("m-1", 1), ("m-2", 1)]
+    assert query(path, "SELECT count(*) FROM web_prod.identifies") == [(1,)]
+    assert query(path, "SELECT count(*) FROM web_prod.users") == [(1,)]
+
+
+HOLDER = """
+import sys, duckdb
+con = duckdb.connect(sys.argv[1], read_only=True)
+print("open", flush=True)
+sys.stdin.readline()
+con.close()
+"""
+
+
+async def test_a_reader_holding_the_file_delays_the_load_which_then_succeeds(start_relay, tmp_path):
+    path = tmp_path / "wh.duckdb"
+    relay = await start_relay(destinations=[destination("duckdb", path=str(path))])
+    await asyncio.to_thread(send_with_sdk, relay.url, WAVE_1[:1])
+    await wait_delivered(relay, 1)
+    reader = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)],  # noqa: ASYNC220 - a process to hold
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert await asyncio.wait_for(asyncio.to_thread(reader.stdout.readline), 30) == "open\n"
+        await asyncio.to_thread(send_with_sdk, relay.url, WAVE_1[1:])
+
+        def waiting() -> bool:
+            rows = relay.rows("SELECT state, last_error FROM progress WHERE destination = 'wh'")
+            return rows[0][0] == "retrying" and "held by another process" in (rows[0][1] or "")
+
+        await wait_until(waiting, 20, "the load to wait for the reader")
+        assert relay.rows("SELECT delivered FROM progress WHERE destination = 'wh'") == [(1,)]
+    finally:
+        reader.communicate("\n", timeout=30)
+    await wait_delivered(relay, 3)
+    assert relay.dead_letters() == []
+    assert query(path, "SELECT id FROM web_prod.tracks ORDER BY id") == [("m-1",), ("m-2",)]
+    assert query(path, "SELECT id FROM web_prod.users") == [("u-1",)]
