@@ -14,7 +14,6 @@ from typing import Any
 import duckdb
 import pytest
 
-from tests.forwarding import wait_until
 from tests.sinks.warehouse import (
     WAVE_1,
     WAVE_2,
@@ -24,8 +23,9 @@ from tests.sinks.warehouse import (
     toml_for,
     wait_delivered,
 )
+from tests.support.forwarding import wait_until
 
-pytest_plugins = ["tests.forwarding_fixtures"]
+pytest_plugins = ["tests.support.forwarding_fixtures"]
 pytestmark = pytest.mark.usefixtures("leak_check")
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from segment.analytics import Client
 
-from tests.forwarding import wait_until
+from tests.support.forwarding import wait_until
 
 SDK_KEY = "sdk-key"
 SDK_CONTEXT = {"ip": "203.0.113.9", "page": {"path": "/checkout"}}

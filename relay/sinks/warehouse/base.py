@@ -25,11 +25,11 @@ import msgspec
 
 from relay import timestamps
 from relay.config import DestinationConfig
-from relay.retry import Answer
+from relay.forward.retry import Answer
 from relay.sinks import Outgoing
 from relay.sinks.warehouse import schema
 from relay.sinks.warehouse.load import Mapped
-from relay.store import Stored
+from relay.types import Stored
 
 DEFAULT_SCHEMA = "events"
 EXTRA = "warehouse"

@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 
 from relay.config import DestinationConfig
-from relay.retry import Answer
+from relay.forward.retry import Answer
 from relay.sinks import options as opts
 from relay.sinks.warehouse import arrow, base, sql
 from relay.sinks.warehouse.load import Catalog, Mapped, plan

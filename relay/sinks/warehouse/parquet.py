@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from relay.config import DestinationConfig
-from relay.retry import Answer
+from relay.forward.retry import Answer
 from relay.sinks import options as opts
 from relay.sinks.warehouse import arrow, base
 from relay.sinks.warehouse.load import Catalog, Mapped, TableLoad, plan

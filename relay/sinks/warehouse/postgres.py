@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from relay.config import DestinationConfig
-from relay.retry import Answer
+from relay.forward.retry import Answer
 from relay.sinks import options as opts
 from relay.sinks.warehouse import base, sql
 from relay.sinks.warehouse.load import Catalog, Mapped, plan
