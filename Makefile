@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= relay.toml
 
-.PHONY: run test test-fast lint typecheck pytest bench clean
+.PHONY: run test test-fast lint typecheck pytest bench clean postgresql
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,13 @@ lint: $(VENV)/.installed-test
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy --strict relay
 
-pytest: $(VENV)/.installed-test
+# The PostgreSQL suites start a server from Debian's package: installed once, when missing.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  timeout 300 apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq postgresql >/dev/null; }
+
+pytest: $(VENV)/.installed-test postgresql
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test: lint typecheck pytest

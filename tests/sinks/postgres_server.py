@@ -1,6 +1,7 @@
 """A real PostgreSQL server for the tests: Debian's binaries, a fresh cluster in a temporary
 folder owned by the ``postgres`` user (initdb refuses root), on a free loopback port with its
-unix socket in that folder; stopped by its PID, and the folder removed."""
+unix socket in that folder; stopped by its PID, and the folder removed. TCP connections need
+the superuser's password (``PASSWORD``), so the relay's password options are exercised."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 START_TIMEOUT = 60.0
+PASSWORD = "s3cret-for-tests"
 STOP_TIMEOUT = 15.0
 
 
@@ -43,13 +46,18 @@ class PostgresServer:
         self.port = _free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = self.folder / "server.log"
+        self.databases = 0
 
     def _as_postgres(self) -> dict[str, object]:
         return {"user": self.user.pw_uid, "group": self.user.pw_gid, "extra_groups": [],
                 "env": {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(self.folder)}}
 
     def start(self) -> None:
-        subprocess.run([str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust",
+        pwfile = self.folder / "pwfile"
+        pwfile.write_text(PASSWORD + "\n")
+        os.chown(pwfile, self.user.pw_uid, self.user.pw_gid)
+        subprocess.run([str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres",
+                        "--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}",
                         "--no-sync", "-E", "UTF8", "--no-instructions"], check=True, capture_output=True,
                        timeout=START_TIMEOUT, cwd=self.folder, **self._as_postgres())  # type: ignore[call-overload]
         with self.log.open("wb") as log:
@@ -62,7 +70,8 @@ class PostgresServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"postgres exited: {self.log.read_text()[-2000:]}")
-            ready = subprocess.run([str(self.bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
+            ready = subprocess.run([str(self.bin / "pg_isready"), "-h", str(self.folder),
+                                    "-p", str(self.port)],
                                    capture_output=True, timeout=10)
             if ready.returncode == 0:
                 return
@@ -79,3 +88,20 @@ class PostgresServer:
                 self.proc.kill()
                 self.proc.wait(timeout=STOP_TIMEOUT)
         shutil.rmtree(self.folder, ignore_errors=True)
+
+    async def connect(self, database: str = "postgres") -> Any:
+        import asyncpg
+
+        return await asyncpg.connect(host="127.0.0.1", port=self.port, user="postgres", password=PASSWORD,
+                                     database=database, timeout=10)
+
+    async def fresh_database(self) -> str:
+        """A new, empty database of its own for one test."""
+        self.databases += 1
+        name = f"t{self.databases}"
+        conn = await self.connect()
+        try:
+            await conn.execute(f"CREATE DATABASE {name}")
+        finally:
+            await conn.close()
+        return name
