@@ -1,0 +1,77 @@
+"""The ``parquet`` destination: Segment Data Lakes' layout, one schema per table that grows by
+new columns, and ``duckdb.read_parquet`` over a table's folder returning every event once."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+
+from tests.sinks.warehouse import (
+    WAVE_1,
+    WAVE_2,
+    destination,
+    relay_sql,
+    send_with_sdk,
+    toml_for,
+    wait_delivered,
+)
+
+pytest_plugins = ["tests.support.forwarding_fixtures"]
+pytestmark = pytest.mark.usefixtures("leak_check")
+
+LAYOUT = re.compile(r"^web_prod/(\w+)/day=\d{4}-\d{2}-\d{2}/hr=\d{2}/part-\d{20}-\d{4}-\d{3}\.parquet$")
+
+
+def read(root: Path, table: str, columns: str, order: str = "id") -> list[tuple[object, ...]]:
+    con = duckdb.connect()
+    try:
+        return con.execute(f"SELECT {columns} FROM read_parquet(?, union_by_name = true,"
+                           f" hive_partitioning = true) ORDER BY {order}",
+                           [str(root / "web_prod" / table / "**" / "*.parquet")]).fetchall()
+    finally:
+        con.close()
+
+
+async def test_sdk_events_become_a_data_lake_that_duckdb_reads_once_each(start_relay, tmp_path):
+    root = tmp_path / "lake"
+    dest = destination("parquet", path=str(root), max_events=50)
+    relay = await start_relay(destinations=[dest])
+    await asyncio.to_thread(send_with_sdk, relay.url, WAVE_1)
+    await wait_delivered(relay, 3)
+    await asyncio.to_thread(send_with_sdk, relay.url, WAVE_2)
+    await wait_delivered(relay, 7)
+
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.parquet"))
+    assert files and all(LAYOUT.match(f) for f in files), files
+    assert {LAYOUT.match(f).group(1) for f in files} == {  # type: ignore[union-attr]
+        "tracks", "order_completed", "signed_up", "added_to_cart", "identifies", "users", "discards"}
+    assert not list(root.rglob("*.tmp"))
+    assert read(root, "tracks", "id, event, user_id, context_ip") == [
+        ("m-1", "order_completed", "u-1", "203.0.113.9"), ("m-2", "signed_up", "u-2", "203.0.113.9"),
+        ("m-4", "order_completed", "u-1", "203.0.113.9"), ("m-5", "order_completed", "u-1", "203.0.113.9"),
+        ("m-7", "added_to_cart", "u-2", "203.0.113.9")]
+    assert read(root, "order_completed", "id, revenue, shipping_cost, products, coupon") == [
+        ("m-1", 42.5, 5, '[{"sku":"sku-1","quantity":2}]', None),
+        ("m-4", 42.5, 5, '[{"sku":"sku-1","quantity":2}]', "BF25"),
+        ("m-5", None, 5, '[{"sku":"sku-1","quantity":2}]', None)]
+    # one schema per table: a later file has every column of the earlier ones, and the new one
+    orders = sorted((root / "web_prod" / "order_completed").rglob("*.parquet"), key=lambda p: p.name)
+    first, last = (pq.read_schema(p) for p in (orders[0], orders[-1]))
+    assert "coupon" not in first.names and last.names[: len(first.names)] == first.names
+    assert last.names[-1] == "coupon" and str(last.field("shipping_cost").type) == "int64"
+    assert str(last.field("received_at").type) == "timestamp[us, tz=UTC]"
+    assert read(root, "discards", "row_id AS id, column_name, column_value") == [
+        ("m-5", "revenue", "lots")]
+    # users are appended: the latest row of an id is its newest state
+    assert read(root, "users", "id, email, plan", order="received_at") == [
+        ("u-1", "ada@example.com", None), ("u-1", None, "pro")]
+    latest = relay_sql(toml_for(tmp_path, [dest]),
+                       "SELECT id, plan FROM web_prod.users QUALIFY row_number() OVER"
+                       " (PARTITION BY id ORDER BY received_at DESC) = 1")
+    assert latest == [{"id": "u-1", "plan": "pro"}]
+    assert relay.dead_letters() == []

@@ -1,0 +1,78 @@
+"""Warehouse options: a wrong one stops the config with its key named; a missing library names
+the extra to install; ``relay sql`` runs queries only."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from relay import config
+from relay.errors import ConfigError
+from tests.sinks.warehouse import destination, toml_for
+
+
+def load(tmp_path: Path, dest: dict[str, Any]) -> config.Config:
+    return config.load(toml_for(tmp_path, [dest]), environ={})
+
+
+@pytest.mark.parametrize(("kind", "options", "message"), [
+    ("duckdb", {"path": "x.duckdb", "schemas": {"k": "Web Prod"}}, "`options.schemas`"),
+    ("duckdb", {"path": "x.duckdb", "default_schema": "select"}, "`options.default_schema`"),
+    ("duckdb", {"path": "x.duckdb", "colour": "red"}, "colour"),
+    ("duckdb", {}, "path"),
+    ("parquet", {"path": "lake", "compression": "lzma"}, "`options.compression`"),
+    ("postgres", {"password_env": "A", "password_file": "/b"},
+     "`options.password_env` and `options.password_file`"),
+    ("postgres", {"port": "5432"}, "`options.port`"),
+])
+def test_a_wrong_option_stops_the_config_naming_its_key(tmp_path, kind, options, message):
+    dest = destination(kind, **options)
+    dest["options"] = {k: v for k, v in dest["options"].items() if k != "schemas"} | options
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, dest)
+    assert message in str(caught.value) and "destinations[0] (wh)" in str(caught.value)
+
+
+@pytest.mark.parametrize(("kind", "library"), [("duckdb", "duckdb"), ("parquet", "pyarrow"),
+                                               ("postgres", "asyncpg")])
+def test_a_missing_library_names_the_extra_to_install(tmp_path, monkeypatch, kind, library):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == library else real(name, *a))
+    with pytest.raises(ConfigError, match=rf"needs the Python package\(s\) {library}.*relay\[warehouse\]"):
+        load(tmp_path, destination(kind, path=str(tmp_path / "x")) if kind != "postgres"
+             else destination(kind))
+
+
+def sql(config_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "relay", "sql", "--config", str(config_path), *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_relay_sql_prints_a_table_or_json_and_refuses_to_write(tmp_path):
+    path = tmp_path / "wh.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE SCHEMA web_prod;"
+                " CREATE TABLE web_prod.tracks AS SELECT 'm-1' AS id, 'signed_up' AS event")
+    con.close()
+    config_path = toml_for(tmp_path, [destination("duckdb", path=str(path))])
+    text = sql(config_path, "SELECT id, event FROM web_prod.tracks")
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.splitlines() == ["id  | event    ", "----+----------", "m-1 | signed_up", "(1 row)"]
+    as_json = sql(config_path, "--json", "SELECT * FROM web_prod.tracks")
+    assert json.loads(as_json.stdout) == [{"id": "m-1", "event": "signed_up"}]
+    for statement in ("DROP TABLE web_prod.tracks", "INSERT INTO web_prod.tracks VALUES ('m-2', 'x')",
+                      "COPY web_prod.tracks TO 'out.csv'"):
+        refused = sql(config_path, statement)
+        assert refused.returncode == 1 and "relay: sql:" in refused.stderr, statement
+    still = sql(config_path, "--json", "SELECT count(*) AS n FROM web_prod.tracks")
+    assert json.loads(still.stdout) == [{"n": 1}]
+    missing = sql(config_path, "--destination", "nope", "SELECT 1")
+    assert missing.returncode == 2 and "no warehouse destination named 'nope'" in missing.stderr
