@@ -141,3 +141,30 @@ async def test_a_reader_holding_the_file_delays_the_load_which_then_succeeds(sta
     assert relay.dead_letters() == []
     assert query(path, "SELECT id FROM web_prod.tracks ORDER BY id") == [("m-1",), ("m-2",)]
     assert query(path, "SELECT id FROM web_prod.users") == [("u-1",)]
+
+
+async def test_an_event_that_cannot_be_mapped_is_dead_lettered_alone(start_relay, tmp_path):
+    path = tmp_path / "wh.duckdb"
+    relay = await start_relay(destinations=[destination("duckdb", path=str(path), max_events=10)])
+    batch = [{"type": "track", "event": "Tested", "userId": "u", "messageId": f"b-{i}",
+              "properties": [1, 2] if i == 3 else {"n": i}} for i in range(6)]
+    status, answer, _ = await relay.post("/v1/batch", {"batch": batch, "writeKey": "sdk-key"})
+    assert status == 200 and answer["accepted"] == 6
+    await wait_until(lambda: relay.rows("SELECT delivered + dead_lettered FROM progress") == [(6,)], 20,
+                     "every event loaded or dead-lettered")
+    assert query(path, "SELECT id FROM web_prod.tested ORDER BY id") == [(f"b-{i}",) for i in (0, 1, 2, 4, 5)]
+    (letter,) = relay.dead_letters()
+    assert letter[0] == "wh" and letter[2] == "b-3" and "`properties` is not a JSON object" in letter[1]
+
+
+async def test_batches_loaded_together_merge_a_users_row_in_queue_order(start_relay, tmp_path):
+    path = tmp_path / "wh.duckdb"
+    dest = destination("duckdb", path=str(path), max_events=2, concurrency=4)
+    relay = await start_relay(destinations=[dest])
+    calls = [{"type": "identify", "userId": "u-1", "messageId": f"i-{i}",
+              "traits": {"step": i, **({"email": "first@example.com"} if i == 0 else {})}} for i in range(12)]
+    status, _, _ = await relay.post("/v1/batch", {"batch": calls, "writeKey": "sdk-key"})  # one receivedAt
+    assert status == 200
+    await wait_delivered(relay, 12)
+    assert query(path, "SELECT id, step, email FROM web_prod.users") == [("u-1", 11, "first@example.com")]
+    assert query(path, "SELECT count(*) FROM web_prod.identifies") == [(12,)]

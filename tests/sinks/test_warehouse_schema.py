@@ -47,7 +47,7 @@ EVENT = {"event": "varchar", "event_text": "varchar"}
 
 def loaded(messages: list[dict[str, Any]], catalog: Catalog | None = None) -> tuple[Catalog, dict[str, Any]]:
     catalog = catalog or Catalog()
-    events = [Mapped("web_prod", m["messageId"], map_message(m), LOADED) for m in messages]
+    events = [Mapped("web_prod", m["messageId"], map_message(m)) for m in messages]
     result = plan(events, catalog, LOADED)
     result.apply(catalog)
     return catalog, {t.table: t for t in result.tables}

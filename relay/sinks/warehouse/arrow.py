@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from relay.sinks.warehouse.load import TableLoad
-from relay.sinks.warehouse.schema import Kind
+from relay.sinks.warehouse.schema import LOAD_COLUMNS, Kind
 
 
 def arrow_type(kind: Kind) -> Any:
@@ -29,6 +29,25 @@ def table(load: TableLoad, columns: dict[str, Kind] | None = None, rows: list[in
         values = have.get(name)
         if values is None:
             arrays.append(pa.nulls(count, arrow_type(kind)))
+            continue
+        if rows is not None:
+            values = [values[i] for i in rows]
+        if name in LOAD_COLUMNS and values:  # one time for the whole load
+            arrays.append(pa.repeat(pa.scalar(values[0], arrow_type(kind)), count))
+        elif kind == "timestamp":
+            arrays.append(_times(values))
         else:
-            arrays.append(pa.array(values if rows is None else [values[i] for i in rows], arrow_type(kind)))
+            arrays.append(pa.array(values, arrow_type(kind)))
     return pa.Table.from_arrays(arrays, names=names)
+
+
+def _times(values: list[Any]) -> Any:
+    """Times converted once each: rows of a load share most of them (one request's receivedAt
+    and sentAt; an event's times in ``tracks`` and in its own table)."""
+    import pyarrow as pa
+
+    index: dict[Any, int] = {}
+    positions = [index.setdefault(v, len(index)) for v in values]
+    if len(index) * 2 > len(values):
+        return pa.array(values, arrow_type("timestamp"))
+    return pa.array(list(index), arrow_type("timestamp")).take(pa.array(positions, pa.int32()))

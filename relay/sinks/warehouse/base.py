@@ -1,7 +1,9 @@
-"""What the warehouse types share: options, mapping at ``prepare``, and loads run one at a time.
+"""What the warehouse types share: options, mapping events to rows, and loads run one at a time.
 
-Each event is mapped into its rows when the forwarder prepares it (one that cannot be mapped
-is dead-lettered with the reason). ``send`` hands its batch to the loader and waits for the
+Events wait for their load as the bytes the queue holds; a load maps them into rows (off the
+event loop, with its memory gone once the load is done). An event that cannot be mapped
+fails its load with a 400 answer, so that the forwarder bisects the batch and dead-letters
+that event alone, with the reason. ``send`` hands its batch to the loader and waits for the
 load that holds it to commit: batches that arrive while a load runs (``concurrency > 1``) go
 into the next load together, so a load is one transaction over all of them. ``send`` answers
 only after the commit, and the forwarder records progress only after ``send`` answers, so a
@@ -62,12 +64,22 @@ def schema_names(options: WarehouseOptions) -> dict[str, str]:
     return dict(options.schemas)
 
 
-class MappedEvent(Outgoing):
-    __slots__ = ("mapped",)
+class Unmappable(ValueError):
+    """An event that has no warehouse rows (``properties`` not an object, a track without a name)."""
 
-    def __init__(self, event: Stored, mapped: Mapped) -> None:
-        super().__init__(event, event.body, "")
-        self.mapped = mapped
+
+def mapped(events: Sequence[Stored], schema_for: Any) -> list[Mapped]:
+    """The events as rows of their schemas; Unmappable names the first that cannot be mapped."""
+    out = []
+    for event in events:
+        try:
+            message = _decode(event.body)
+            received = timestamps.iso(timestamps.from_epoch(event.received_at))
+            rows = schema.map_message(message, received)
+        except (ValueError, msgspec.DecodeError) as exc:
+            raise Unmappable(f"event {event.message_id} cannot be loaded: {exc}") from None
+        out.append(Mapped(schema_for(event.write_key), str(rows[0][1]["id"]), rows))
+    return out
 
 
 class WarehouseSink:
@@ -77,21 +89,22 @@ class WarehouseSink:
         self.config = config
         self.schemas = schema_names(options)
         self.default_schema = options.default_schema
-        self._pending: list[tuple[list[Mapped], asyncio.Future[Answer]]] = []
+        self._pending: list[tuple[list[Stored], asyncio.Future[Answer]]] = []
         self._loader: asyncio.Task[None] | None = None
 
     def schema_for(self, write_key: str) -> str:
         return self.schemas.get(write_key, self.default_schema)
 
     def prepare(self, event: Stored) -> Outgoing:
-        message = _decode(event.body)
-        received = timestamps.iso(timestamps.from_epoch(event.received_at))
-        rows = schema.map_message(message, received)
-        return MappedEvent(event, Mapped(self.schema_for(event.write_key), str(rows[0][1]["id"]), rows,
-                                         datetime.now(UTC)))
+        # no bytes of its own: a load is sized by ``max_events`` alone, not by ``max_bytes``
+        # (a limit for HTTP requests); the body is read from the event when it is loaded
+        return Outgoing(event, b"", "")
+
+    def mapped(self, events: Sequence[Stored]) -> list[Mapped]:
+        return mapped(events, self.schema_for)
 
     async def send(self, batch: Sequence[Outgoing]) -> Answer:
-        items = [o.mapped for o in batch if isinstance(o, MappedEvent)]
+        items = [o.event for o in batch]
         done: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._pending.append((items, done))
         if self._loader is None or self._loader.done():
@@ -100,17 +113,17 @@ class WarehouseSink:
 
     async def _drain(self) -> None:
         while self._pending:
-            take: list[tuple[list[Mapped], asyncio.Future[Answer]]] = []
+            take: list[tuple[list[Stored], asyncio.Future[Answer]]] = []
             count = 0
             while self._pending and (not take or count + len(self._pending[0][0]) <= MAX_LOAD_EVENTS):
                 items, done = self._pending.pop(0)
                 take.append((items, done))
                 count += len(items)
             try:
-                answer = await self._load([m for items, _ in take for m in items])
+                answer = await self._load([items for items, _ in take])
                 if answer.status == 400 and len(take) > 1:  # each batch on its own, for its own answer
                     for items, done in take:
-                        _answer(done, await self._load(items))
+                        _answer(done, await self._load([items]))
                     continue
             except Exception as exc:  # a fault of the relay's own: retried, and logged by the forwarder
                 answer = Answer(None, error=f"load failed: {type(exc).__name__}: {exc}")
@@ -123,7 +136,10 @@ class WarehouseSink:
             await asyncio.gather(self._loader, return_exceptions=True)
             self._loader = None
 
-    async def _load(self, events: list[Mapped]) -> Answer:
+    async def _load(self, batches: list[list[Stored]]) -> Answer:
+        """Load the batches in one transaction, mapping and writing one batch at a time (so
+        memory holds the rows of one batch, whatever ``concurrency``); the answer says how it
+        went."""
         raise NotImplementedError
 
 

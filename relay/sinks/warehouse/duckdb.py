@@ -20,8 +20,9 @@ from relay.config import DestinationConfig
 from relay.forward.retry import Answer
 from relay.sinks import options as opts
 from relay.sinks.warehouse import arrow, base, sql
-from relay.sinks.warehouse.load import Catalog, Mapped, plan
+from relay.sinks.warehouse.load import Catalog, plan
 from relay.sinks.warehouse.schema import Kind
+from relay.types import Stored
 
 TYPES: dict[Kind, str] = {"varchar": "VARCHAR", "integer": "BIGINT", "float": "DOUBLE", "boolean": "BOOLEAN",
                           "timestamp": "TIMESTAMPTZ"}
@@ -68,10 +69,10 @@ class DuckDBSink(base.WarehouseSink):
     def _config(self) -> dict[str, Any]:
         return {"memory_limit": self.options.memory_limit, "threads": self.options.threads}
 
-    async def _load(self, events: list[Mapped]) -> Answer:
-        return await asyncio.to_thread(self._load_now, events)
+    async def _load(self, batches: list[list[Stored]]) -> Answer:
+        return await asyncio.to_thread(self._load_now, batches)
 
-    def _load_now(self, events: list[Mapped]) -> Answer:
+    def _load_now(self, batches: list[list[Stored]]) -> Answer:
         import duckdb
 
         try:
@@ -81,26 +82,30 @@ class DuckDBSink(base.WarehouseSink):
         except duckdb.Error as exc:
             return Answer(None, error=f"cannot open {self.path}: {exc}")
         try:
-            catalog = self._catalog or read_catalog(con)
-            load = plan(events, catalog, base.now())
+            catalog = (self._catalog or read_catalog(con)).copy()
+            loaded_at = base.now()
             con.execute("BEGIN TRANSACTION")
-            for name in load.new_schemas:
-                con.execute(f"CREATE SCHEMA IF NOT EXISTS {sql.quote(name)}")
-            for table in load.tables:
-                if table.create:
-                    con.execute(sql.create_table(table, TYPES))
-                else:
-                    for statement in sql.add_columns(table, TYPES):
-                        con.execute(statement)
-                con.register(STAGE, arrow.table(table))
-                try:
-                    con.execute(sql.merge(table, STAGE))
-                finally:
-                    con.unregister(STAGE)
+            for batch in batches:
+                load = plan(self.mapped(batch), catalog, loaded_at)
+                for name in load.new_schemas:
+                    con.execute(f"CREATE SCHEMA IF NOT EXISTS {sql.quote(name)}")
+                for table in load.tables:
+                    if table.create:
+                        con.execute(sql.create_table(table, TYPES))
+                    else:
+                        for statement in sql.add_columns(table, TYPES):
+                            con.execute(statement)
+                    con.register(STAGE, arrow.table(table))
+                    try:
+                        con.execute(sql.merge(table, STAGE))
+                    finally:
+                        con.unregister(STAGE)
+                load.apply(catalog)
             con.execute("COMMIT")
-            load.apply(catalog)
             self._catalog = catalog
             return Answer(200)
+        except base.Unmappable as exc:
+            return Answer(400, body=str(exc))
         except (duckdb.ConversionException, duckdb.ConstraintException, duckdb.InvalidInputException,
                 duckdb.OutOfRangeException) as exc:
             self._catalog = None

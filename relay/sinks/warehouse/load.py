@@ -22,12 +22,11 @@ TableKey = tuple[str, str]  # (schema, table)
 
 @dataclass(slots=True)
 class Mapped:
-    """One event as rows of its schema; ``mapped_at`` becomes each row's ``uuid_ts``."""
+    """One event as rows of its schema."""
 
     schema: str
     message_id: str
     rows: list[TableRow]
-    mapped_at: datetime
 
 
 @dataclass(slots=True)
@@ -36,6 +35,10 @@ class Catalog:
 
     tables: dict[TableKey, dict[str, Kind]] = field(default_factory=dict)
     schemas: set[str] = field(default_factory=set)
+
+    def copy(self) -> Catalog:
+        """A copy to plan the chunks of a load with, kept only once the load commits."""
+        return Catalog({k: dict(v) for k, v in self.tables.items()}, set(self.schemas))
 
 
 @dataclass(slots=True)
@@ -77,9 +80,12 @@ def plan(events: Sequence[Mapped], catalog: Catalog, loaded_at: datetime) -> Pla
     grouped: dict[TableKey, list[Row]] = {}
     for event in events:
         for table, row in event.rows:
-            row["uuid_ts"] = event.mapped_at
-            row["loaded_at"] = loaded_at
-            grouped.setdefault((event.schema, table), []).append(row)
+            key = (event.schema, table)
+            rows = grouped.get(key)
+            if rows is None:
+                rows = grouped[key] = []
+            rows.append(row)
+    times: dict[str, datetime | None] = {}  # ISO text -> time: rows of a load share many
     new_schemas = sorted({s for s, _ in grouped} - catalog.schemas)
     loads: list[TableLoad] = []
     discards: dict[str, list[Row]] = {}
@@ -87,13 +93,13 @@ def plan(events: Sequence[Mapped], catalog: Catalog, loaded_at: datetime) -> Pla
         latest = table in schema.LATEST_TABLES
         rows = schema.latest(rows) if latest else _first_of_each(rows)
         load = _table_load(schema_name, table, rows, catalog.tables.get((schema_name, table)), latest,
-                           discards.setdefault(schema_name, []), loaded_at)
+                           discards.setdefault(schema_name, []), loaded_at, times)
         loads.append(load)
     for schema_name, rows in discards.items():
         if rows:
             known = catalog.tables.get((schema_name, DISCARDS))
             loads.append(_table_load(schema_name, DISCARDS, _first_of_each(rows, schema.DISCARD_KEY),
-                                     known, False, [], loaded_at))
+                                     known, False, [], loaded_at, times))
     return Plan(new_schemas, loads)
 
 
@@ -110,26 +116,36 @@ def _first_of_each(rows: list[Row], key: tuple[str, ...] = ("id",)) -> list[Row]
 
 
 def _table_load(schema_name: str, table: str, rows: list[Row], known: dict[str, Kind] | None, latest: bool,
-                discards: list[Row], loaded_at: datetime) -> TableLoad:
+                discards: list[Row], loaded_at: datetime, times: dict[str, datetime | None]) -> TableLoad:
     create = known is None
     columns: dict[str, Kind] = dict(schema.standard_columns(table)) if known is None else dict(known)
+    order: dict[str, None] = {}  # new columns, in the order they first appear
+    present: set[str] = set(schema.standard_columns(table))
+    for row in rows:
+        if row.keys() - present:
+            for name in row:
+                if name not in columns:
+                    order[name] = None
+            present.update(row)
     seen: dict[str, Kind] = {}
-    for row in rows:  # a new column takes the type of its most recent value
-        for name, value in row.items():
-            if name not in columns:
-                seen[name] = schema.infer(value)
+    if order:
+        for row in reversed(rows):  # a new column takes the type of its most recent value
+            for name, value in row.items():
+                if name in order and name not in seen:
+                    seen[name] = schema.infer(value)
+            if len(seen) == len(order):
+                break
+        seen = {name: seen[name] for name in order}
     room = schema.MAX_COLUMNS - len(columns)
     overflow = set(list(seen)[room:]) if len(seen) > room else set()
     add = {**columns, **seen} if create else dict(seen)
     for name in overflow:
         del add[name]
     columns.update(add)
-    present: set[str] = set(schema.standard_columns(table))
-    for row in rows:
-        present.update(row)
     written = [c for c in columns if c in present]
     kinds = [columns[c] for c in written]
-    data = [_fit(table, name, kind, rows, discards, loaded_at)
+    data = [[loaded_at] * len(rows) if name in schema.LOAD_COLUMNS
+            else _fit(table, name, kind, rows, discards, loaded_at, times)
             for name, kind in zip(written, kinds, strict=True)]
     for name in overflow:
         reason = f"table {table} has {schema.MAX_COLUMNS} columns; no more are added"
@@ -139,32 +155,41 @@ def _table_load(schema_name: str, table: str, rows: list[Row], known: dict[str, 
     return TableLoad(schema_name, table, create, add, written, kinds, data, latest)
 
 
-_PLAIN: dict[str, type] = {"varchar": str, "boolean": bool, "float": float, "timestamp": datetime}
+_PLAIN: dict[str, type] = {"varchar": str, "boolean": bool, "float": float, "integer": int}
+_MISFIT = object()
 
 
-def _fit(table: str, name: str, kind: Kind, rows: list[Row], discards: list[Row],
-         loaded_at: datetime) -> list[Any]:
-    """One column's values fitted to ``kind`` (the common cases without a call)."""
-    plain = _PLAIN.get(kind)
-    out: list[Any] = []
-    append = out.append
-    for row in rows:
-        value = row.get(name)
-        if value is None or type(value) is plain:
-            append(value)
-        elif kind == "integer" and type(value) is int and schema.INT_MIN <= value <= schema.INT_MAX:
-            append(value)
-        elif kind == "timestamp" and type(value) is str and (moment := schema.time_of(value)) is not None:
-            append(moment)
-        else:
-            fitted, why = schema.coerce(kind, value)
-            if why is not None:
-                discards.append(_discard(table, name, row, why, loaded_at))
-            append(fitted)
+def _fit(table: str, name: str, kind: Kind, rows: list[Row], discards: list[Row], loaded_at: datetime,
+         times: dict[str, datetime | None]) -> list[Any]:
+    """One column's values fitted to ``kind``: the common case (a value of the column's own
+    type) in one pass, then the rest one by one."""
+    values = [row.get(name) for row in rows]
+    if kind == "timestamp":
+        out = []
+        for value in values:
+            if type(value) is str:
+                moment = times.get(value, _MISFIT)
+                if moment is _MISFIT:
+                    moment = times[value] = schema.time_of(value)
+                out.append(moment if moment is not None else _MISFIT)
+            else:
+                out.append(value if value is None else _MISFIT)
+    else:
+        plain = _PLAIN[kind]
+        out = [v if v is None or type(v) is plain else _MISFIT for v in values]
+        if kind == "integer":
+            low, high = schema.INT_MIN, schema.INT_MAX
+            out = [_MISFIT if type(v) is int and not low <= v <= high else v for v in out]
+    if _MISFIT in out:
+        for i, fitted in enumerate(out):
+            if fitted is _MISFIT:
+                fitted, why = schema.coerce(kind, values[i])
+                if why is not None:
+                    discards.append(_discard(table, name, rows[i], why, loaded_at))
+                out[i] = fitted
     return out
 
 
 def _discard(table: str, name: str, row: Row, reason: str, loaded_at: datetime) -> Row:
     return {"table_name": table, "column_name": name, "column_value": schema.text_of(row[name]),
-            "row_id": row.get("id"), "reason": reason, "received_at": row.get("received_at"),
-            "uuid_ts": row.get("uuid_ts"), "loaded_at": loaded_at}
+            "row_id": row.get("id"), "reason": reason, "received_at": row.get("received_at")}

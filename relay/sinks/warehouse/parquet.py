@@ -28,8 +28,9 @@ from relay.config import DestinationConfig
 from relay.forward.retry import Answer
 from relay.sinks import options as opts
 from relay.sinks.warehouse import arrow, base
-from relay.sinks.warehouse.load import Catalog, Mapped, TableLoad, plan
+from relay.sinks.warehouse.load import Catalog, TableLoad, plan
 from relay.sinks.warehouse.schema import Kind
+from relay.types import Stored
 
 JOURNAL_DIR = ".relay"
 TEMP_PREFIX = ".part-"
@@ -66,33 +67,44 @@ class ParquetSink(base.WarehouseSink):
     async def probe(self) -> bool:
         return True
 
-    async def _load(self, events: list[Mapped]) -> Answer:
+    async def _load(self, batches: list[list[Stored]]) -> Answer:
         try:
-            return await asyncio.to_thread(self._load_now, events)
+            return await asyncio.to_thread(self._load_now, batches)
         except OSError as exc:
             self._catalog = None
             return Answer(None, error=f"cannot write under {self.root}: {exc}")
 
     # --- a load ----------------------------------------------------------------------------------
 
-    def _load_now(self, events: list[Mapped]) -> Answer:
-        events = [e for e in events if (e.schema, e.message_id) not in self._written]
-        if not events:
-            return Answer(200)  # already written before a crash: the journal says so
-        catalog = self._catalog or read_catalog(self.root)
-        load = plan(events, catalog, base.now())
+    def _load_now(self, batches: list[list[Stored]]) -> Answer:
+        written = self._written  # already written before a crash: the journal says so
+        key = self.schema_for
+        batches = [kept for batch in batches
+                   if (kept := [e for e in batch if (key(e.write_key), e.message_id) not in written])]
+        if not batches:
+            return Answer(200)
+        catalog = (self._catalog or read_catalog(self.root)).copy()
+        loaded_at = base.now()
         load_id = self._last_load = max(time.time_ns(), self._last_load + 1)
         files: list[tuple[Path, Path]] = []
         try:
-            for table in load.tables:
-                columns = {**catalog.tables.get((table.schema, table.table), {}), **table.add}
-                for n, (partition, rows) in enumerate(_partitions(table).items()):
-                    folder = self.root / table.schema / table.table / partition
-                    final = folder / f"part-{load_id:020d}-{len(files):04d}-{n:03d}.parquet"
-                    temp = folder / f"{TEMP_PREFIX}{final.name[len('part-'):]}{TEMP_SUFFIX}"
-                    self._write(arrow.table(table, columns, rows), temp)
-                    files.append((temp, final))
-            ids = [[e.schema, e.message_id] for e in events]
+            for batch in batches:
+                try:
+                    load = plan(self.mapped(batch), catalog, loaded_at)
+                except base.Unmappable as exc:
+                    for temp, _ in files:
+                        temp.unlink(missing_ok=True)
+                    return Answer(400, body=str(exc))
+                for table in load.tables:
+                    columns = {**catalog.tables.get((table.schema, table.table), {}), **table.add}
+                    for n, (partition, rows) in enumerate(_partitions(table).items()):
+                        folder = self.root / table.schema / table.table / partition
+                        final = folder / f"part-{load_id:020d}-{len(files):04d}-{n:03d}.parquet"
+                        temp = folder / f"{TEMP_PREFIX}{final.name[len('part-'):]}{TEMP_SUFFIX}"
+                        self._write(arrow.table(table, columns, rows), temp)
+                        files.append((temp, final))
+                load.apply(catalog)
+            ids = [[self.schema_for(e.write_key), e.message_id] for batch in batches for e in batch]
             self._commit({"load": load_id, "events": ids,
                           "files": [[str(t.relative_to(self.root)), str(f.relative_to(self.root))]
                                     for t, f in files]})
@@ -106,7 +118,6 @@ class ParquetSink(base.WarehouseSink):
             folders.add(final.parent)
         for folder in folders:
             _fsync_path(folder)
-        load.apply(catalog)
         self._catalog = catalog
         return Answer(200)
 

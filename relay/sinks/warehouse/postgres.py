@@ -9,7 +9,9 @@ never from the config file itself.
 
 from __future__ import annotations
 
+import asyncio
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,8 +19,9 @@ from relay.config import DestinationConfig
 from relay.forward.retry import Answer
 from relay.sinks import options as opts
 from relay.sinks.warehouse import base, sql
-from relay.sinks.warehouse.load import Catalog, Mapped, plan
+from relay.sinks.warehouse.load import Catalog, Plan, plan
 from relay.sinks.warehouse.schema import Kind
+from relay.types import Stored
 
 TYPES: dict[Kind, str] = {"varchar": "text", "integer": "bigint", "float": "double precision",
                           "boolean": "boolean", "timestamp": "timestamptz"}
@@ -102,30 +105,36 @@ class PostgresSink(base.WarehouseSink):
             conn, self._conn = self._conn, None
             conn.terminate()
 
-    async def _load(self, events: list[Mapped]) -> Answer:
+    async def _load(self, batches: list[list[Stored]]) -> Answer:
         import asyncpg
 
         where = f"{self.options.host}:{self.options.port}/{self.options.database}"
         try:
             conn = await self._connection()
-            catalog = self._catalog or await read_catalog(conn)
-            load = plan(events, catalog, base.now())
+            catalog = (self._catalog or await read_catalog(conn)).copy()
+            loaded_at = base.now()
+            stages = 0
             async with conn.transaction():
-                for name in load.new_schemas:
-                    await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {sql.quote(name)}")
-                for i, table in enumerate(load.tables):
-                    ddl = [sql.create_table(table, TYPES)] if table.create else sql.add_columns(table, TYPES)
-                    for statement in ddl:
-                        await conn.execute(statement)
-                    stage = f"relay_stage_{i}"
-                    await conn.execute(f"CREATE TEMPORARY TABLE {stage} (LIKE "
-                                       f"{sql.qualified(table.schema, table.table)}) ON COMMIT DROP")
-                    await conn.copy_records_to_table(stage, records=zip(*table.data, strict=True),
-                                                     columns=table.columns)
-                    await conn.execute(sql.merge(table, stage))
-            load.apply(catalog)
+                for batch in batches:
+                    load = await asyncio.to_thread(self._plan, batch, catalog, loaded_at)
+                    for name in load.new_schemas:
+                        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {sql.quote(name)}")
+                    for table in load.tables:
+                        new = [sql.create_table(table, TYPES)] if table.create else []
+                        for statement in new or sql.add_columns(table, TYPES):
+                            await conn.execute(statement)
+                        stages += 1
+                        stage = f"relay_stage_{stages}"
+                        await conn.execute(f"CREATE TEMPORARY TABLE {stage} (LIKE "
+                                           f"{sql.qualified(table.schema, table.table)}) ON COMMIT DROP")
+                        await conn.copy_records_to_table(stage, records=zip(*table.data, strict=True),
+                                                         columns=table.columns)
+                        await conn.execute(sql.merge(table, stage))
+                    load.apply(catalog)
             self._catalog = catalog
             return Answer(200)
+        except base.Unmappable as exc:
+            return Answer(400, body=str(exc))
         except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
             self._catalog = None
             return Answer(400, body=f"PostgreSQL refused the data: {exc}")
@@ -136,6 +145,10 @@ class PostgresSink(base.WarehouseSink):
             self._catalog = None
             await self._drop_connection()
             return Answer(None, error=f"cannot reach PostgreSQL at {where}: {exc}")
+
+
+    def _plan(self, batch: list[Stored], catalog: Catalog, loaded_at: datetime) -> Plan:
+        return plan(self.mapped(batch), catalog, loaded_at)
 
 
 async def read_catalog(conn: Any) -> Catalog:

@@ -248,38 +248,53 @@ def coerce(kind: Kind, value: Any) -> tuple[Any, str | None]:
 # --- messages ------------------------------------------------------------------------------------
 
 
-def _flatten(obj: Mapping[str, Any], prefix: str, out: Row) -> None:
+_custom_names: dict[str, str] = {}
+
+
+def _custom_name(path: str) -> str:
+    """The column of a property or trait path; empty when it would take a reserved column."""
+    name = column_name(path)
+    if name in RESERVED_COLUMNS or name.startswith("context_"):
+        name = ""
+    if len(_custom_names) >= _NAMES_KEPT:
+        _custom_names.clear()
+    _custom_names[path] = name
+    return name
+
+
+def _walk(obj: Mapping[str, Any], prefix: str, out: Row, names: dict[str, str], resolve: Any) -> None:
     for key, value in obj.items():
         if value is None:
             continue
         if isinstance(value, dict):
-            _flatten(value, f"{prefix}{key}_", out)
-        elif isinstance(value, list):
-            out[prefix + key] = _encode(value).decode()
-        else:
-            out[prefix + key] = value
-
-
-def flattened(obj: object, prefix: str = "") -> Row:
-    """A JSON object's leaves as {column: value}; nested objects joined with ``_``, arrays as
-    their JSON text, nulls left out; a later key that names the same column wins."""
-    raw: Row = {}
-    if isinstance(obj, dict):
-        _flatten(obj, prefix, raw)
-    out: Row = {}
-    for path, value in raw.items():
-        name = column_name(path)
+            _walk(value, f"{prefix}{key}_", out, names, resolve)
+            continue
+        path = prefix + key
+        name = names.get(path)
+        if name is None:
+            name = resolve(path)
         if name:
-            out[name] = value
+            out[name] = _encode(value).decode() if isinstance(value, list) else value
+
+
+def flattened(obj: object, prefix: str = "", out: Row | None = None) -> Row:
+    """A JSON object's leaves as {column: value} (into ``out`` when given); nested objects
+    joined with ``_``, arrays as their JSON text, nulls left out; a later key that names the
+    same column wins."""
+    out = {} if out is None else out
+    if isinstance(obj, dict):
+        _walk(obj, prefix, out, _names, column_name)
     return out
 
 
 def custom(obj: object, what: str) -> Row:
     """Properties or traits as columns, without those that would take a reserved column."""
-    if obj is not None and not isinstance(obj, dict):
+    out: Row = {}
+    if isinstance(obj, dict):
+        _walk(obj, "", out, _custom_names, _custom_name)
+    elif obj is not None:
         raise ValueError(f"`{what}` is not a JSON object")
-    return {k: v for k, v in flattened(obj).items()
-            if k not in RESERVED_COLUMNS and not k.startswith("context_")}
+    return out
 
 
 def ident(value: object) -> str | None:
@@ -306,8 +321,8 @@ def map_message(message: Mapping[str, Any], received_at: str | None = None) -> l
     context = message.get("context")
     if context is not None and not isinstance(context, dict):
         raise ValueError("`context` is not a JSON object")
-    common.update(flattened(context, "context_"))
     common = {k: v for k, v in common.items() if v is not None}
+    flattened(context, "context_", common)
     if kind == "track":
         event = message.get("event")
         if not isinstance(event, str):
