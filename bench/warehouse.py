@@ -55,7 +55,6 @@ RSS_TARGET_MB = 150
 FILL_CHUNK = 20_000
 MAX_EVENTS = 2500
 CONCURRENCY = 4
-REFERENCE_LOAD = MAX_EVENTS * CONCURRENCY  # the events of one relay load when the backlog is deep
 POLL = 0.1
 LOAD_TIMEOUT = 900.0
 NAMES = ["Order Completed", "Product Viewed", "Product Added", "Checkout Started", "Signed Up",
@@ -119,17 +118,19 @@ def delivered(db: Path) -> int:
         conn.close()
 
 
-def run_relay(kind: str, workdir: Path, count: int, procs: common.Processes) -> dict[str, Any]:
+def run_relay(kind: str, workdir: Path, count: int, procs: common.Processes, args: argparse.Namespace
+              ) -> dict[str, Any]:
     target = workdir / ("lake" if kind == "parquet" else "wh.duckdb")
     config_path = workdir / "relay.toml"
     config_path.write_text(
         '[server]\nhost = "127.0.0.1"\nport = 0\nshutdown_timeout = 10.0\n'
         f'[queue]\npath = {json.dumps(str(workdir / "queue.db"))}\ndurability = "fsync"\n'
         f"max_bytes = {common.QUEUE_MAX_BYTES}\n[admin]\nenabled = false\n"
-        f'[[destinations]]\nname = "wh"\ntype = "{kind}"\nmax_events = {MAX_EVENTS}\n'
-        f"concurrency = {CONCURRENCY}\nflush_interval = 0.2\n"
+        f'[[destinations]]\nname = "wh"\ntype = "{kind}"\nmax_events = {args.max_events}\n'
+        f"concurrency = {args.concurrency}\nflush_interval = 0.2\n"
         f"[destinations.options]\npath = {json.dumps(str(target))}\n"
-        f'schemas = {{ {json.dumps(common.WRITE_KEY)} = "bench" }}\n')
+        f'schemas = {{ {json.dumps(common.WRITE_KEY)} = "bench" }}\n'
+        + (f'memory_limit = "{args.memory_limit}"\nthreads = {args.threads}\n' if kind == "duckdb" else ""))
     log_path = workdir / "relay.log"
     with open(log_path, "wb") as log:
         proc = procs.start([sys.executable, "-m", "relay", "run", "--config", str(config_path)], None,
@@ -154,26 +155,26 @@ def run_relay(kind: str, workdir: Path, count: int, procs: common.Processes) -> 
     return {"seconds": elapsed, "rows": rows, "rows_per_s": rows / elapsed, "peak_rss_mb": (rss or 0) / 1e6}
 
 
-def planned(bodies: list[bytes]) -> list[load.Plan]:
+def planned(bodies: list[bytes], size: int) -> list[load.Plan]:
     """The rows the relay writes, mapped and fitted by its own schema core (not timed)."""
     decode = json.loads
     catalog = load.Catalog()
     plans = []
     now = datetime.now(UTC)
-    for start in range(0, len(bodies), REFERENCE_LOAD):
+    for start in range(0, len(bodies), size):
         events = [load.Mapped("bench", m["messageId"], schema.map_message(m))
-                  for m in map(decode, bodies[start:start + REFERENCE_LOAD])]
+                  for m in map(decode, bodies[start:start + size])]
         plan = load.plan(events, catalog, now)
         plan.apply(catalog)
         plans.append(plan)
     return plans
 
 
-def reference_duckdb(plans: list[load.Plan], workdir: Path) -> dict[str, Any]:
+def reference_duckdb(plans: list[load.Plan], workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
     import duckdb
 
     path = workdir / "bare.duckdb"
-    con = duckdb.connect(str(path), config={"memory_limit": "128MB", "threads": 2})
+    con = duckdb.connect(str(path), config={"memory_limit": args.memory_limit, "threads": args.threads})
     started = time.perf_counter()
     rows = 0
     con.execute("CREATE SCHEMA bench")
@@ -215,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--only", choices=["duckdb", "parquet"])
+    parser.add_argument("--max-events", type=int, default=MAX_EVENTS)
+    parser.add_argument("--concurrency", type=int, default=CONCURRENCY)
+    parser.add_argument("--memory-limit", default="128MB", help="the duckdb type's memory_limit option")
+    parser.add_argument("--threads", type=int, default=2, help="the duckdb type's threads option")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     procs = common.Processes()
@@ -224,10 +229,11 @@ def main(argv: list[str] | None = None) -> int:
             workdir = Path(tempfile.mkdtemp(prefix=f"relay-wh-{kind}-"))
             try:
                 bodies = fill(workdir / "queue.db", args.events)
-                relay = run_relay(kind, workdir, args.events, procs)
-                plans = planned(bodies)
+                relay = run_relay(kind, workdir, args.events, procs, args)
+                plans = planned(bodies, args.max_events * args.concurrency)
                 del bodies
-                bare = (reference_duckdb if kind == "duckdb" else reference_parquet)(plans, workdir)
+                bare = (reference_duckdb(plans, workdir, args) if kind == "duckdb"
+                        else reference_parquet(plans, workdir))
                 results.append({"kind": kind, "events": args.events, "relay": relay, "bare": bare,
                                 "ratio": relay["rows_per_s"] / bare["rows_per_s"]})
             finally:
@@ -238,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(results, indent=2))
         return 0
     print(f"warehouse load of {args.events:,} queued track events (10 names, 5-20 properties; "
-          f"2 rows each); relay max_events {MAX_EVENTS}, concurrency {CONCURRENCY}")
+          f"2 rows each); relay max_events {args.max_events}, concurrency {args.concurrency}; "
+          f"duckdb memory_limit {args.memory_limit}, threads {args.threads}")
     for r in results:
         relay, bare = r["relay"], r["bare"]
         print(f"{r['kind']:<8} relay {relay['rows']:,} rows in {relay['seconds']:.1f} s = "
