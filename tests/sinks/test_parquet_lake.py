@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import duckdb
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
@@ -65,6 +66,10 @@ async def test_sdk_events_become_a_data_lake_that_duckdb_reads_once_each(start_r
     assert "coupon" not in first.names and last.names[: len(first.names)] == first.names
     assert last.names[-1] == "coupon" and str(last.field("shipping_cost").type) == "int64"
     assert str(last.field("received_at").type) == "timestamp[us, tz=UTC]"
+    # pyarrow (and so pandas) reads the folder as one dataset under the newest file's schema
+    orders_read = ds.dataset(root / "web_prod" / "order_completed", format="parquet", schema=last).to_table()
+    assert sorted(zip(orders_read["id"].to_pylist(), orders_read["coupon"].to_pylist(), strict=True)) == [
+        ("m-1", None), ("m-4", "BF25"), ("m-5", None)]
     assert read(root, "discards", "row_id AS id, column_name, column_value") == [
         ("m-5", "revenue", "lots")]
     # users are appended: the latest row of an id is its newest state

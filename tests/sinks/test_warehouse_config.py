@@ -76,3 +76,15 @@ def test_relay_sql_prints_a_table_or_json_and_refuses_to_write(tmp_path):
     assert json.loads(still.stdout) == [{"n": 1}]
     missing = sql(config_path, "--destination", "nope", "SELECT 1")
     assert missing.returncode == 2 and "no warehouse destination named 'nope'" in missing.stderr
+
+
+def test_the_configuration_in_docs_warehouses_md_is_valid(tmp_path):
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "warehouses.md").read_text()
+    example = docs.split("```toml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "relay.toml"
+    path.write_text(example)
+    cfg = config.load(path, environ={})
+    assert [(d.name, d.type) for d in cfg.destinations] == [("warehouse", "duckdb"), ("pg", "postgres"),
+                                                            ("lake", "parquet")]
+    assert cfg.destinations[0].options["schemas"] == {"WRITE_KEY_OF_THE_WEB_APP": "web_prod",
+                                                      "WRITE_KEY_OF_THE_IOS_APP": "ios_prod"}
