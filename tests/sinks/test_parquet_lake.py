@@ -25,7 +25,7 @@ from tests.sinks.warehouse import (
 pytest_plugins = ["tests.support.forwarding_fixtures"]
 pytestmark = pytest.mark.usefixtures("leak_check")
 
-LAYOUT = re.compile(r"^web_prod/(\w+)/day=\d{4}-\d{2}-\d{2}/hr=\d{2}/part-\d{20}-\d{4}-\d{3}\.parquet$")
+LAYOUT = re.compile(r"^web_prod/(\w+)/day=\d{4}-\d{2}-\d{2}/hr=\d{2}/part-\d{20}-\d{4}\.parquet$")
 
 
 def read(root: Path, table: str, columns: str, order: str = "id") -> list[tuple[object, ...]]:

@@ -74,7 +74,8 @@ def mapped(events: Sequence[Stored], schema_for: Any) -> list[Mapped]:
     for event in events:
         try:
             message = _decode(event.body)
-            received = timestamps.iso(timestamps.from_epoch(event.received_at))
+            received = (None if "receivedAt" in message
+                        else timestamps.iso(timestamps.from_epoch(event.received_at)))
             rows = schema.map_message(message, received)
         except (ValueError, msgspec.DecodeError) as exc:
             raise Unmappable(f"event {event.message_id} cannot be loaded: {exc}") from None

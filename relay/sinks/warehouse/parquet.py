@@ -6,7 +6,9 @@ so far, and a new column appears in the files written from then on. DuckDB and p
 table's folder as one dataset (``read_parquet('.../order_completed/**/*.parquet',
 union_by_name = true)``).
 
-A load writes each file under a hidden temporary name and fsyncs it; then it commits by
+A load writes one file per table and partition (each of its batches a row group; a batch
+that brings new columns starts a new file), each under a hidden temporary name, and fsyncs
+them; then it commits by
 writing the load journal (``<path>/.relay/<destination>.json``: the files and the events of
 the latest loads) in the same way; then renames the files into place and fsyncs their
 folders. Only then does ``send`` answer, and the forwarder record progress. After a crash, the
@@ -22,7 +24,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 from relay.config import DestinationConfig
 from relay.forward.retry import Answer
@@ -86,53 +88,38 @@ class ParquetSink(base.WarehouseSink):
         catalog = (self._catalog or read_catalog(self.root)).copy()
         loaded_at = base.now()
         load_id = self._last_load = max(time.time_ns(), self._last_load + 1)
-        files: list[tuple[Path, Path]] = []
+        files = _LoadFiles(self.root, load_id, self.options.compression)
         try:
             for batch in batches:
                 try:
                     load = plan(self.mapped(batch), catalog, loaded_at)
                 except base.Unmappable as exc:
-                    for temp, _ in files:
-                        temp.unlink(missing_ok=True)
+                    files.discard()
                     return Answer(400, body=str(exc))
                 for table in load.tables:
                     columns = {**catalog.tables.get((table.schema, table.table), {}), **table.add}
-                    for n, (partition, rows) in enumerate(_partitions(table).items()):
-                        folder = self.root / table.schema / table.table / partition
-                        final = folder / f"part-{load_id:020d}-{len(files):04d}-{n:03d}.parquet"
-                        temp = folder / f"{TEMP_PREFIX}{final.name[len('part-'):]}{TEMP_SUFFIX}"
-                        self._write(arrow.table(table, columns, rows), temp)
-                        files.append((temp, final))
+                    partitions = _partitions(table)
+                    whole = len(partitions) == 1  # the common case: no rows to pick
+                    for partition, rows in partitions.items():
+                        files.write(table.schema, table.table, partition,
+                                    arrow.table(table, columns, None if whole else rows))
                 load.apply(catalog)
+            files.close()
             ids = [[self.schema_for(e.write_key), e.message_id] for batch in batches for e in batch]
             self._commit({"load": load_id, "events": ids,
                           "files": [[str(t.relative_to(self.root)), str(f.relative_to(self.root))]
-                                    for t, f in files]})
+                                    for t, f in files.done]})
         except BaseException:
-            for temp, _ in files:
-                temp.unlink(missing_ok=True)
+            files.discard()
             raise
         folders = set()
-        for temp, final in files:
+        for temp, final in files.done:
             os.replace(temp, final)
             folders.add(final.parent)
         for folder in folders:
             _fsync_path(folder)
         self._catalog = catalog
         return Answer(200)
-
-    def _write(self, data: Any, temp: Path) -> None:
-        import pyarrow.parquet as pq  # type: ignore[import-untyped]
-
-        new = [p for p in (temp.parent, *temp.parent.parents) if not p.exists()]
-        temp.parent.mkdir(parents=True, exist_ok=True)
-        for folder in reversed(new):  # a new folder's entry is made durable in its parent
-            _fsync_path(folder.parent)
-        compression = None if self.options.compression == "none" else self.options.compression
-        with temp.open("wb") as file:
-            pq.write_table(data, file, compression=compression)
-            file.flush()
-            os.fsync(file.fileno())
 
     def _commit(self, entry: dict[str, Any]) -> None:
         """Write the journal with this load in it: the load's commit point."""
@@ -178,12 +165,76 @@ class ParquetSink(base.WarehouseSink):
                         (Path(folder) / name).unlink()
 
 
+class _LoadFiles:
+    """The files of one load: one per table and partition, each batch of the load a row group;
+    a batch that brings new columns starts a new file. ``close`` fsyncs them all."""
+
+    def __init__(self, root: Path, load_id: int, compression: str) -> None:
+        self.root = root
+        self.load_id = load_id
+        self.compression = None if compression == "none" else compression
+        self.open: dict[tuple[str, str, str], tuple[Any, BinaryIO, Path, Path]] = {}
+        self.done: list[tuple[Path, Path]] = []  # (temporary, final) names, closed and fsynced
+
+    def write(self, schema_name: str, table: str, partition: str, data: Any) -> None:
+        import pyarrow.parquet as pq  # type: ignore[import-untyped]
+
+        key = (schema_name, table, partition)
+        current = self.open.get(key)
+        if current is not None and current[0].schema.names != data.schema.names:
+            self._close(key)
+            current = None
+        if current is None:
+            folder = self.root / schema_name / table / partition
+            final = folder / f"part-{self.load_id:020d}-{len(self.done) + len(self.open):04d}.parquet"
+            temp = folder / f"{TEMP_PREFIX}{final.name[len('part-'):]}{TEMP_SUFFIX}"
+            new = [p for p in (folder, *folder.parents) if not p.exists()]
+            folder.mkdir(parents=True, exist_ok=True)
+            for made in reversed(new):  # a new folder's entry is made durable in its parent
+                _fsync_path(made.parent)
+            file = temp.open("wb")
+            current = self.open[key] = (pq.ParquetWriter(file, data.schema, compression=self.compression),
+                                        file, temp, final)
+        current[0].write_table(data)
+
+    def _close(self, key: tuple[str, str, str]) -> None:
+        writer, file, temp, final = self.open.pop(key)
+        try:
+            writer.close()
+            file.flush()
+            os.fsync(file.fileno())
+        finally:
+            file.close()
+        self.done.append((temp, final))
+
+    def close(self) -> None:
+        for key in list(self.open):
+            self._close(key)
+
+    def discard(self) -> None:
+        """A load that did not commit: its temporary files go."""
+        for key in list(self.open):
+            writer, file, temp, _ = self.open.pop(key)
+            try:
+                writer.close()
+            except Exception:  # the file is removed whatever state it is in
+                pass
+            file.close()
+            temp.unlink(missing_ok=True)
+        for temp, _ in self.done:
+            temp.unlink(missing_ok=True)
+
+
 def _partitions(table: TableLoad) -> dict[str, list[int]]:
     """Row numbers by ``day=YYYY-MM-DD/hr=HH`` of their ``received_at``."""
     received = table.data[table.columns.index("received_at")]
     parts: dict[str, list[int]] = {}
+    names: dict[Any, str] = {}  # rows share their times (one request's receivedAt)
     for i, moment in enumerate(received):
-        key = f"day={moment:%Y-%m-%d}/hr={moment:%H}" if moment is not None else "day=unknown/hr=unknown"
+        key = names.get(moment)
+        if key is None:
+            key = names[moment] = (f"day={moment:%Y-%m-%d}/hr={moment:%H}" if moment is not None
+                                   else "day=unknown/hr=unknown")
         parts.setdefault(key, []).append(i)
     return parts
 

@@ -87,12 +87,13 @@ class PostgresSink(base.WarehouseSink):
             conn.terminate()
 
     async def probe(self) -> bool:
+        """True once the server takes a connection again (one of the probe's own: a load may be
+        using the sink's)."""
         try:
-            conn = await self._connection()
-            await conn.fetchval("SELECT 1")
+            conn = await connect(self.options, self.config.timeout)
         except Exception:
-            await self._drop_connection()
             return False
+        await conn.close()
         return True
 
     async def _connection(self) -> Any:
