@@ -91,8 +91,9 @@ def _parquet_views(dest: DestinationConfig) -> Any:
 
     root = Path(opts.parse(dest.options, ParquetOptions).path)
     con = duckdb.connect()
-    for source in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
-            if root.is_dir() else []:
+    found = root.iterdir() if root.is_dir() else iter(())
+    sources = sorted(p for p in found if p.is_dir() and not p.name.startswith("."))
+    for source in sources:
         con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(source.name)}")
         for table in sorted(p for p in source.iterdir() if p.is_dir()):
             files = str(table / "**" / "*.parquet").replace("'", "''")
