@@ -29,7 +29,9 @@ def load(tmp_path: Path, dest: dict[str, Any]) -> config.Config:
     ("duckdb", {}, "path"),
     ("parquet", {"path": "lake", "compression": "lzma"}, "`options.compression`"),
     ("postgres", {"password_env": "A", "password_file": "/b"},
-     "`options.password_env` and `options.password_file`"),
+     "`options.password_env` and `options.password_file` are both set"),
+    ("postgres", {"password_env": "RELAY_TEST_UNSET_VARIABLE"}, "`options.password_env`"),
+    ("postgres", {"password_file": "/nonexistent/pg-password"}, "`options.password_file`"),
     ("postgres", {"port": "5432"}, "`options.port`"),
 ])
 def test_a_wrong_option_stops_the_config_naming_its_key(tmp_path, kind, options, message):
@@ -81,8 +83,11 @@ def test_relay_sql_prints_a_table_or_json_and_refuses_to_write(tmp_path):
 def test_the_configuration_in_docs_warehouses_md_is_valid(tmp_path):
     docs = (Path(__file__).resolve().parents[2] / "docs" / "warehouses.md").read_text()
     example = docs.split("```toml\n", 1)[1].split("```", 1)[0]
+    secret = tmp_path / "pg-password"  # read when the config loads: it must exist
+    secret.write_text("secret\n")
+    assert "/etc/relay/pg-password" in example
     path = tmp_path / "relay.toml"
-    path.write_text(example)
+    path.write_text(example.replace("/etc/relay/pg-password", str(secret)))
     cfg = config.load(path, environ={})
     assert [(d.name, d.type) for d in cfg.destinations] == [("warehouse", "duckdb"), ("pg", "postgres"),
                                                             ("lake", "parquet")]

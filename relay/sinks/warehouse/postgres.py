@@ -10,9 +10,7 @@ never from the config file itself.
 from __future__ import annotations
 
 import asyncio
-import os
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Literal
 
 from relay.config import DestinationConfig
@@ -39,22 +37,15 @@ class PostgresOptions(base.WarehouseOptions, frozen=True, forbid_unknown_fields=
 
 
 def password(options: PostgresOptions) -> str | None:
-    if options.password_env:
-        value = os.environ.get(options.password_env)
-        if value is None:
-            raise OSError(f"the environment variable {options.password_env} (`options.password_env`) "
-                          "is not set")
-        return value
-    if options.password_file:
-        return Path(options.password_file).read_text(encoding="utf-8").rstrip("\r\n")
-    return None
+    """The password from ``password_env`` or ``password_file``; a ValueError naming the key."""
+    return opts.secret("password", "", options.password_env, options.password_file) or None
 
 
-async def connect(options: PostgresOptions, timeout: float) -> Any:
+async def connect(options: PostgresOptions, timeout: float, secret: str | None) -> Any:
     import asyncpg  # type: ignore[import-untyped]
 
     return await asyncpg.connect(host=options.host, port=options.port, user=options.user,
-                                 database=options.database, password=password(options), ssl=options.ssl,
+                                 database=options.database, password=secret, ssl=options.ssl,
                                  timeout=timeout, command_timeout=max(timeout, 60.0))
 
 
@@ -64,8 +55,7 @@ class PostgresSink(base.WarehouseSink):
     def __init__(self, config: DestinationConfig) -> None:
         options = opts.parse(config.options, PostgresOptions)
         base.require("asyncpg", type_name=self.type_name)
-        if options.password_env and options.password_file:
-            raise ValueError("`options.password_env` and `options.password_file`: set one of them, not both")
+        self._password = password(options)
         if not 0 < options.port < 65536:
             raise ValueError("`options.port`: expected a port number")
         super().__init__(config, options)
@@ -90,7 +80,7 @@ class PostgresSink(base.WarehouseSink):
         """True once the server takes a connection again (one of the probe's own: a load may be
         using the sink's)."""
         try:
-            conn = await connect(self.options, self.config.timeout)
+            conn = await connect(self.options, self.config.timeout, self._password)
         except Exception:
             return False
         await conn.close()
@@ -98,7 +88,7 @@ class PostgresSink(base.WarehouseSink):
 
     async def _connection(self) -> Any:
         if self._conn is None or self._conn.is_closed():
-            self._conn = await connect(self.options, self.config.timeout)
+            self._conn = await connect(self.options, self.config.timeout, self._password)
         return self._conn
 
     async def _drop_connection(self) -> None:

@@ -105,11 +105,11 @@ def _parquet_views(dest: DestinationConfig) -> Any:
 async def _postgres(dest: DestinationConfig, statement: str) -> Result:
     import asyncpg  # type: ignore[import-untyped]
 
-    from relay.sinks.warehouse.postgres import PostgresOptions, connect
+    from relay.sinks.warehouse.postgres import PostgresOptions, connect, password
 
     options = opts.parse(dest.options, PostgresOptions)
     try:
-        conn = await connect(options, dest.timeout)
+        conn = await connect(options, dest.timeout, password(options))
     except (OSError, asyncpg.PostgresError) as exc:
         raise QueryFailed(f"cannot connect to PostgreSQL: {exc}") from exc
     try:
