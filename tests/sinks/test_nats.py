@@ -135,10 +135,17 @@ async def test_relay_killed_mid_publish_restarted_every_acknowledged_event_once(
     ids = [f"k{i:05d}" for i in range(total)]
     await post_to(port, ids, chunk=500)  # every event acknowledged
     # SIGKILL while the stream holds events whose progress the relay has not recorded yet:
-    # the restarted relay publishes them again, and the duplicate window must drop them
+    # the restarted relay publishes them again, and the duplicate window must drop them.
+    # Holding the queue's write lock makes that moment certain: the relay publishes a batch,
+    # has its acks, and waits to record them.
     db = tmp_path / "queue.db"
-    await wait_until(lambda: _ahead(server.url, db, 10), timeout=30, what="acks ahead of the progress")
-    proc.kill()
+    holder = sqlite3.connect(db, isolation_level=None, timeout=10)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        await wait_until(lambda: _ahead(server.url, db, 1), timeout=30, what="acks ahead of the progress")
+        proc.kill()
+    finally:
+        holder.close()
     assert proc.proc is not None and proc.proc.returncode == -9
     in_stream, recorded = await stream_count(server.url, STREAM), _recorded(db)
     assert recorded < in_stream < total  # killed mid-publish, with acknowledged events not recorded
