@@ -31,6 +31,7 @@ class Admitted:
     events: list[Event] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
+    drops: list[tuple[str, str, Any]] = field(default_factory=list)  # (plugin, reason, message), for the tap
 
     def refuse(self, message: object, arrival: Arrival, reason: str, index: int | None = None) -> None:
         letter = dead_letter(message, arrival, reason)
@@ -65,7 +66,7 @@ async def admit(messages: Sequence[object], arrival: Arrival, pipeline: Pipeline
                 raise
             await refuse(message, arrival, pipeline, admitted, str(exc), index)
             continue
-        events, refused = await through_ingest_plugins(plugins, event, arrival)
+        events, refused = await through_ingest_plugins(plugins, event, arrival, admitted.drops)
         admitted.events.extend(events)
         for body, reason in refused:
             admitted.refuse(body, arrival, reason, index)
@@ -82,11 +83,14 @@ async def refuse(message: object, arrival: Arrival, pipeline: Pipeline | None, a
 
 
 async def through_ingest_plugins(
-    pipeline: Pipeline, event: Event, arrival: Arrival
+    pipeline: Pipeline, event: Event, arrival: Arrival, drops: list[tuple[str, str, Any]] | None = None
 ) -> tuple[list[Event], list[tuple[object, str]]]:
     """Run the ``before`` and ``enrichment`` plugins on a normalised event: the events to
-    store (checked again, encoded), and the messages refused with the reason."""
+    store (checked again, encoded), and the messages refused with the reason (and, into
+    ``drops``, those a plugin dropped on purpose)."""
     result = await pipeline.run_ingest(event.body)
+    if drops is not None:
+        drops.extend((d.plugin, d.reason, d.message) for d in result.drops)
     refused: list[tuple[object, str]] = [
         (r.message, f"refused by plugin {r.plugin}: {r.reason}") for r in result.rejected
     ]

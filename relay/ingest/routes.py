@@ -17,6 +17,7 @@ from relay.errors import InvalidMessage, QueueClosed, QueueError, QueueFull
 from relay.ingest import admission, auth, bodies, browser, responses
 from relay.ingest.admission import Admitted
 from relay.ingest.responses import Rejection
+from relay.ops.tap import Tap
 from relay.plugins.pipeline import Pipeline
 from relay.queue import Queue
 from relay.types import AppendResult, Arrival, DeadLetter, Event
@@ -34,9 +35,11 @@ _encode = msgspec.json.Encoder().encode
 
 
 class Ingest:
-    def __init__(self, config: ServerConfig, queue: Queue, pipeline: Pipeline | None = None) -> None:
+    def __init__(self, config: ServerConfig, queue: Queue, pipeline: Pipeline | None = None,
+                 tap: Tap | None = None) -> None:
         self.queue = queue
         self.pipeline = pipeline
+        self.tap = tap or Tap()
         self.apply(config)
         self.counters: dict[str, int] = {}
         self.received = 0  # messages in requests that passed the request-level checks
@@ -114,6 +117,8 @@ class Ingest:
             raise self._reject(400, "invalid_message", str(exc)) from None
         if admitted.dead:
             self._count("invalid_message", len(admitted.dead))
+        if admitted.drops and self.tap.watched:
+            self.tap.dropped(arrival.write_key, arrival.received_ts, admitted.drops)
         return admitted
 
     async def pixel(self, request: web.Request) -> web.StreamResponse:
@@ -220,7 +225,14 @@ class Ingest:
     async def _store(self, events: Sequence[Event], dead: Sequence[DeadLetter]) -> AppendResult:
         self.received += len(events) + len(dead)
         try:
-            return await self.queue.append(events, dead)
+            result = await self.queue.append(events, dead)
+            if self.tap.watched:  # after the commit: what the viewers see is what was stored
+                firsts = result.first_sightings
+                self.tap.stored(events if firsts is None
+                                else [e for e, first in zip(events, firsts, strict=True) if first])
+                if dead:
+                    self.tap.refused(dead)
+            return result
         except QueueFull as exc:
             raise self._reject(503, "queue_full", str(exc),
                                {"Retry-After": str(exc.retry_after)}) from None
