@@ -18,6 +18,11 @@ $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
+# The browser suites drive Debian's chromium (never a downloaded browser); installed once, bounded.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	timeout 600 apt-get install -y chromium
+
 run: $(VENV)/.installed
 	$(BIN)/relay run --config $(CONFIG)
 
@@ -27,7 +32,7 @@ lint: $(VENV)/.installed-test
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy --strict relay
 
-pytest: $(VENV)/.installed-test
+pytest: $(VENV)/.installed-test $(CHROMIUM)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test: lint typecheck pytest

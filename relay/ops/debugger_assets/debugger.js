@@ -55,7 +55,7 @@
         const id = rec.messageId || ("refused-" + Math.random().toString(36).slice(2));
         const plugin = /plugin ([^:]+):/.exec(rec.reason || "");
         return added(id, { kind: "refused", body, writeKey: rec.writeKey, receivedAt: rec.receivedAt, reason: rec.reason,
-          outcomes: {}, plugins: [{ action: "refused", plugin: plugin ? plugin[1] : "", reason: rec.reason }] });
+          outcomes: {}, plugins: plugin ? [{ action: "refused", plugin: plugin[1], reason: rec.reason }] : [] });
       }
       case "dropped": {
         const id = rec.messageId || ("dropped-" + Math.random().toString(36).slice(2));
