@@ -68,7 +68,7 @@ class Ingest:
             body = await self._body(request)
             arrival = self._arrival(request, body)
             admitted = await self._admit([body], arrival, type_hint=kind, strict=True)
-            result = await self._store(admitted.events, admitted.dead)
+            result = await self._store(admitted.events, admitted.dead, admitted.changes)
             if admitted.errors:  # a plugin refused it: dead-lettered, so nothing to retry
                 return responses.ok({"accepted": result.stored, "rejected": result.dead_lettered,
                                      "errors": admitted.errors})
@@ -96,7 +96,7 @@ class Ingest:
             raise self._reject(400, "invalid_batch", "batch-level integrations must be an object")
         arrival = self._arrival(request, body, batch=(context, integrations, body.get("sentAt")))
         admitted = await self._admit(messages, arrival, indexed=True)
-        result = await self._store(admitted.events, admitted.dead)
+        result = await self._store(admitted.events, admitted.dead, admitted.changes)
         answer: dict[str, Any] = {
             "accepted": result.stored,
             "duplicates": result.duplicates,
@@ -110,9 +110,11 @@ class Ingest:
                      indexed: bool = False, strict: bool = False) -> Admitted:
         """Admit a request's messages; a protocol fault in a single-message request (``strict``)
         is its 400."""
+        watch = self.tap.watched and self.pipeline is not None and self.pipeline.runs_at_ingest
         try:
-            admitted = await admission.admit(messages, arrival, self.pipeline, type_hint=type_hint,
-                                             indexed=indexed, strict=strict)
+            admitted = await admission.admit(messages, arrival, self.pipeline,
+                                             Admitted(changes={}) if watch else None,
+                                             type_hint=type_hint, indexed=indexed, strict=strict)
         except InvalidMessage as exc:
             raise self._reject(400, "invalid_message", str(exc)) from None
         if admitted.dead:
@@ -142,7 +144,7 @@ class Ingest:
             admitted = Admitted()
             await admission.refuse(message, arrival, self.pipeline, admitted, problem)
             self._count("invalid_message")
-        await self._store(admitted.events, admitted.dead)
+        await self._store(admitted.events, admitted.dead, admitted.changes)
         if admitted.errors:
             return responses.pixel({"X-Relay-Error": admitted.errors[0]["reason"]})
         return responses.pixel()
@@ -222,14 +224,15 @@ class Ingest:
             raise self._reject(401, "unknown_write_key", "the write key is not accepted here")
         return key
 
-    async def _store(self, events: Sequence[Event], dead: Sequence[DeadLetter]) -> AppendResult:
+    async def _store(self, events: Sequence[Event], dead: Sequence[DeadLetter],
+                     changes: Mapping[str, Any] | None = None) -> AppendResult:
         self.received += len(events) + len(dead)
         try:
             result = await self.queue.append(events, dead)
             if self.tap.watched:  # after the commit: what the viewers see is what was stored
                 firsts = result.first_sightings
                 self.tap.stored(events if firsts is None
-                                else [e for e, first in zip(events, firsts, strict=True) if first])
+                                else [e for e, first in zip(events, firsts, strict=True) if first], changes)
                 if dead:
                     self.tap.refused(dead)
             return result

@@ -154,7 +154,11 @@ class Tap:
 
     # --- publishers (call only when ``watched``) -------------------------------------------
 
-    def stored(self, events: Sequence[Event]) -> None:
+    def stored(self, events: Sequence[Event], changes: Mapping[str, Any] | None = None) -> None:
+        """Events committed, with what the ingest plugins changed in them (paths only)."""
+        if changes:
+            self._stored_changed(events, changes)
+            return
         for viewer in self._viewers:
             flt = viewer.filter
             show = flt.outcome in (None, "stored")
@@ -168,6 +172,18 @@ class Tap:
                     viewer.saw(event.message_id)
                     if show:
                         viewer.offer(("event", event))
+
+    def _stored_changed(self, events: Sequence[Event], changes: Mapping[str, Any]) -> None:
+        for viewer in self._viewers:
+            flt = viewer.filter
+            show = flt.outcome in (None, "stored")
+            for event in events:
+                if flt.on_messages:
+                    if not flt.wants_message(event.write_key, event.body):
+                        continue
+                    viewer.saw(event.message_id)
+                if show:
+                    viewer.offer(("event", event, changes.get(event.message_id)))
 
     def refused(self, letters: Sequence[DeadLetter]) -> None:
         """Messages dead-lettered at ingest (the protocol's checks, or a plugin's refusal)."""
@@ -237,8 +253,9 @@ def encode(item: tuple[Any, ...]) -> bytes:
     kind = item[0]
     if kind == "event":
         event: Event = item[1]
-        return b'{"kind":"event","writeKey":%b,"receivedAt":%b,"body":%b}' % (
-            _masked_json(event.write_key), repr(event.received_at).encode(), event.encode())
+        changed = b',"changed":%b' % _encode(item[2]) if len(item) > 2 and item[2] else b""
+        return b'{"kind":"event","writeKey":%b,"receivedAt":%b%b,"body":%b}' % (
+            _masked_json(event.write_key), repr(event.received_at).encode(), changed, event.encode())
     if kind == "refused":
         letter: DeadLetter = item[1]
         return _encode({"kind": "refused", "writeKey": mask_key(letter.write_key),

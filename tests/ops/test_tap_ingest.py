@@ -52,6 +52,10 @@ async def test_the_tap_shows_events_as_stored_after_privacy_and_what_plugins_dro
     stored = by_kind["event"]["body"]
     assert stored["messageId"] == "kept"
     assert stored["context"]["traits"] == {"plan": "pro"}  # the email was removed before it was stored
+    # what the plugins changed: the paths (never the values removed), and which plugins ran
+    changed = by_kind["event"]["changed"]
+    assert changed["removed"] == ["context.traits.email"]
+    assert changed["plugins"] == ["privacy", "no-tests"]
     assert "ada@example.com" not in json.dumps(records)
     dropped = by_kind["dropped"]
     assert (dropped["plugin"], dropped["messageId"]) == ("no-tests", "dropped")

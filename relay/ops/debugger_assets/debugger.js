@@ -49,7 +49,8 @@
   function receive(rec) {
     switch (rec.kind) {
       case "event": return added(rec.body.messageId, {
-        kind: "event", body: rec.body, writeKey: rec.writeKey, receivedAt: rec.receivedAt, outcomes: {}, plugins: [] });
+        kind: "event", body: rec.body, writeKey: rec.writeKey, receivedAt: rec.receivedAt, outcomes: {},
+        plugins: rec.changed ? [{ action: "changed", plugin: rec.changed.plugins.join(", "), reason: changes(rec.changed) }] : [] });
       case "refused": {
         const body = rec.body && typeof rec.body === "object" ? rec.body : { raw: rec.body };
         const id = rec.messageId || ("refused-" + Math.random().toString(36).slice(2));
@@ -70,6 +71,12 @@
         return;
       }
     }
+  }
+
+  function changes(c) {
+    const parts = [];
+    for (const k of ["removed", "added", "changed"]) if (c[k] && c[k].length) parts.push(k + " " + c[k].join(", "));
+    return parts.join("; ");
   }
 
   function added(id, entry) {
