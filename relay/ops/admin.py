@@ -282,6 +282,7 @@ class Admin:
         if self._runner is not None:
             runner, self._runner, self.port = self._runner, None, None
             await self.series.stop()
+            self.relay.tap.end_all()  # the debugger's streams finish rather than wait out the timeout
             await runner.cleanup()
 
     # --- routes ------------------------------------------------------------------------------

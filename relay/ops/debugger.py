@@ -114,6 +114,8 @@ class Debugger:
             await response.write(b": relay tap\nretry: 1000\n\n")
             while True:
                 records = await viewer.take(HEARTBEAT)
+                if records is None:
+                    break
                 if not records:
                     await response.write(b": idle\n\n")
                     continue

@@ -94,6 +94,12 @@ class Viewer:
         self._items: deque[tuple[Any, ...]] = deque()
         self._wake = asyncio.Event()
         self._seen: OrderedDict[str, None] | None = OrderedDict() if flt.on_messages else None
+        self.ended = False
+
+    def end(self) -> None:
+        """The relay stops: the viewer's next ``take`` returns None."""
+        self.ended = True
+        self._wake.set()
 
     def offer(self, item: tuple[Any, ...]) -> None:
         if len(self._items) >= self.limit:
@@ -111,15 +117,20 @@ class Viewer:
     def follows(self, message_id: str) -> bool:
         return self._seen is None or message_id in self._seen
 
-    async def take(self, timeout: float) -> list[bytes]:
+    async def take(self, timeout: float) -> list[bytes] | None:
         """The records waiting (encoded, oldest first), a ``lost`` record first when records
-        were lost since the last take; [] after ``timeout`` seconds with nothing."""
+        were lost since the last take; [] after ``timeout`` seconds with nothing; None once
+        the viewer was ended."""
+        if self.ended:
+            return None
         if not self._items and self.lost == self._reported:
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:
                 return []
+            if self.ended:
+                return None
         out: list[bytes] = []
         if self.lost != self._reported:
             self._reported = self.lost
@@ -147,6 +158,11 @@ class Tap:
         self._viewers = [*self._viewers, viewer]
         self.watched = True
         return viewer
+
+    def end_all(self) -> None:
+        """Let every viewer's stream finish (at stop)."""
+        for viewer in self._viewers:
+            viewer.end()
 
     def close(self, viewer: Viewer) -> None:
         self._viewers = [v for v in self._viewers if v is not viewer]

@@ -34,6 +34,7 @@ async def test_a_viewer_that_takes_nothing_keeps_at_most_its_buffer_and_counts_t
     viewer = tap.open(Filter(), limit=10)
     tap.stored([_event(i) for i in range(25)])
     records = await viewer.take(1.0)
+    assert records is not None
     assert json.loads(records[0]) == {"kind": "lost", "count": 15}
     assert [json.loads(r)["body"]["messageId"] for r in records[1:]] == [f"m{i}" for i in range(10)]
     tap.close(viewer)
@@ -49,7 +50,7 @@ async def test_an_unwatched_tap_is_one_false_attribute_and_filters_pick_messages
     from relay.types import Stored
     rows = [Stored(1, 1.0, WRITE_KEY, "m1", "track", b"{}"), Stored(2, 1.0, WRITE_KEY, "m2", "track", b"{}")]
     tap.outcome("seg", rows, "delivered", {"status": 200, "attempts": 1})
-    got = [json.loads(r) for r in await viewer.take(1.0)]
+    got = [json.loads(r) for r in await viewer.take(1.0) or []]
     assert [(g["kind"], g.get("messageId") or g["body"]["messageId"]) for g in got] == [
         ("event", "m1"), ("outcome", "m1")]
     assert got[0]["writeKey"] == mask_key(WRITE_KEY) != WRITE_KEY
@@ -114,3 +115,15 @@ def test_relay_tap_without_the_token_is_refused_with_a_message(relay_process, tm
                           capture_output=True, timeout=30)
     assert done.returncode == 1
     assert b"401" in done.stderr and b"Traceback" not in done.stderr
+
+
+async def test_a_stopping_relay_ends_the_debugger_streams_it_serves(start_relay: Any) -> None:
+    relay = await start_relay()
+    async with aiohttp.ClientSession() as session, \
+            session.get(relay.admin_url + "/debugger/stream") as resp:
+        assert resp.status == 200 and resp.headers["Content-Type"] == "text/event-stream"
+        await wait_for_viewers(session, relay.relay.admin.port, 1, token="")
+        await asyncio.wait_for(relay.relay.stop(), 30)
+        rest = await asyncio.wait_for(resp.content.read(), 10)  # the end of the stream, not a hang
+        assert rest.startswith(b": relay tap")
+    assert relay.relay.tap.watched is False

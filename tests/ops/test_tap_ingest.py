@@ -44,7 +44,7 @@ async def test_the_tap_shows_events_as_stored_after_privacy_and_what_plugins_dro
         ]}
         status, answer, _ = await relay.post("/v1/batch", body)
         assert status == 200, answer
-        records = [json.loads(r) for r in await viewer.take(5.0)]
+        records = [json.loads(r) for r in await viewer.take(5.0) or []]
     finally:
         relay.relay.tap.close(viewer)
     by_kind = {r["kind"]: r for r in records}
