@@ -410,8 +410,8 @@ class Forwarder:
                     finished_through = half[-1].event.id
                 return done
             state: DestinationState = "paused" if decision.action is Action.PAUSE else "retrying"
+            self.counters.retries += 1  # before awaiting the state write: a reader sees both or neither
             await self._set_state(state, self._describe(answer, batch))
-            self.counters.retries += 1
             if self.tap.watched:
                 self.tap.outcome(self.name, [o.event for o in batch], "retrying", {
                     "error": self._describe(answer, batch), "status": answer.status,
