@@ -14,6 +14,7 @@ from aiohttp.typedefs import Handler
 
 from relay.config import Config
 from relay.forward.forwarder import Forwarder
+from relay.ingest import admission
 from relay.ingest.edge import Cors, error_response
 from relay.ingest.guard import ConnectionGuard, GuardStats
 from relay.ingest.routes import Ingest
@@ -23,7 +24,8 @@ from relay.ops.tap import Tap
 from relay.plugins.pipeline import Pipeline
 from relay.queue import Queue
 from relay.sinks import make_sink
-from relay.types import StatusReport
+from relay.sources import make_source
+from relay.types import AppendResult, Arrival, StatusReport
 
 log = logging.getLogger(__name__)
 # Seconds aiohttp keeps reading the rest of a body it refused before closing (default 10).
@@ -31,8 +33,9 @@ LINGERING_TIME = 2.0
 
 
 class Relay:
-    """Start order: queue, plugins, admin listener, forwarders, ingest listener. Stop order,
-    the reverse: ingest listener (finishing requests in flight), forwarders (finishing sends
+    """Start order: queue, plugins, admin listener, forwarders, sources, ingest listener. Stop
+    order, the reverse: ingest listener (finishing requests in flight), sources (storing and
+    acking the batch they hold), forwarders (finishing sends
     in flight), admin listener, plugins, queue. ``start`` and ``stop`` may each be called
     more than once; a ``start`` that fails stops what it had started."""
 
@@ -43,6 +46,7 @@ class Relay:
         self.tap = Tap()  # what the debugger, `relay tap` and `relay top` watch
         self.ingest = Ingest(config.server, self.queue, self.pipeline, self.tap)
         self.forwarders = self._forwarders(config, self.pipeline)
+        self.sources = [make_source(s, self._intake) for s in config.sources]
         self.admin = Admin(config.admin, self)
         self.cors = Cors(config.server.cors_origins)
         self._reloading = asyncio.Lock()
@@ -78,6 +82,8 @@ class Relay:
                 await forwarder.start(cursors[forwarder.name])
             if not self.forwarders:
                 log.warning("no destinations configured: events are queued and kept until one is added")
+            for source in self.sources:
+                await source.start()
             await self._listen()
         except BaseException:
             await self.stop()
@@ -118,6 +124,8 @@ class Relay:
                 server.close()  # no new connections
             await self._finish_requests(self.config.server.shutdown_timeout)
             await runner.cleanup()
+        for source in reversed(self.sources):
+            await source.stop()
         await self._stop_forwarders(self.forwarders)
         await self.admin.stop()
         await self.pipeline.stop()
@@ -144,7 +152,7 @@ class Relay:
         self._in_flight += 1
         try:
             allowed = self.cors.allow(request.headers.get("Origin"))
-            response = self.cors.preflight(request, allowed)
+            response = self.cors.preflight(request, allowed) or self.cors.refusal(request, allowed)
             if response is None:
                 try:
                     response = await handler(request)
@@ -163,6 +171,15 @@ class Relay:
     async def _stop_forwarders(self, forwarders: Sequence[Forwarder]) -> None:
         timeout = self.config.server.shutdown_timeout
         await asyncio.gather(*(f.stop(timeout) for f in forwarders))
+
+    async def _intake(self, batches: Sequence[tuple[Sequence[object], Arrival]]) -> AppendResult:
+        """A source's messages: admitted as an HTTP request's, stored in one transaction."""
+        events, dead = [], []
+        for messages, arrival in batches:
+            admitted = await admission.admit(messages, arrival, self.pipeline)
+            events += admitted.events
+            dead += admitted.dead
+        return await self.queue.append(events, dead)
 
     def _forwarders(self, config: Config, pipeline: Pipeline) -> list[Forwarder]:
         mask = logs.SecretFilter(logs.secrets(config)).mask
@@ -242,4 +259,7 @@ def _keep_fixed(running: Config, new: Config) -> tuple[Config, list[str]]:
         if changes:
             kept += [f"{section}.{k}" for k in changes]
             sections[section] = msgspec.structs.replace(new_part, **changes)
+    if new.sources != running.sources:  # consumers bound at start, like the listeners
+        kept.append("sources")
+        sections["sources"] = running.sources
     return (msgspec.structs.replace(new, **sections) if sections else new), kept

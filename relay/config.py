@@ -129,6 +129,14 @@ class DestinationConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_on
             raise ValueError(f"destination {self.name!r}: `retry_max` is below `retry_initial`")
 
 
+class SourceConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Where the relay takes events from besides HTTP (``[[sources]]``): a stream's consumer."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, pattern=r"^[A-Za-z0-9_.\- ]+$")]
+    type: str  # a type relay.sources provides ("nats")
+    options: dict[str, Any] = msgspec.field(default_factory=dict)  # validated by the type
+
+
 class Config(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     queue: QueueConfig = msgspec.field(default_factory=QueueConfig)
@@ -136,20 +144,26 @@ class Config(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     destinations: tuple[DestinationConfig, ...] = ()
     plugins: tuple[PluginConfig, ...] = ()
+    sources: tuple[SourceConfig, ...] = ()
 
     def __post_init__(self) -> None:
-        seen: set[str] = set()
-        for i, destination in enumerate(self.destinations):
-            if destination.name in seen:
-                raise ValueError(f"destinations[{i}]: the name {destination.name!r} is used twice")
-            seen.add(destination.name)
+        tables: tuple[tuple[str, list[str]], ...] = (
+            ("destinations", [d.name for d in self.destinations]),
+            ("sources", [s.name for s in self.sources]),
+        )
+        for table, names in tables:
+            seen: set[str] = set()
+            for i, name in enumerate(names):
+                if name in seen:
+                    raise ValueError(f"{table}[{i}]: the name {name!r} is used twice")
+                seen.add(name)
 
 
 SECTIONS: dict[str, type[_Section]] = {
     "server": ServerConfig, "queue": QueueConfig, "admin": AdminConfig, "log": LogConfig,
 }
 SECRET_KEYS = frozenset({("server", "write_keys"), ("admin", "token")})
-SECRET_OPTION_WORDS = ("key", "secret", "token", "password", "salt")
+SECRET_OPTION_WORDS = ("key", "secret", "token", "password", "salt", "seed", "creds")
 
 
 def load(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
@@ -173,6 +187,7 @@ def load(path: str | Path | None = None, environ: Mapping[str, str] | None = Non
         raise ConfigError(_describe(exc, source, from_env)) from None
     _check_queue_path(config, source)
     _check_destinations(config, source)
+    _check_sources(config, source)
     return config
 
 
@@ -247,6 +262,17 @@ def _check_destinations(config: Config, source: str) -> None:
                 raise ConfigError(f"{where}: `plugins` names {plugin!r}, which no [[plugins]] defines")
 
 
+def _check_sources(config: Config, source: str) -> None:
+    """Each source's type exists and takes its options."""
+    from relay.sources import check_source
+
+    for i, entry in enumerate(config.sources):
+        try:
+            check_source(entry)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: sources[{i}] ({entry.name}): {exc}") from None
+
+
 def with_state_directory(config: Config, environ: Mapping[str, str]) -> Config:
     """Under systemd, a relative queue path lives in ``$STATE_DIRECTORY``."""
     state = environ.get("STATE_DIRECTORY", "").split(":")[0]
@@ -269,7 +295,7 @@ def masked(config: Config) -> dict[str, Any]:
         if destination.get("write_key"):
             destination["write_key"] = MASK
         _mask_options(destination.get("options", {}))
-    for plugin in data.get("plugins", []):
+    for plugin in [*data.get("plugins", []), *data.get("sources", [])]:
         _mask_options(plugin.get("options", {}))
     return data
 

@@ -37,12 +37,13 @@ class Answer:
     body: str = ""
     retry_after: float | None = None
     error: str | None = None
+    via: str = "HTTP"  # what ``status`` is a status of (a broker maps its answers onto HTTP's)
 
     def describe(self) -> str:
         if self.status is None:
             return self.error or "no answer"
         text = self.body.strip().replace("\n", " ")[:300]
-        return f"HTTP {self.status}" + (f": {text}" if text else "")
+        return f"{self.via} {self.status}" + (f": {text}" if text else "")
 
 
 @dataclass(frozen=True, slots=True)

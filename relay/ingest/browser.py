@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 
 from relay.errors import InvalidMessage
+from relay.ingest.bodies import MAX_NESTING, too_deep
 
 PIXEL_TYPES = {"track", "identify", "page", "screen", "group", "alias"}
 _decode = msgspec.json.Decoder().decode
@@ -70,17 +71,27 @@ def _decode_data(data: str) -> dict[str, Any]:
     # A "+" left unescaped in a link arrives as a space (the query string's encoding of one).
     text = data.replace(" ", "+").strip()
     padded = text + "=" * (-len(text) % 4)
+    deep = f"pixel data nests deeper than {MAX_NESTING} levels"
     try:
         raw = base64.b64decode(padded.replace("-", "+").replace("_", "/"), validate=True)
-        decoded = _decode(raw)
-    except (binascii.Error, ValueError, msgspec.DecodeError):
+    except (binascii.Error, ValueError):
         raise InvalidMessage("pixel data is not base64-encoded JSON") from None
+    if too_deep(raw):
+        raise InvalidMessage(deep)
+    try:
+        decoded = _decode(raw)
+    except (ValueError, msgspec.DecodeError):
+        raise InvalidMessage("pixel data is not base64-encoded JSON") from None
+    except RecursionError:  # unbalanced brackets the nesting check left to the decoder
+        raise InvalidMessage(deep) from None
     if not isinstance(decoded, dict):
         raise InvalidMessage("pixel data must be a JSON object")
     return decoded
 
 
 def _set_dotted(target: dict[str, Any], dotted: str, value: str) -> None:
+    if dotted.count(".") >= MAX_NESTING:  # each segment but the last is an object
+        raise InvalidMessage(f"query key {dotted[:40]!r}... nests deeper than {MAX_NESTING} levels")
     parts = dotted.split(".")
     node = target
     for part in parts[:-1]:

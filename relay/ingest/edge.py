@@ -48,6 +48,18 @@ class Cors:
         return response
 
     @staticmethod
+    def refusal(request: web.Request, allowed: str | None) -> web.StreamResponse | None:
+        """403 for a write from a browser origin that ``cors_origins`` does not allow (a
+        text/plain POST needs no preflight, so CORS alone would not stop it); requests
+        without an Origin (servers, SDKs) are not affected."""
+        if allowed or request.method != "POST" or not request.headers.get("Origin"):
+            return None
+        response = responses.error(403, "origin_not_allowed",
+                                   "this origin is not in the relay's cors_origins")
+        response.force_close()  # its body is not read
+        return response
+
+    @staticmethod
     def decorate(response: web.StreamResponse, allowed: str) -> None:
         response.headers["Access-Control-Allow-Origin"] = allowed
         if allowed != "*":

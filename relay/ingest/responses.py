@@ -19,10 +19,14 @@ def ok(body: dict[str, Any] | None = None) -> web.Response:
     return web.Response(body=payload, content_type="application/json")
 
 
-def error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+def error_body(code: str, message: str) -> bytes:
     """``code`` and ``message`` for analytics-python, ``error`` for analytics-ruby."""
-    body = _encode({"success": False, "code": code, "message": message, "error": message})
-    return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+    return _encode({"success": False, "code": code, "message": message, "error": message})
+
+
+def error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=error_body(code, message), content_type="application/json",
+                        headers=headers)
 
 
 def pixel(headers: dict[str, str] | None = None) -> web.Response:

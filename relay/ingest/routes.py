@@ -117,6 +117,8 @@ class Ingest:
                                              type_hint=type_hint, indexed=indexed, strict=strict)
         except InvalidMessage as exc:
             raise self._reject(400, "invalid_message", str(exc)) from None
+        except RecursionError:  # a backstop: bodies.too_deep refuses deep bodies before this
+            raise self._reject(400, "nesting_too_deep", "the request nests too deep to be handled") from None
         if admitted.dead:
             self._count("invalid_message", len(admitted.dead))
         if admitted.drops and self.tap.watched:

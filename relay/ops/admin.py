@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 import msgspec
 from aiohttp import web
@@ -42,6 +42,7 @@ from relay.errors import QueueClosed, QueueError
 from relay.forward.forwarder import LATENCY_BUCKETS, Forwarder
 from relay.ingest import responses
 from relay.ingest.edge import errors_as_json
+from relay.ingest.guard import ConnectionGuard, GuardStats
 from relay.ingest.routes import Ingest
 from relay.ops import debugger
 from relay.ops.series import Series
@@ -53,6 +54,11 @@ log = logging.getLogger(__name__)
 
 READY_QUEUE_TIMEOUT = 2.0  # seconds the queue may take to answer a readiness check
 SHUTDOWN_TIMEOUT = 2.0  # seconds admin requests in flight may take to finish at stop
+# The admin listener's connection guard: a probe, a scraper and an operator need a handful
+# of connections; past the limit new ones are refused, so that idle or slow admin clients
+# cannot use up the file descriptors ingest needs.
+MAX_CONNECTIONS = 32
+HEADER_TIMEOUT = 5.0  # seconds for an admin client to send its request headers
 _encode = msgspec.json.Encoder().encode
 
 PluginErrors = Callable[[], Mapping[str, int]]
@@ -243,6 +249,8 @@ class Admin:
         ProcessCollector(registry=self.registry)
         self._token = config.token.encode()
         self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
+        self.guard = GuardStats()
         self.port: int | None = None
         self.series = Series(lambda: relay.ingest.received, lambda: relay.forwarders, relay.status)
         self.debugger = debugger.Debugger(relay.tap, self.series, lambda: self._token)
@@ -268,19 +276,27 @@ class Admin:
             return
         runner = web.AppRunner(self.build_app(), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
         await runner.setup()
+        handler = runner.server
+        assert handler is not None
         try:
-            site = web.TCPSite(runner, self.config.host, self.config.port, reuse_address=True)
-            await site.start()
+            server = await asyncio.get_running_loop().create_server(
+                lambda: ConnectionGuard(handler, MAX_CONNECTIONS, HEADER_TIMEOUT, self.guard),
+                self.config.host, self.config.port, reuse_address=True,
+            )
         except BaseException:
             await runner.cleanup()
             raise
-        self._runner, self.port = runner, bound_port(site)
+        self._runner, self._server = runner, server
+        self.port = int(server.sockets[0].getsockname()[1])
         self.series.start()
         log.info("admin listening", extra={"host": self.config.host, "port": self.port})
 
     async def stop(self) -> None:
         if self._runner is not None:
-            runner, self._runner, self.port = self._runner, None, None
+            runner, server = self._runner, self._server
+            self._runner, self._server, self.port = None, None, None
+            if server is not None:
+                server.close()
             await self.series.stop()
             self.relay.tap.end_all()  # the debugger's streams finish rather than wait out the timeout
             await runner.cleanup()
@@ -340,9 +356,3 @@ class Admin:
 
 def _json(body: object, status: int = 200) -> web.Response:
     return web.Response(status=status, body=_encode(body), content_type="application/json")
-
-
-def bound_port(site: web.TCPSite) -> int:
-    server: Any = site._server
-    sockets = getattr(server, "sockets", None) or []
-    return int(sockets[0].getsockname()[1]) if sockets else 0

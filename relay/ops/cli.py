@@ -269,11 +269,30 @@ def cmd_recover(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     with QueueFile.create(cfg.queue.path, cfg.queue.durability, cfg.queue.max_bytes) as live, \
             _progress(None, "recover") as bar:
-        counts = live.recover_from(args.file, bar)
-    _emit(counts, args.json, lambda c: (
-        f"recovered {c['events']} events and {c['dead_letters']} dead letters from {args.file}; "
-        f"{c['duplicates']} already queued, {c['unreadable']} unreadable"))
+        result = live.recover_from(args.file, [d.name for d in cfg.destinations], bar)
+    _emit(result.as_dict(), args.json, lambda c: _text_recovery(c, args.file))
+    for name, count in sorted(result.for_unknown_destinations.items()):
+        print(f"relay: {count} events the old file's destination {name!r} had not finished were not queued:"
+              " it is not in the config (add it, then recover again)", file=sys.stderr)
+    if result.salvaged_nothing:
+        print(f"relay: nothing could be read from {args.file}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _text_recovery(c: dict[str, Any], source: str) -> str:
+    unreadable = f"{c['unreadable']}" if c["unreadable_exact"] else f"at least {c['unreadable']}"
+    lines = [
+        f"recovered {c['events']} events ({c['rows']} rows) and {c['dead_letters']} dead letters"
+        f" from {source};"
+        f" {c['already_delivered']} already delivered, {c['duplicates']} already queued,"
+        f" {unreadable} unreadable",
+    ]
+    if c["progress"] != "read":
+        lines.append("its progress could not be read: every event was queued for every destination")
+    if c["dead_letters_skipped"]:
+        lines.append("its dead letters were copied by an earlier recovery")
+    return "\n".join(lines)
 
 
 def cmd_send(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@
     sightings.py   dedup memory
     deadletters.py the dead-letter table: listing, replay, purge
     salvage.py     corrupt files: detection, moving aside, recovery
+    pages.py       the file format read page by page, without SQLite (what recovery reads)
     files.py       QueueFile: the same file from the command line, with no relay running
 """
 

@@ -107,9 +107,11 @@ class QueueFile:
                 yield json.loads(event.body)
             after = batch[-1].id
 
-    def recover_from(self, source: str, progress: Callable[[int], None] | None = None) -> dict[str, int]:
-        """Salvage every readable event of the damaged file ``source`` into this one."""
-        return salvage.recover(source, self._conn, progress)
+    def recover_from(self, source: str, destinations: Sequence[str],
+                     progress: Callable[[int], None] | None = None) -> salvage.Recovery:
+        """Salvage every readable event of the damaged file ``source`` that its destinations
+        had not finished into this one, for the live ``destinations``."""
+        return salvage.recover(source, self._conn, destinations, progress)
 
 
 @contextmanager

@@ -193,6 +193,14 @@ class Sightings:
             if deleted < chunk:
                 return total
 
+    def refresh(self, conn: sqlite3.Connection) -> None:
+        """Read the owning relay's recent generation again, outside any transaction (a
+        read takes no lock): what another process (``relay recover``) looks up in memory."""
+        rows = conn.execute("SELECT h, max(at) FROM seen_log GROUP BY h")
+        self.recent = {int(h): float(at) for h, at in rows}
+        self.frozen = {}
+        self._reload = False
+
     def record_in_old_generation(self, conn: sqlite3.Connection, keys: Sequence[tuple[str, str]],
                                  now: float) -> list[bool]:
         """``first_sightings`` with no window, for a process other than the relay that owns

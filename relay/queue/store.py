@@ -163,6 +163,24 @@ def insert_events(conn: sqlite3.Connection, rows: Iterable[Row]) -> None:
     )
 
 
+def insert_recovered(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -> None:
+    """Events salvaged from a damaged file: (received_at, write_key, message_id, type, body,
+    target), target NULL for every destination."""
+    conn.executemany(
+        "INSERT INTO events (received_at, write_key, message_id, type, body, target) VALUES (?,?,?,?,?,?)",
+        rows,
+    )
+
+
+def insert_dead_letter_rows(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -> None:
+    """Dead letters as another file's table held them, every column but the id."""
+    conn.executemany(
+        "INSERT INTO dead_letters (failed_at, destination, reason, status, response, attempts,"
+        " received_at, write_key, message_id, body) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        rows,
+    )
+
+
 def insert_dead_letters(conn: sqlite3.Connection, letters: Iterable[DeadLetter], now: float) -> None:
     conn.executemany(
         "INSERT INTO dead_letters (failed_at, destination, reason, status, response, attempts,"

@@ -54,6 +54,8 @@ SINK_TYPES: dict[str, str] = {
     "webhook": "relay.sinks.webhook:WebhookSink",
     "amplitude": "relay.sinks.amplitude:AmplitudeSink",
     "posthog": "relay.sinks.posthog:PostHogSink",
+    "nats": "relay.sinks.nats:NatsSink",
+    "kafka": "relay.sinks.kafka:KafkaSink",
 }
 
 
@@ -65,3 +67,15 @@ def make_sink(config: DestinationConfig) -> Sink:
     factory = getattr(importlib.import_module(module_name), class_name)
     sink: Sink = factory(config)
     return sink
+
+
+def most_urgent(answers: Sequence[Answer]) -> Answer:
+    """One answer for a batch whose events were answered one by one (a broker's acks):
+    delivered when every one is; else a pause (401/403) first, then a retry (no answer,
+    5xx), then a refusal, which the forwarder bisects to dead-letter only the refused."""
+    failed = [a for a in answers if a.status is None or not 200 <= a.status <= 299]
+    for urgent in (lambda a: a.status in (401, 403), lambda a: a.status is None or a.status >= 500):
+        first = next((a for a in failed if urgent(a)), None)
+        if first is not None:
+            return first
+    return failed[0] if failed else Answer(200)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -56,3 +60,34 @@ def refuse_credentials(url: str, name: str, credentials_go: str) -> None:
     if split.username is not None or split.password is not None:
         raise ValueError(f"`{name}` must not carry credentials (user:password@ in {shown(url)!r}): "
                          f"put them {credentials_go}")
+
+
+def secret(name: str, value: str, env: str = "", file: str = "",
+           environ: Mapping[str, str] | None = None) -> str:
+    """A secret given inline (``options.<name>``), in the environment variable named by
+    ``<name>_env`` or in the file named by ``<name>_file`` (surrounding whitespace trimmed);
+    "" when none is given. More than one, an unset variable or an unreadable file is a
+    ValueError naming the key."""
+    given = [key for key, v in ((name, value), (f"{name}_env", env), (f"{name}_file", file)) if v]
+    if len(given) > 1:
+        raise ValueError(f"`options.{given[0]}` and `options.{given[1]}` are both set; give one")
+    if env:
+        found = (os.environ if environ is None else environ).get(env)
+        if not found:
+            raise ValueError(f"`options.{name}_env`: the environment variable {env} is not set")
+        return found.strip()
+    if file:
+        try:
+            return Path(file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"`options.{name}_file`: cannot read {file}: {exc}") from None
+    return value
+
+
+def require(module: str, package: str, kind: str) -> None:
+    """A ValueError naming the ``fleet`` extra when ``module`` (from ``package``) is missing."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise ValueError(f"type {kind} needs {package}: install the relay with its `fleet` extra "
+                         f"(pip install 'relay[fleet]')") from None

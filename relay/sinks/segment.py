@@ -61,6 +61,18 @@ def _basic(key: str) -> str:
     return "Basic " + base64.b64encode(f"{key}:".encode()).decode("ascii")
 
 
+def as_sent(body: bytes) -> bytes:
+    """The event as it is forwarded: its own time as ``originalTimestamp``, no ``sentAt``."""
+    data = retime(body)
+    if data is None:  # not the shape ingest writes (a plugin changed it): decode
+        message = _decode(body)
+        message.pop("sentAt", None)
+        if "timestamp" in message:
+            message["originalTimestamp"] = message["timestamp"]
+        data = _encode(message)
+    return data
+
+
 class SegmentSink(HttpSink):
     def __init__(self, config: DestinationConfig) -> None:
         self.config = config
@@ -71,15 +83,7 @@ class SegmentSink(HttpSink):
         return self._http.url
 
     def prepare(self, event: Stored) -> Outgoing:
-        key = self.config.write_key or event.write_key
-        data = retime(event.body)
-        if data is None:  # not the shape ingest writes (a plugin changed it): decode
-            body = _decode(event.body)
-            body.pop("sentAt", None)
-            if "timestamp" in body:
-                body["originalTimestamp"] = body["timestamp"]
-            data = _encode(body)
-        return Outgoing(event, data, key)
+        return Outgoing(event, as_sent(event.body), self.config.write_key or event.write_key)
 
     def payload(self, batch: Sequence[Outgoing], sent_at: datetime) -> bytes:
         return b"".join((

@@ -8,30 +8,9 @@ import json
 
 import pytest
 
+from tests.support.raw import closed_by_peer, dribble
+
 HEAD = b"POST /v1/track HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\n"
-
-
-async def closed_by_peer(reader: asyncio.StreamReader, timeout: float = 10.0) -> bytes:
-    """Read until the relay closes the connection (bounded); return what it sent."""
-    data = b""
-    try:
-        async with asyncio.timeout(timeout):
-            while chunk := await reader.read(4096):
-                data += chunk
-    except ConnectionResetError:
-        pass
-    return data
-
-
-async def dribble(writer: asyncio.StreamWriter, stop: asyncio.Event) -> None:
-    """A header line every 50 ms, the head never finished: a slowloris."""
-    while not stop.is_set():
-        try:
-            writer.write(b"X-Slow: y\r\n")
-            await writer.drain()
-        except (ConnectionError, RuntimeError):
-            return
-        await asyncio.sleep(0.05)
 
 
 async def test_a_slowloris_is_cut_off_while_other_clients_are_served(start_relay):
