@@ -18,6 +18,11 @@ $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
+# The browser suites drive Debian's chromium (never a downloaded browser); installed once, bounded.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	timeout 600 apt-get install -y chromium
+
 run: $(VENV)/.installed
 	$(BIN)/relay run --config $(CONFIG)
 
@@ -33,7 +38,7 @@ postgresql:
 	  timeout 300 apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq postgresql >/dev/null; }
 
-pytest: $(VENV)/.installed-test postgresql
+pytest: $(VENV)/.installed-test postgresql $(CHROMIUM)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test: lint typecheck pytest

@@ -6,6 +6,7 @@ How to run it (from the repository root; no Makefile needed, `make bench` does t
     .venv/bin/python bench/ingest.py --duration 30 --connections 64 --only batch
     .venv/bin/python bench/ingest.py --json               # machine-readable output
     .venv/bin/python bench/ingest.py --plugins            # also the relay with a typical plugin chain
+    .venv/bin/python bench/ingest.py --only batch --watchers  # also with 3 debugger streams connected
 
 For each workload it starts, one after the other, (a) bench/bare.py, an aiohttp + uvloop server
 that reads the body and answers 200 {"success": true}, and (b) the relay itself
@@ -35,6 +36,10 @@ use the whole core, i.e. the most any relay that stores one row per event could 
 For batches it also measures raw SQLite storing one row per request (the events' bodies in
 one blob) and prints that floor too.
 
+With --watchers, the relay is measured once more with three debugger streams connected to its
+admin listener (bench/watchers.py, on the load generator's CPU): two read everything, one never
+reads. The ratio watched/unwatched is printed (target at least 0.95).
+
 Other options: --warmup S (default 2, not counted), --generator auto|wrk|python, --threads N
 (wrk threads), --dir PATH (where the queue goes; keep it off tmpfs), --no-pin, --no-reference.
 """
@@ -54,6 +59,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -225,6 +231,7 @@ class Server:
     log_path: Path
     port: int = 0
     config_path: Path | None = None
+    admin_port: int | None = None
 
     def wait_listening(self, timeout: float = START_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
@@ -236,6 +243,7 @@ class Server:
                     continue
                 if isinstance(entry, dict) and entry.get("message") == "listening":
                     self.port = int(entry["port"])
+                    self.admin_port = entry.get("admin_port")
                     return
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
@@ -275,6 +283,9 @@ def start_relay(procs: Processes, workdir: Path, cpu: int | None, plugins: bool 
         f"path = {json.dumps(str(workdir / 'queue.db'))}\n"
         'durability = "fsync"\n'
         f"max_bytes = {QUEUE_MAX_BYTES}\n"
+        "[admin]\n"
+        'host = "127.0.0.1"\n'
+        "port = 0\n"
     )
     log_path = workdir / "relay.log"
     with open(log_path, "wb") as log:
@@ -285,6 +296,29 @@ def start_relay(procs: Processes, workdir: Path, cpu: int | None, plugins: bool 
     server = Server("relay", proc, log_path, config_path=config_path)
     server.wait_listening()
     return server
+
+
+WATCH_STREAMS = 3
+WATCHERS_TARGET_RATIO = 0.95
+
+
+def start_watchers(procs: Processes, server: Server, cpu: int | None) -> None:
+    """Three debugger streams (one never read), connected before the measurement starts."""
+    assert server.admin_port
+    procs.start([sys.executable, str(BENCH / "watchers.py"), "--port", str(server.admin_port),
+                 "--streams", str(WATCH_STREAMS), "--stuck", "1"], cpu, stdout=subprocess.DEVNULL,
+                env=_child_env())
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.admin_port}/debugger/series",
+                                        timeout=5) as resp:
+                if json.loads(resp.read())["viewers"] >= WATCH_STREAMS:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError("the debugger streams did not connect")
 
 
 def queue_status(config_path: Path) -> dict[str, Any]:
@@ -489,6 +523,7 @@ class Plan:
     server_cpu: int | None
     base_dir: str | None
     run_id: str
+    load_cpu: int | None = None
 
 
 def measure(plan: Plan, procs: Processes, kind: str, workload: Workload) -> Measurement:
@@ -500,6 +535,8 @@ def measure(plan: Plan, procs: Processes, kind: str, workload: Workload) -> Meas
             server = start_bare(procs, workdir, plan.server_cpu)
         else:
             server = start_relay(procs, workdir, plan.server_cpu, plugins=kind == "plugins")
+        if kind == "watched":
+            start_watchers(procs, server, plan.load_cpu)
         try:
             url = f"http://127.0.0.1:{server.port}{workload.path}"
             warm = None
@@ -626,6 +663,12 @@ def print_workload(workload: Workload, results: dict[str, Any], out: Callable[[s
                 f"events/s, floor {ref['floor_request_rows_events_per_s']:,.0f} events/s")
     shown = f"{goal['value']:.2f}" if workload.name == "single" else f"{goal['value']:,.0f}"
     out(f"  target: {goal['what']}: {shown} -> {'MET' if goal['met'] else 'MISSED'}")
+    if "watched" in results:
+        watched, share = results["watched"], results["watched_ratio"]["events_per_s"]
+        out(f"  with {WATCH_STREAMS} debugger streams connected (one not reading): "
+            f"{watched['events_per_s']:,.0f} events/s, p99 {watched['p99_ms']:.2f} ms, "
+            f"{_fmt(share, '.2f')} of the unwatched relay (target >= {WATCHERS_TARGET_RATIO}): "
+            f"{'MET' if share is not None and share >= WATCHERS_TARGET_RATIO else 'MISSED'}")
     if "plugins" in results:
         chain, share = results["plugins"], results["plugins_ratio"]["events_per_s"]
         out(f"  with the plugin chain (privacy + user_agent + consent + tracking_plan): "
@@ -702,6 +745,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON only")
     parser.add_argument("--plugins", action="store_true",
                         help="also measure the relay with a typical plugin chain (issue 4)")
+    parser.add_argument("--watchers", action="store_true",
+                        help="also measure batch ingest with 3 debugger streams connected (issue 13)")
     parser.add_argument("--warmup", type=float, default=2.0,
                         help="seconds of load before each measurement, not counted (default 2)")
     parser.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto",
@@ -734,7 +779,7 @@ def main(argv: list[str] | None = None) -> int:
     procs = Processes()
     generator: Generator = (Wrk if use_wrk else PythonLoad)(procs, load_cpu, threads, args.connections)
     base_dir = args.dir or tempfile.gettempdir()
-    plan = Plan(args.duration, args.warmup, generator, server_cpu, base_dir, f"{time.time_ns():x}")
+    plan = Plan(args.duration, args.warmup, generator, server_cpu, base_dir, f"{time.time_ns():x}", load_cpu)
     names = [args.only] if args.only else list(WORKLOADS)
     report: dict[str, Any] = {
         "setup": {
@@ -766,6 +811,8 @@ def main(argv: list[str] | None = None) -> int:
                 results: dict[str, Any] = {"path": workload.path, "events_per_request": workload.events,
                                            "body_bytes": len(workload.body_template())}
                 kinds = ("bare", "relay", "plugins") if args.plugins else ("bare", "relay")
+                if args.watchers and name == "batch":
+                    kinds = (*kinds, "watched")
                 for kind in kinds:
                     out(f"  measuring {name} on {kind} ...")
                     results[kind] = measure(plan, procs, kind, workload).figures()
@@ -783,6 +830,8 @@ def main(argv: list[str] | None = None) -> int:
                 results["target"] = target(workload, results["relay"], results["ratio"])
                 if args.plugins:
                     results["plugins_ratio"] = ratios(results["relay"], results["plugins"])
+                if "watched" in results:
+                    results["watched_ratio"] = ratios(results["relay"], results["watched"])
                 report["workloads"][name] = results
                 print_workload(workload, results, out)
     except KeyboardInterrupt:

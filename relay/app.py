@@ -20,6 +20,7 @@ from relay.ingest.guard import ConnectionGuard, GuardStats
 from relay.ingest.routes import Ingest
 from relay.ops import logs, notify
 from relay.ops.admin import Admin
+from relay.ops.tap import Tap
 from relay.plugins.pipeline import Pipeline
 from relay.queue import Queue
 from relay.sinks import make_sink
@@ -42,7 +43,8 @@ class Relay:
         self.config = config
         self.queue = Queue(config.queue)
         self.pipeline = Pipeline.from_config(config)
-        self.ingest = Ingest(config.server, self.queue, self.pipeline)
+        self.tap = Tap()  # what the debugger, `relay tap` and `relay top` watch
+        self.ingest = Ingest(config.server, self.queue, self.pipeline, self.tap)
         self.forwarders = self._forwarders(config, self.pipeline)
         self.sources = [make_source(s, self._intake) for s in config.sources]
         self.admin = Admin(config.admin, self)
@@ -181,7 +183,8 @@ class Relay:
 
     def _forwarders(self, config: Config, pipeline: Pipeline) -> list[Forwarder]:
         mask = logs.SecretFilter(logs.secrets(config)).mask
-        return [Forwarder(d, self.queue, make_sink(d), pipeline, mask=mask) for d in config.destinations]
+        return [Forwarder(d, self.queue, make_sink(d), pipeline, mask=mask, tap=self.tap)
+                for d in config.destinations]
 
     def plugin_errors(self) -> Mapping[str, int]:
         """Per-plugin error counts, for /metrics."""

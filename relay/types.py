@@ -116,6 +116,8 @@ class AppendResult:
     stored: int
     duplicates: int
     dead_lettered: int
+    # Only when some were duplicates: for each event appended, True if it was stored.
+    first_sightings: tuple[bool, ...] | None = None
 
 
 class QueueFigures(msgspec.Struct, kw_only=True):

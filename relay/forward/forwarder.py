@@ -29,6 +29,7 @@ from relay.forward import batching
 from relay.forward.ledger import Finished, Ledger
 from relay.forward.pacing import Pacer
 from relay.forward.retry import Action, Answer, Decision, classify, wait_time
+from relay.ops.tap import Tap
 from relay.plugins.api import Delivery, Outcome
 from relay.plugins.pipeline import Pipeline
 from relay.queue import Queue
@@ -69,8 +70,10 @@ class Counters:
 
 class Forwarder:
     def __init__(self, config: DestinationConfig, queue: Queue, sink: Sink, pipeline: Pipeline | None = None,
-                 rand: random.Random | None = None, mask: Callable[[str], str] | None = None) -> None:
+                 rand: random.Random | None = None, mask: Callable[[str], str] | None = None,
+                 tap: Tap | None = None) -> None:
         self.config = config
+        self.tap = tap or Tap()
         self.queue = queue
         self.sink = sink
         self.pipeline = pipeline
@@ -255,6 +258,8 @@ class Forwarder:
                             message_id=row.message_id, received_at=row.received_at,
                             destination=self.name)
         self._ledger.refuse(row.id, letter)
+        if self.tap.watched:
+            self.tap.outcome(self.name, [row], "dead_lettered", {"reason": reason, "at": time.time()})
 
     def _flush_wait(self, buffer: deque[Outgoing]) -> float:
         """Seconds a partial batch may still wait for more events."""
@@ -361,6 +366,7 @@ class Forwarder:
         done = Finished()
         attempt = 0
         last: Answer | None = None
+        began = time.monotonic()
         while True:
             if self.config.max_age and last is not None:
                 batch = self._expire(batch, last, attempt, done)
@@ -376,6 +382,10 @@ class Forwarder:
             if decision.action is Action.DELIVERED:
                 await self._set_state("ok", None)
                 done.delivered += len(batch)
+                if self.tap.watched:
+                    self.tap.outcome(self.name, [o.event for o in batch], "delivered", {
+                        "status": answer.status, "attempts": attempt + 1, "at": time.time(),
+                        "seconds": round(time.monotonic() - began, 4)})
                 await self._tell_after(batch, "delivered")
                 return done
             last = answer
@@ -383,6 +393,10 @@ class Forwarder:
                 if len(batch) == 1:
                     letters = self._dead_letter(batch, answer, attempt + 1)
                     done.add_dead(batch, letters)
+                    if self.tap.watched:
+                        self.tap.outcome(self.name, [batch[0].event], "dead_lettered", {
+                            "reason": letters[0].reason, "status": answer.status, "attempts": attempt + 1,
+                            "at": time.time()})
                     await self._tell_after(batch, "dead_lettered", letters[0].reason)
                     return done
                 finished_through: int | None = None  # the halves are prefixes, in queue order
@@ -396,8 +410,12 @@ class Forwarder:
                     finished_through = half[-1].event.id
                 return done
             state: DestinationState = "paused" if decision.action is Action.PAUSE else "retrying"
+            self.counters.retries += 1  # before awaiting the state write: a reader sees both or neither
             await self._set_state(state, self._describe(answer, batch))
-            self.counters.retries += 1
+            if self.tap.watched:
+                self.tap.outcome(self.name, [o.event for o in batch], "retrying", {
+                    "error": self._describe(answer, batch), "status": answer.status,
+                    "attempts": attempt + 1, "at": time.time()})
             wait = wait_time(attempt, self.config.retry_initial, self.config.retry_max,
                              answer.retry_after, self._rand)
             attempt += decision.counts_as_attempt
@@ -434,6 +452,9 @@ class Forwarder:
         if expired:
             reason = f"not delivered within max_age {self.config.max_age:g} s"
             done.add_dead(expired, self._dead_letter(expired, last, attempts, reason))
+            if self.tap.watched:
+                self.tap.outcome(self.name, [o.event for o in expired], "dead_lettered",
+                                 {"reason": reason, "attempts": attempts, "at": time.time()})
             return [o for o in batch if o.event.received_at >= cutoff]
         return batch
 

@@ -31,6 +31,9 @@ class Admitted:
     events: list[Event] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
+    drops: list[tuple[str, str, Any]] = field(default_factory=list)  # (plugin, reason, message), for the tap
+    # For the tap, when given: messageId -> the paths the ingest plugins removed, added, changed.
+    changes: dict[str, dict[str, Any]] | None = None
 
     def refuse(self, message: object, arrival: Arrival, reason: str, index: int | None = None) -> None:
         letter = dead_letter(message, arrival, reason)
@@ -65,7 +68,13 @@ async def admit(messages: Sequence[object], arrival: Arrival, pipeline: Pipeline
                 raise
             await refuse(message, arrival, pipeline, admitted, str(exc), index)
             continue
-        events, refused = await through_ingest_plugins(plugins, event, arrival)
+        before = None if admitted.changes is None else _leaves(event.body)
+        events, refused = await through_ingest_plugins(plugins, event, arrival, admitted.drops)
+        if before is not None and admitted.changes is not None:
+            for out in events:
+                change = _changed(before, _leaves(out.body))
+                if change:
+                    admitted.changes[out.message_id] = {"plugins": plugins.ingest_plugins, **change}
         admitted.events.extend(events)
         for body, reason in refused:
             admitted.refuse(body, arrival, reason, index)
@@ -82,11 +91,14 @@ async def refuse(message: object, arrival: Arrival, pipeline: Pipeline | None, a
 
 
 async def through_ingest_plugins(
-    pipeline: Pipeline, event: Event, arrival: Arrival
+    pipeline: Pipeline, event: Event, arrival: Arrival, drops: list[tuple[str, str, Any]] | None = None
 ) -> tuple[list[Event], list[tuple[object, str]]]:
     """Run the ``before`` and ``enrichment`` plugins on a normalised event: the events to
-    store (checked again, encoded), and the messages refused with the reason."""
+    store (checked again, encoded), and the messages refused with the reason (and, into
+    ``drops``, those a plugin dropped on purpose)."""
     result = await pipeline.run_ingest(event.body)
+    if drops is not None:
+        drops.extend((d.plugin, d.reason, d.message) for d in result.drops)
     refused: list[tuple[object, str]] = [
         (r.message, f"refused by plugin {r.plugin}: {r.reason}") for r in result.rejected
     ]
@@ -100,6 +112,30 @@ async def through_ingest_plugins(
             continue
         events.append(out)
     return events, refused
+
+
+MAX_CHANGED_PATHS = 20
+
+
+def _leaves(value: Any, prefix: str = "") -> dict[str, bytes]:
+    """Each leaf of a message by its dotted path, its value encoded (to compare, never shown)."""
+    if isinstance(value, dict) and value:
+        out: dict[str, bytes] = {}
+        for key, item in value.items():
+            out.update(_leaves(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: _encode(value)}
+
+
+def _changed(before: dict[str, bytes], after: dict[str, bytes]) -> dict[str, list[str]]:
+    """The paths removed, added and changed (the paths only: a removed value is never shown)."""
+    change = {
+        "removed": sorted(before.keys() - after.keys())[:MAX_CHANGED_PATHS],
+        "added": sorted(after.keys() - before.keys())[:MAX_CHANGED_PATHS],
+        "changed": sorted(k for k in before.keys() & after.keys()
+                          if before[k] != after[k])[:MAX_CHANGED_PATHS],
+    }
+    return {k: v for k, v in change.items() if v}
 
 
 def _rewrap(event: Event, body: dict[str, Any]) -> Event:

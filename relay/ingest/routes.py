@@ -17,6 +17,7 @@ from relay.errors import InvalidMessage, QueueClosed, QueueError, QueueFull
 from relay.ingest import admission, auth, bodies, browser, responses
 from relay.ingest.admission import Admitted
 from relay.ingest.responses import Rejection
+from relay.ops.tap import Tap
 from relay.plugins.pipeline import Pipeline
 from relay.queue import Queue
 from relay.types import AppendResult, Arrival, DeadLetter, Event
@@ -34,9 +35,11 @@ _encode = msgspec.json.Encoder().encode
 
 
 class Ingest:
-    def __init__(self, config: ServerConfig, queue: Queue, pipeline: Pipeline | None = None) -> None:
+    def __init__(self, config: ServerConfig, queue: Queue, pipeline: Pipeline | None = None,
+                 tap: Tap | None = None) -> None:
         self.queue = queue
         self.pipeline = pipeline
+        self.tap = tap or Tap()
         self.apply(config)
         self.counters: dict[str, int] = {}
         self.received = 0  # messages in requests that passed the request-level checks
@@ -65,7 +68,7 @@ class Ingest:
             body = await self._body(request)
             arrival = self._arrival(request, body)
             admitted = await self._admit([body], arrival, type_hint=kind, strict=True)
-            result = await self._store(admitted.events, admitted.dead)
+            result = await self._store(admitted.events, admitted.dead, admitted.changes)
             if admitted.errors:  # a plugin refused it: dead-lettered, so nothing to retry
                 return responses.ok({"accepted": result.stored, "rejected": result.dead_lettered,
                                      "errors": admitted.errors})
@@ -93,7 +96,7 @@ class Ingest:
             raise self._reject(400, "invalid_batch", "batch-level integrations must be an object")
         arrival = self._arrival(request, body, batch=(context, integrations, body.get("sentAt")))
         admitted = await self._admit(messages, arrival, indexed=True)
-        result = await self._store(admitted.events, admitted.dead)
+        result = await self._store(admitted.events, admitted.dead, admitted.changes)
         answer: dict[str, Any] = {
             "accepted": result.stored,
             "duplicates": result.duplicates,
@@ -107,15 +110,19 @@ class Ingest:
                      indexed: bool = False, strict: bool = False) -> Admitted:
         """Admit a request's messages; a protocol fault in a single-message request (``strict``)
         is its 400."""
+        watch = self.tap.watched and self.pipeline is not None and self.pipeline.runs_at_ingest
         try:
-            admitted = await admission.admit(messages, arrival, self.pipeline, type_hint=type_hint,
-                                             indexed=indexed, strict=strict)
+            admitted = await admission.admit(messages, arrival, self.pipeline,
+                                             Admitted(changes={}) if watch else None,
+                                             type_hint=type_hint, indexed=indexed, strict=strict)
         except InvalidMessage as exc:
             raise self._reject(400, "invalid_message", str(exc)) from None
         except RecursionError:  # a backstop: bodies.too_deep refuses deep bodies before this
             raise self._reject(400, "nesting_too_deep", "the request nests too deep to be handled") from None
         if admitted.dead:
             self._count("invalid_message", len(admitted.dead))
+        if admitted.drops and self.tap.watched:
+            self.tap.dropped(arrival.write_key, arrival.received_ts, admitted.drops)
         return admitted
 
     async def pixel(self, request: web.Request) -> web.StreamResponse:
@@ -139,7 +146,7 @@ class Ingest:
             admitted = Admitted()
             await admission.refuse(message, arrival, self.pipeline, admitted, problem)
             self._count("invalid_message")
-        await self._store(admitted.events, admitted.dead)
+        await self._store(admitted.events, admitted.dead, admitted.changes)
         if admitted.errors:
             return responses.pixel({"X-Relay-Error": admitted.errors[0]["reason"]})
         return responses.pixel()
@@ -219,10 +226,18 @@ class Ingest:
             raise self._reject(401, "unknown_write_key", "the write key is not accepted here")
         return key
 
-    async def _store(self, events: Sequence[Event], dead: Sequence[DeadLetter]) -> AppendResult:
+    async def _store(self, events: Sequence[Event], dead: Sequence[DeadLetter],
+                     changes: Mapping[str, Any] | None = None) -> AppendResult:
         self.received += len(events) + len(dead)
         try:
-            return await self.queue.append(events, dead)
+            result = await self.queue.append(events, dead)
+            if self.tap.watched:  # after the commit: what the viewers see is what was stored
+                firsts = result.first_sightings
+                self.tap.stored(events if firsts is None
+                                else [e for e, first in zip(events, firsts, strict=True) if first], changes)
+                if dead:
+                    self.tap.refused(dead)
+            return result
         except QueueFull as exc:
             raise self._reject(503, "queue_full", str(exc),
                                {"Retry-After": str(exc.retry_after)}) from None

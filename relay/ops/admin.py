@@ -6,6 +6,7 @@
               else 503 with the reason
     /metrics  Prometheus text (or OpenMetrics when asked for), from a registry of our own
     /status   the report ``relay status --json`` prints
+    /debugger the live debugger page, its stream and series (see ``relay.ops.debugger``)
 
 With ``[admin] token`` set, every route but /health wants ``Authorization: Bearer <token>``.
 Metrics are read from the relay's live counters when scraped; nothing on the ingest or
@@ -43,6 +44,9 @@ from relay.ingest import responses
 from relay.ingest.edge import errors_as_json
 from relay.ingest.guard import ConnectionGuard, GuardStats
 from relay.ingest.routes import Ingest
+from relay.ops import debugger
+from relay.ops.series import Series
+from relay.ops.tap import Tap
 from relay.queue import Queue
 from relay.types import DESTINATION_STATES, DestinationStatus, StatusReport
 
@@ -74,6 +78,9 @@ class Observed(Protocol):
 
     @property
     def listening(self) -> bool: ...
+
+    @property
+    def tap(self) -> Tap: ...
 
     @property
     def plugin_errors(self) -> PluginErrors: ...
@@ -245,6 +252,8 @@ class Admin:
         self._server: asyncio.Server | None = None
         self.guard = GuardStats()
         self.port: int | None = None
+        self.series = Series(lambda: relay.ingest.received, lambda: relay.forwarders, relay.status)
+        self.debugger = debugger.Debugger(relay.tap, self.series, lambda: self._token)
 
     def apply(self, config: AdminConfig) -> None:
         """A reload: the token changes at once (host, port and enabled are fixed while running)."""
@@ -258,6 +267,7 @@ class Admin:
             web.get("/ready", self.ready),
             web.get("/metrics", self.metrics),
             web.get("/status", self.status),
+            *self.debugger.routes(),
         ])
         return app
 
@@ -278,6 +288,7 @@ class Admin:
             raise
         self._runner, self._server = runner, server
         self.port = int(server.sockets[0].getsockname()[1])
+        self.series.start()
         log.info("admin listening", extra={"host": self.config.host, "port": self.port})
 
     async def stop(self) -> None:
@@ -286,6 +297,8 @@ class Admin:
             self._runner, self._server, self.port = None, None, None
             if server is not None:
                 server.close()
+            await self.series.stop()
+            self.relay.tap.end_all()  # the debugger's streams finish rather than wait out the timeout
             await runner.cleanup()
 
     # --- routes ------------------------------------------------------------------------------
@@ -323,7 +336,15 @@ class Admin:
 
     @web.middleware
     async def _authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if self._token and request.path != "/health" and not self._authorised(request):
+        path = request.path
+        if self._token and path.startswith("/debugger") and not debugger.is_open_route(path):
+            if not (self._authorised(request) or debugger.has_session(request, self._token)):
+                if path == "/debugger":
+                    return self.debugger.login_page()
+                return responses.error(401, "unauthorized", "sign in at /debugger, or send "
+                                       "Authorization: Bearer <[admin] token>")
+        elif self._token and path != "/health" and not debugger.is_open_route(path) \
+                and not self._authorised(request):
             return responses.error(401, "unauthorized", "this admin route wants Authorization: Bearer "
                                    "<[admin] token>", {"WWW-Authenticate": 'Bearer realm="relay admin"'})
         return await handler(request)

@@ -1,5 +1,5 @@
-"""The ``relay`` command line: run | check | status | reload | dlq | export | recover | send | sql |
-version."""
+"""The ``relay`` command line: run | check | status | reload | tap | top | dlq | export | recover | send |
+sql | version."""
 
 from __future__ import annotations
 
@@ -134,6 +134,18 @@ def cmd_reload(args: argparse.Namespace) -> int:
         return 1
     print(f"sent SIGHUP to relay (pid {pid})")
     return 0
+
+
+def cmd_tap(args: argparse.Namespace) -> int:
+    from relay.ops import watch
+
+    return watch.cmd_tap(args, load_config(args.config))
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from relay.ops import watch
+
+    return watch.cmd_top(args, load_config(args.config))
 
 
 def cmd_version(args: argparse.Namespace) -> int:
@@ -354,6 +366,19 @@ def parser() -> argparse.ArgumentParser:
     command(sub, "status", cmd_status, "report the queue file's state", json_flag=True)
     command(sub, "reload", cmd_reload, "validate the config, then tell the running relay to reload it")
     command(sub, "version", cmd_version, "print the version")
+    p = command(sub, "tap", cmd_tap, "print a running relay's events (and outcomes) as NDJSON")
+    p.add_argument("--url", help="the admin listener's base URL (default: from [admin] host and port)")
+    p.add_argument("--type", help="only messages of this type (track, identify, ...)")
+    p.add_argument("--event", help="only this event (or page/screen) name")
+    p.add_argument("--user", help="only this userId or anonymousId")
+    p.add_argument("--write-key", help="only this write key (or its masked form)")
+    p.add_argument("--destination", help="only this destination's outcomes")
+    p.add_argument("--outcome", help="only records with this outcome (stored, delivered, retrying, "
+                   "dead_lettered, refused, dropped)")
+    p.add_argument("--outcomes", action="store_true", help="also each destination's outcomes")
+    p = command(sub, "top", cmd_top, "a live view of a running relay: rates, queue, destinations")
+    p.add_argument("--url", help="the admin listener's base URL (default: from [admin] host and port)")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
 
     dlq = sub.add_parser("dlq", help="inspect, replay or purge dead letters")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)

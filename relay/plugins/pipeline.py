@@ -194,6 +194,11 @@ class Pipeline:
         return bool(self._ingest)
 
     @property
+    def ingest_plugins(self) -> list[str]:
+        """The names of the plugins run at ingest, in order."""
+        return [step.loaded.name for step in self._ingest]
+
+    @property
     def scrubs(self) -> bool:
         """Whether a scrubbing plugin (privacy) runs at ingest."""
         return any(step.scrubs for step in self._ingest)

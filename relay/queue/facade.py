@@ -253,8 +253,9 @@ class Queue:
             for pending in accepted:
                 count = len(pending.rows)
                 stored = sum(firsts[start:start + count]) if firsts else count
+                kept = tuple(firsts[start:start + count]) if stored != count else None
                 start += count
-                pending.outcome = AppendResult(stored, count - stored, len(pending.dead))
+                pending.outcome = AppendResult(stored, count - stored, len(pending.dead), kept)
             outcomes = [pending.outcome or QueueError("the event was not written")
                         for pending in group]
             used = store.used_bytes(conn)
