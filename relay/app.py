@@ -14,6 +14,7 @@ from aiohttp.typedefs import Handler
 
 from relay.config import Config
 from relay.forward.forwarder import Forwarder
+from relay.ingest.cdn import Cdn
 from relay.ingest.edge import Cors, error_response
 from relay.ingest.guard import ConnectionGuard, GuardStats
 from relay.ingest.routes import Ingest
@@ -40,6 +41,7 @@ class Relay:
         self.queue = Queue(config.queue)
         self.pipeline = Pipeline.from_config(config)
         self.ingest = Ingest(config.server, self.queue, self.pipeline)
+        self.cdn = Cdn(config)
         self.forwarders = self._forwarders(config, self.pipeline)
         self.admin = Admin(config.admin, self)
         self.cors = Cors(config.server.cors_origins)
@@ -61,6 +63,7 @@ class Relay:
         app = web.Application(middlewares=[self._edge],
                               client_max_size=2**31)
         app.add_routes(self.ingest.routes())
+        app.add_routes(self.cdn.routes())
         return app
 
     async def start(self) -> None:
@@ -205,6 +208,7 @@ class Relay:
                 self.ingest.pipeline = pipeline
                 await old_pipeline.stop()
             self.ingest.apply(effective.server)
+            self.cdn.apply(effective)
             self.cors.update(effective.server.cors_origins)
             self.admin.apply(effective.admin)
             logging.getLogger().setLevel(effective.log.level.upper())

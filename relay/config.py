@@ -53,6 +53,9 @@ class ServerConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     header_timeout: PositiveFloat = 10.0    # seconds for a client to send its request headers
     body_timeout: PositiveFloat = 30.0      # seconds for a client to send its request body
     max_connections: Annotated[int, msgspec.Meta(ge=1)] = 1024
+    # analytics.js served by the relay: a folder of @segment/analytics-next's dist/umd files;
+    # empty: the one `relay sdk install` puts next to the queue (<queue folder>/sdk/...)
+    sdk_dir: str = ""
 
     def __post_init__(self) -> None:
         for i, proxy in enumerate(self.trusted_proxies):

@@ -55,6 +55,10 @@ class Ingest:
         table += [
             web.get("/v1/pixel/{type}", self.pixel, allow_head=False),
             web.get("/v1/projects/{write_key}/settings", self.settings),
+            # RudderStack's JavaScript SDK (v3): its beacon transport and its source config
+            web.post("/beacon/v1/batch", self.beacon),
+            web.get("/sourceConfig", self.source_config, allow_head=False),
+            web.get("/sourceConfig/", self.source_config, allow_head=False),
         ]
         return table
 
@@ -74,8 +78,14 @@ class Ingest:
         handler.__name__ = f"ingest_{kind}"
         return handler
 
-    async def batch(self, request: web.Request) -> web.StreamResponse:
+    async def beacon(self, request: web.Request) -> web.StreamResponse:
+        """``navigator.sendBeacon`` cannot set headers: the write key rides in the query."""
+        return await self.batch(request, request.query.get("writeKey"))
+
+    async def batch(self, request: web.Request, query_key: str | None = None) -> web.StreamResponse:
         body = await self._body(request)
+        if query_key and not body.get("writeKey"):
+            body["writeKey"] = query_key
         messages = body.get("batch")
         if not isinstance(messages, list):
             raise self._reject(400, "invalid_batch", "body needs a `batch` array of messages")
@@ -161,6 +171,12 @@ class Ingest:
         self._authorise(write_key)
         data = browser.settings(write_key, request.host, request.scheme)
         return web.Response(body=_encode(data), content_type="application/json")
+
+    async def source_config(self, request: web.Request) -> web.StreamResponse:
+        header_key = auth.basic_username(request.headers.get("Authorization"))
+        write_key = self._authorise(auth.write_key(header_key, request.query.get("writeKey")))
+        return web.Response(body=_encode(browser.source_config(write_key)),
+                            content_type="application/json")
 
     # --- steps shared by the handlers ------------------------------------------------------
 

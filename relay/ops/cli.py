@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -132,6 +133,21 @@ def cmd_reload(args: argparse.Namespace) -> int:
         print(f"relay: cannot signal the running relay ({pid_file}): {exc}", file=sys.stderr)
         return 1
     print(f"sent SIGHUP to relay (pid {pid})")
+    return 0
+
+
+def cmd_sdk_install(args: argparse.Namespace) -> int:
+    from relay.ingest import cdn
+
+    cfg = load_config(args.config)
+    try:
+        folder = cdn.install(cfg, args.version, timeout=args.timeout)
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return 1
+    print(f"analytics.js installed in {folder}")
+    if cfg.server.sdk_dir and Path(cfg.server.sdk_dir).resolve() != folder.resolve():
+        print(f"note: [server] sdk_dir = {cfg.server.sdk_dir!r} is what the relay serves", file=sys.stderr)
     return 0
 
 
@@ -322,6 +338,12 @@ def parser() -> argparse.ArgumentParser:
     command(sub, "status", cmd_status, "report the queue file's state", json_flag=True)
     command(sub, "reload", cmd_reload, "validate the config, then tell the running relay to reload it")
     command(sub, "version", cmd_version, "print the version")
+    sdk = sub.add_parser("sdk", help="the analytics.js files the relay serves")
+    sdk_sub = sdk.add_subparsers(dest="sdk_command", required=True)
+    p = command(sdk_sub, "install", cmd_sdk_install,
+                "fetch @segment/analytics-next with npm into the data directory")
+    p.add_argument("--version", help="the package version (default: the latest)")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds npm may take")
 
     dlq = sub.add_parser("dlq", help="inspect, replay or purge dead letters")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
