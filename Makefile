@@ -27,8 +27,25 @@ lint: $(VENV)/.installed-test
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy --strict relay
 
-pytest: $(VENV)/.installed-test
+pytest: $(VENV)/.installed-test browser-deps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The browser suites: Debian's Chromium (installed only when missing, bounded; Playwright
+# never downloads a browser) and the SDKs from npm into .cache/npm (git-ignored).
+NPM_CACHE := .cache/npm
+SDK_PACKAGES := @segment/analytics-next @rudderstack/analytics-js
+
+.PHONY: browser-deps
+browser-deps: /usr/bin/chromium $(NPM_CACHE)/.installed
+
+/usr/bin/chromium:
+	timeout 900 apt-get install -y --no-install-recommends chromium || \
+	  { timeout 300 apt-get update && timeout 900 apt-get install -y --no-install-recommends chromium; }
+
+$(NPM_CACHE)/.installed:
+	mkdir -p $(NPM_CACHE)
+	timeout 300 npm install --prefix $(NPM_CACHE) --no-audit --no-fund --ignore-scripts $(SDK_PACKAGES)
+	touch $@
 
 test: lint typecheck pytest
 
@@ -40,4 +57,4 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/ingest.py
 
 clean:
-	rm -rf $(VENV) relay-data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) relay-data .cache .pytest_cache .mypy_cache .ruff_cache
