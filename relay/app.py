@@ -12,7 +12,7 @@ import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from relay.config import Config
+from relay.config import Config, carry_secrets
 from relay.forward.forwarder import Forwarder
 from relay.ingest.cdn import Cdn
 from relay.ingest.edge import Cors, error_response
@@ -243,4 +243,6 @@ def _keep_fixed(running: Config, new: Config) -> tuple[Config, list[str]]:
         if changes:
             kept += [f"{section}.{k}" for k in changes]
             sections[section] = msgspec.structs.replace(new_part, **changes)
-    return (msgspec.structs.replace(new, **sections) if sections else new), kept
+    if not sections:
+        return new, kept
+    return carry_secrets(new, msgspec.structs.replace(new, **sections)), kept

@@ -4,13 +4,21 @@ Precedence: embedded defaults < the TOML file < environment variables named
 ``RELAY_<SECTION>_<KEY>`` (for example ``RELAY_SERVER_PORT=9000``). A value in an
 environment variable is read as a TOML value when it parses as one (numbers, booleans,
 arrays) and as a plain string otherwise.
+
+Any string of the TOML file may take secrets from outside it, as Vector and the OTel
+Collector do: ``${VAR}`` or ``${env:VAR}`` is the environment variable's value,
+``${file:/path}`` a file's content (one trailing newline dropped), ``$${`` a literal
+``${``. An unset variable or an unreadable file is a config error naming the key; every
+value taken this way is masked wherever the config is shown.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -132,7 +140,7 @@ class DestinationConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_on
             raise ValueError(f"destination {self.name!r}: `retry_max` is below `retry_initial`")
 
 
-class Config(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class Config(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True, weakref=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     queue: QueueConfig = msgspec.field(default_factory=QueueConfig)
     admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
@@ -169,6 +177,8 @@ def load(path: str | Path | None = None, environ: Mapping[str, str] | None = Non
             raise ConfigError(f"{source}: cannot read: {exc}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    taken: set[str] = set()
+    raw = _interpolate(raw, env, source, "$", taken)
     from_env = _apply_environment(raw, env)
     try:
         config = msgspec.convert(raw, Config, strict=True)
@@ -176,7 +186,68 @@ def load(path: str | Path | None = None, environ: Mapping[str, str] | None = Non
         raise ConfigError(_describe(exc, source, from_env)) from None
     _check_queue_path(config, source)
     _check_destinations(config, source)
+    _remember(config, frozenset(v for v in taken if v))
     return config
+
+
+_REFERENCE = re.compile(r"\$\$\{|\$\{([^}]*)\}")
+_VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# id(Config) -> the values ${...} put in it (secrets by where they came from, whatever the
+# key), forgotten with the Config (a Struct holding dicts has no hash for a WeakKeyDictionary).
+_INTERPOLATED: dict[int, frozenset[str]] = {}
+
+
+def _remember(config: Config, values: frozenset[str]) -> None:
+    if values:
+        _INTERPOLATED[id(config)] = values
+        weakref.finalize(config, _INTERPOLATED.pop, id(config), None)
+
+
+def interpolated(config: Config) -> frozenset[str]:
+    """The values that ``${VAR}`` / ``${file:...}`` put into ``config``."""
+    return _INTERPOLATED.get(id(config), frozenset())
+
+
+def carry_secrets(old: Config, new: Config) -> Config:
+    """``new`` (a copy of ``old`` with changes) masks what ``old`` masks."""
+    _remember(new, interpolated(old))
+    return new
+
+
+def _interpolate(value: Any, env: Mapping[str, str], source: str, where: str, taken: set[str]) -> Any:
+    """``value`` with every ``${...}`` in its strings replaced; ``taken`` collects the values."""
+    if isinstance(value, dict):
+        return {k: _interpolate(v, env, source, f"{where}.{k}", taken) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, env, source, f"{where}[{i}]", taken) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(1) is None:
+            return "${"
+        reference = match.group(1).strip()
+        kind, _, name = reference.partition(":") if ":" in reference else ("env", "", reference)
+        key = f"`{where}`"
+        if kind == "env" and _VARIABLE.match(name):
+            if name not in env:
+                raise ConfigError(f"{source}: {key}: environment variable {name} is not set")
+            found = env[name]
+        elif kind == "file" and name:
+            try:
+                found = Path(name).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"{source}: {key}: cannot read the file {name}: "
+                                  f"{getattr(exc, 'strerror', None) or exc}") from None
+            found = found[:-1] if found.endswith("\n") else found
+            found = found[:-1] if found.endswith("\r") else found
+        else:
+            raise ConfigError(f"{source}: {key}: `${{{reference}}}` is not a reference: use "
+                              "${VAR}, ${env:VAR} or ${file:/path} (and $${ for a literal ${)")
+        taken.add(found)
+        return found
+
+    return _REFERENCE.sub(replace, value)
 
 
 def _apply_environment(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
@@ -256,7 +327,7 @@ def with_state_directory(config: Config, environ: Mapping[str, str]) -> Config:
     if not state or Path(config.queue.path).is_absolute():
         return config
     queue = msgspec.structs.replace(config.queue, path=str(Path(state) / Path(config.queue.path).name))
-    return msgspec.structs.replace(config, queue=queue)
+    return carry_secrets(config, msgspec.structs.replace(config, queue=queue))
 
 
 def masked(config: Config) -> dict[str, Any]:
@@ -274,6 +345,19 @@ def masked(config: Config) -> dict[str, Any]:
         _mask_options(destination.get("options", {}))
     for plugin in data.get("plugins", []):
         _mask_options(plugin.get("options", {}))
+    secrets = interpolated(config)
+    return _mask_values(data, secrets) if secrets else data
+
+
+def _mask_values(data: Any, secrets: frozenset[str]) -> Any:
+    """Whatever holds a value taken from the environment or a file, masked."""
+    if isinstance(data, dict):
+        return {k: _mask_values(v, secrets) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_mask_values(v, secrets) for v in data]
+    if isinstance(data, str) and data != MASK and (
+            data in secrets or any(len(secret) >= 4 and secret in data for secret in secrets)):
+        return MASK
     return data
 
 
@@ -290,8 +374,15 @@ def _masked_field(name: str, value: Any) -> Any:
     return value
 
 
+# A key that says where a secret is (``salt_env``: a variable's name, ``key_file``: a path)
+# holds no secret itself.
+REFERENCE_SUFFIXES = ("_env", "_file", "_path", "_var", "_variable")
+
+
 def _mask_options(options: dict[str, Any]) -> None:
     for key, value in options.items():
+        if key.lower().endswith(REFERENCE_SUFFIXES):
+            continue
         if value and any(word in key.lower() for word in SECRET_OPTION_WORDS):
             options[key] = MASK
         elif key == "headers" and isinstance(value, dict):  # e.g. Authorization for a webhook
