@@ -14,14 +14,16 @@ value taken this way is masked wherever the config is shown.
 
 from __future__ import annotations
 
+import copy
+import difflib
 import ipaddress
 import os
 import re
 import tomllib
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit
 
 import msgspec
@@ -180,12 +182,13 @@ def load(path: str | Path | None = None, environ: Mapping[str, str] | None = Non
     taken: set[str] = set()
     raw = _interpolate(raw, env, source, "$", taken)
     from_env = _apply_environment(raw, env)
-    try:
-        config = msgspec.convert(raw, Config, strict=True)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(_describe(exc, source, from_env)) from None
-    _check_queue_path(config, source)
-    _check_destinations(config, source)
+    problems = [_describe(p, source, from_env) for p in _problems(raw)]
+    if problems:
+        raise ConfigError("\n".join(problems))
+    config = msgspec.convert(raw, Config, strict=True)
+    problems = _check_queue_path(config, source) + _check_destinations(config, source)
+    if problems:
+        raise ConfigError("\n".join(problems))
     _remember(config, frozenset(v for v in taken if v))
     return config
 
@@ -288,8 +291,7 @@ def _parse_env_value(value: str, as_text: bool = False) -> Any:
     return value if as_text and not isinstance(parsed, str) else parsed
 
 
-def _describe(exc: msgspec.ValidationError, source: str, from_env: dict[str, str]) -> str:
-    message = str(exc)
+def _describe(message: str, source: str, from_env: dict[str, str]) -> str:
     for key_path, variable in from_env.items():
         section_path, _, key = key_path.rpartition(".")
         # A check across a section's keys reports the section's path and names the key first.
@@ -300,25 +302,131 @@ def _describe(exc: msgspec.ValidationError, source: str, from_env: dict[str, str
     return f"{source}: {message}"
 
 
-def _check_queue_path(config: Config, source: str) -> None:
+MAX_PROBLEMS = 50
+_AT = re.compile(r" - at `(\$[^`]*)`$")
+
+
+def _problems(raw: dict[str, Any]) -> list[str]:
+    """Every problem of ``raw`` (not only the first msgspec meets): unknown keys with the
+    nearest valid one, then each bad value, taken out and the rest checked again."""
+    data: dict[str, Any] = copy.deepcopy(raw)
+    problems = _unknown_keys(data)
+    for _ in range(MAX_PROBLEMS):
+        try:
+            msgspec.convert(data, Config, strict=True)
+            break
+        except msgspec.ValidationError as exc:
+            message = str(exc)
+            match = _AT.search(message)
+            problems.append(_with_allowed_values(message, match.group(1) if match else None))
+            if match is None or not _take_out(data, match.group(1)):
+                break
+    return problems
+
+
+def _suggest(key: str, known: Sequence[str]) -> str:
+    near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    return f"; did you mean `{near[0]}`?" if near else f"; known keys: {', '.join(known)}"
+
+
+def _unknown_keys(data: dict[str, Any]) -> list[str]:
+    found: list[str] = []
+
+    def check(table: object, kind: type[msgspec.Struct], where: str) -> None:
+        if not isinstance(table, dict):
+            return
+        for key in [k for k in table if k not in kind.__struct_fields__]:
+            found.append(f"Object contains unknown field `{key}` - at `{where}`"
+                         f"{_suggest(key, kind.__struct_fields__)}")
+            del table[key]
+
+    check(data, Config, "$")
+    for name, kind in SECTIONS.items():
+        check(data.get(name), kind, f"$.{name}")
+    for name, kind in (("destinations", DestinationConfig), ("plugins", PluginConfig)):
+        items = data.get(name)
+        if isinstance(items, list):
+            for i, item in enumerate(items):
+                check(item, kind, f"$.{name}[{i}]")
+    return found
+
+
+def _field_type(path: str) -> Any:
+    """The declared type at ``$.section.key`` or ``$.destinations[i].key``, if known."""
+    parts = re.findall(r"\.(\w+)", path)
+    kinds: dict[str, type[msgspec.Struct]] = {**SECTIONS, "destinations": DestinationConfig,
+                                              "plugins": PluginConfig}
+    if len(parts) != 2 or parts[0] not in kinds:
+        return None
+    for f in msgspec.structs.fields(kinds[parts[0]]):
+        if f.name == parts[1]:
+            return f.type
+    return None
+
+
+def _with_allowed_values(message: str, path: str | None) -> str:
+    if path is None or not message.startswith("Invalid enum value"):
+        return message
+    kind = _field_type(path)
+    if get_origin(kind) is Literal:
+        return f"{message}; allowed: {', '.join(repr(v) for v in get_args(kind))}"
+    return message
+
+
+def _take_out(data: dict[str, Any], path: str) -> bool:
+    """Remove what ``path`` points at (a whole destination or plugin becomes a placeholder
+    so later indexes still match); False when nothing can be removed."""
+    steps = re.findall(r"\.(\w+)|\[(\d+)\]", path)
+    if not steps:
+        return False
+    node: Any = data
+    for name, index in steps[:-1]:
+        node = node[name] if name else node[int(index)]
+        if not isinstance(node, dict | list):
+            return False
+    name, index = steps[-1]
+    if index and isinstance(node, list):
+        i = int(index)
+        if len(steps) == 2 and steps[0][0] == "destinations":
+            node[i] = {"name": f"placeholder {i}", "type": "file", "path": "placeholder"}
+        elif len(steps) == 2 and steps[0][0] == "plugins":
+            node[i] = {"use": "placeholder"}
+        else:
+            del node[i]
+        return True
+    if name and isinstance(node, dict) and name in node:
+        if len(steps) == 1 and name in SECTIONS and isinstance(node[name], dict) and not node[name]:
+            return False
+        if len(steps) == 1 and name in SECTIONS:
+            node[name] = {}
+        else:
+            del node[name]
+        return True
+    return False
+
+
+def _check_queue_path(config: Config, source: str) -> list[str]:
     if not config.queue.path.strip():
-        raise ConfigError(f"{source}: Expected a file path - at `$.queue.path`")
+        return [f"{source}: Expected a file path - at `$.queue.path`"]
+    return []
 
 
-def _check_destinations(config: Config, source: str) -> None:
+def _check_destinations(config: Config, source: str) -> list[str]:
     """Each destination's type exists and takes its options; its plugins are defined."""
     from relay.sinks import make_sink
 
+    problems: list[str] = []
     plugin_names = {p.name or p.use for p in config.plugins}
     for i, destination in enumerate(config.destinations):
         where = f"{source}: destinations[{i}] ({destination.name})"
         try:
             make_sink(destination)
         except ValueError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
+            problems.append(f"{where}: {exc}")
         for plugin in destination.plugins:
             if plugin not in plugin_names:
-                raise ConfigError(f"{where}: `plugins` names {plugin!r}, which no [[plugins]] defines")
+                problems.append(f"{where}: `plugins` names {plugin!r}, which no [[plugins]] defines")
+    return problems
 
 
 def with_state_directory(config: Config, environ: Mapping[str, str]) -> Config:
