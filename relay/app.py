@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,7 +21,8 @@ from relay.ingest.guard import ConnectionGuard, GuardStats
 from relay.ingest.routes import Ingest
 from relay.ops import logs, notify
 from relay.ops.admin import Admin
-from relay.plugins.pipeline import Pipeline
+from relay.ops.metrics import IngestStats, ReloadStats
+from relay.plugins.pipeline import Pipeline, PluginStats
 from relay.queue import Queue
 from relay.sinks import make_sink
 from relay.types import StatusReport
@@ -49,6 +51,8 @@ class Relay:
         self._runner: web.AppRunner | None = None
         self._server: asyncio.Server | None = None
         self.guard = GuardStats()
+        self.http_stats = IngestStats()
+        self.reloads = ReloadStats()
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._stopping = False
@@ -143,6 +147,7 @@ class Relay:
         counts requests in flight for the graceful stop, answers CORS, and turns every
         error into its JSON body."""
         self._in_flight += 1
+        started = time.perf_counter()
         try:
             allowed = self.cors.allow(request.headers.get("Origin"))
             response = self.cors.preflight(request, allowed)
@@ -155,11 +160,18 @@ class Relay:
                 self.cors.decorate(response, allowed)
             if self._stopping:
                 response.force_close()  # the client reconnects elsewhere (or after the restart)
+            self._observe(request, response, time.perf_counter() - started)
             return response
         finally:
             self._in_flight -= 1
             if not self._in_flight:
                 self._idle.set()
+
+    def _observe(self, request: web.Request, response: web.StreamResponse, seconds: float) -> None:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "other"
+        self.http_stats.observe(route, response.status, seconds, request.content_length or 0,
+                                response.content_length or 0)
 
     async def _stop_forwarders(self, forwarders: Sequence[Forwarder]) -> None:
         timeout = self.config.server.shutdown_timeout
@@ -168,6 +180,10 @@ class Relay:
     def _forwarders(self, config: Config, pipeline: Pipeline) -> list[Forwarder]:
         mask = logs.SecretFilter(logs.secrets(config)).mask
         return [Forwarder(d, self.queue, make_sink(d), pipeline, mask=mask) for d in config.destinations]
+
+    def plugin_stats(self) -> Mapping[str, PluginStats]:
+        """Per-plugin figures (timeouts, drops, refusals), for /metrics."""
+        return dict(self.pipeline.stats)
 
     def plugin_errors(self) -> Mapping[str, int]:
         """Per-plugin error counts, for /metrics."""
@@ -182,40 +198,51 @@ class Relay:
         their running value; what was kept is returned (and logged). A new config whose
         plugins or destinations do not start raises, and the running one stays."""
         async with self._reloading:
-            effective, kept = _keep_fixed(self.config, new)
-            for key in kept:
-                log.warning("this key cannot change while the relay runs; restart to apply it",
-                            extra={"key": key})
-            swap = (effective.plugins, effective.destinations) != (self.config.plugins,
-                                                                    self.config.destinations)
-            if swap:
-                pipeline = Pipeline.from_config(effective)
-                forwarders = self._forwarders(effective, pipeline)
-                await pipeline.start()
-                old_pipeline, old_forwarders = self.pipeline, self.forwarders
-                await self._stop_forwarders(old_forwarders)
-                try:
-                    cursors = await self.queue.register([f.name for f in forwarders])
-                    for forwarder in forwarders:
-                        await forwarder.start(cursors[forwarder.name])
-                except BaseException:
-                    await self._stop_forwarders(forwarders)
-                    await pipeline.stop()
-                    for forwarder in old_forwarders:  # back to what ran before
-                        await forwarder.start(forwarder.cursor)
-                    raise
-                self.pipeline, self.forwarders = pipeline, forwarders
-                self.ingest.pipeline = pipeline
-                await old_pipeline.stop()
-            self.ingest.apply(effective.server)
-            self.cdn.apply(effective)
-            self.cors.update(effective.server.cors_origins)
-            self.admin.apply(effective.admin)
-            logging.getLogger().setLevel(effective.log.level.upper())
-            self.config = effective
-            log.info("reloaded", extra={"destinations": [f.name for f in self.forwarders],
-                                        "plugins": [p.name for p in self.pipeline.plugins]})
+            try:
+                kept = await self._reload(new)
+            except BaseException:
+                self.reloads.failed += 1  # (a config that did not load is counted by its caller)
+                raise
+            self.reloads.succeeded += 1
             return kept
+
+    async def _reload(self, new: Config) -> list[str]:
+        effective, kept = _keep_fixed(self.config, new)
+        for key in kept:
+            log.warning("this key cannot change while the relay runs; restart to apply it",
+                        extra={"key": key})
+        swap = (effective.plugins, effective.destinations) != (self.config.plugins,
+                                                                self.config.destinations)
+        if swap:
+            pipeline = Pipeline.from_config(effective)
+            forwarders = self._forwarders(effective, pipeline)
+            await pipeline.start()
+            old_pipeline, old_forwarders = self.pipeline, self.forwarders
+            await self._stop_forwarders(old_forwarders)
+            try:
+                cursors = await self.queue.register([f.name for f in forwarders])
+                for forwarder in forwarders:
+                    await forwarder.start(cursors[forwarder.name])
+            except BaseException:
+                await self._stop_forwarders(forwarders)
+                await pipeline.stop()
+                for forwarder in old_forwarders:  # back to what ran before
+                    await forwarder.start(forwarder.cursor)
+                raise
+            self.pipeline, self.forwarders = pipeline, forwarders
+            self.ingest.pipeline = pipeline
+            # requests admitted through the old pipeline finish with it before it is unloaded
+            await old_pipeline.drained(self.config.server.shutdown_timeout)
+            await old_pipeline.stop()
+        self.ingest.apply(effective.server)
+        self.cdn.apply(effective)
+        self.cors.update(effective.server.cors_origins)
+        self.admin.apply(effective.admin)
+        logging.getLogger().setLevel(effective.log.level.upper())
+        self.config = effective
+        log.info("reloaded", extra={"destinations": [f.name for f in self.forwarders],
+                                    "plugins": [p.name for p in self.pipeline.plugins]})
+        return kept
 
     async def status(self) -> StatusReport:
         """What ``relay status --json`` prints (and the admin listener's /status answers)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,6 +34,15 @@ BATCH_ROUTES = ("batch", "import", "b")
 _encode = msgspec.json.Encoder().encode
 
 
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What a request is checked against; a reload replaces the whole of it at once."""
+
+    config: ServerConfig
+    keys: frozenset[str]
+    trusted: tuple[auth.Network, ...]
+
+
 class Ingest:
     def __init__(self, config: ServerConfig, queue: Queue, pipeline: Pipeline | None = None) -> None:
         self.queue = queue
@@ -44,10 +54,14 @@ class Ingest:
         self._now = (datetime.now(UTC), "")
 
     def apply(self, config: ServerConfig) -> None:
-        """Take (new) write keys, proxies and limits; used at start and on reload."""
-        self.config = config
-        self._keys = frozenset(config.write_keys)
-        self._trusted = auth.networks(config.trusted_proxies)
+        """Take (new) write keys, proxies and limits, as one snapshot swapped in a single
+        assignment; used at start and on reload."""
+        self.snapshot = Settings(config, frozenset(config.write_keys),
+                                 auth.networks(config.trusted_proxies))
+
+    @property
+    def config(self) -> ServerConfig:
+        return self.snapshot.config
 
     def routes(self) -> list[web.RouteDef]:
         table = [web.post(f"/v1/{name}", self._single(kind)) for name, kind in SINGLE_ROUTES.items()]
@@ -117,11 +131,17 @@ class Ingest:
                      indexed: bool = False, strict: bool = False) -> Admitted:
         """Admit a request's messages; a protocol fault in a single-message request (``strict``)
         is its 400."""
+        pipeline = self.pipeline  # held to the end: a reload unloads it only after
+        if pipeline is not None:
+            pipeline.hold()
         try:
-            admitted = await admission.admit(messages, arrival, self.pipeline, type_hint=type_hint,
+            admitted = await admission.admit(messages, arrival, pipeline, type_hint=type_hint,
                                              indexed=indexed, strict=strict)
         except InvalidMessage as exc:
             raise self._reject(400, "invalid_message", str(exc)) from None
+        finally:
+            if pipeline is not None:
+                pipeline.release()
         if admitted.dead:
             self._count("invalid_message", len(admitted.dead))
         return admitted
@@ -145,7 +165,14 @@ class Ingest:
             admitted = await self._admit([message], arrival, type_hint=request.match_info["type"])
         else:
             admitted = Admitted()
-            await admission.refuse(message, arrival, self.pipeline, admitted, problem)
+            pipeline = self.pipeline
+            if pipeline is not None:
+                pipeline.hold()
+            try:
+                await admission.refuse(message, arrival, pipeline, admitted, problem)
+            finally:
+                if pipeline is not None:
+                    pipeline.release()
             self._count("invalid_message")
         await self._store(admitted.events, admitted.dead)
         if admitted.errors:
@@ -199,14 +226,15 @@ class Ingest:
         """The request's facts; ``batch`` carries batch-level (context, integrations, sentAt)."""
         header_key = auth.basic_username(request.headers.get("Authorization"))
         key = auth.write_key(header_key, body.get("writeKey"))
-        write_key = self._authorise(key)
+        settings = self.snapshot  # keys and proxies from one snapshot
+        write_key = self._authorise(key, settings)
         received_at, received_iso = self._clock()
         return Arrival(
             write_key=write_key,
             received_at=received_at,
             received_iso=received_iso,
             peer_ip=auth.client_ip(
-                request.remote, request.headers.get("X-Forwarded-For"), self._trusted
+                request.remote, request.headers.get("X-Forwarded-For"), settings.trusted
             ),
             context=batch[0] if batch else None,
             integrations=batch[1] if batch else None,
@@ -223,13 +251,14 @@ class Ingest:
             self._now = (moment, timestamps.iso(moment))
         return self._now
 
-    def _authorise(self, key: str | None) -> str:
-        if not self._keys:
+    def _authorise(self, key: str | None, settings: Settings | None = None) -> str:
+        keys = (settings or self.snapshot).keys
+        if not keys:
             return key or ""
         if not key:
             raise self._reject(401, "missing_write_key",
                                "no write key: send it as Basic auth username or as `writeKey`")
-        if key not in self._keys:
+        if key not in keys:
             raise self._reject(401, "unknown_write_key", "the write key is not accepted here")
         return key
 

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import msgspec
 from aiohttp import web
@@ -42,6 +42,7 @@ from relay.forward.forwarder import LATENCY_BUCKETS, Forwarder
 from relay.ingest import responses
 from relay.ingest.edge import errors_as_json
 from relay.ingest.routes import Ingest
+from relay.ops import metrics
 from relay.queue import Queue
 from relay.types import DESTINATION_STATES, DestinationStatus, StatusReport
 
@@ -129,6 +130,7 @@ class RelayCollector:
         for name, count in sorted(relay.plugin_errors().items()):
             plugins.add_metric([name], count)
         yield plugins
+        yield from metrics.families(cast(metrics.Measured, relay))
 
     @staticmethod
     def _ingest(relay: Observed) -> Iterator[Metric]:
