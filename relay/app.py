@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import time
@@ -14,6 +15,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from relay.config import Config, carry_secrets
+from relay.errors import ListenError
 from relay.forward.forwarder import Forwarder
 from relay.ingest.cdn import Cdn
 from relay.ingest.edge import Cors, error_response
@@ -77,7 +79,10 @@ class Relay:
         try:
             await self.queue.start()
             await self.pipeline.start()
-            await self.admin.start()
+            try:
+                await self.admin.start()
+            except OSError as exc:
+                raise _listen_error(self.config.admin.host, self.config.admin.port, "admin", exc) from None
             cursors = await self.queue.register([f.name for f in self.forwarders])
             for forwarder in self.forwarders:
                 await forwarder.start(cursors[forwarder.name])
@@ -109,6 +114,9 @@ class Relay:
                                         self.config.server.header_timeout, self.guard),
                 cfg.host, cfg.port, backlog=2048, reuse_address=True,
             )
+        except OSError as exc:
+            await runner.cleanup()
+            raise _listen_error(cfg.host, cfg.port, "server", exc) from None
         except BaseException:
             await runner.cleanup()
             raise
@@ -251,6 +259,13 @@ class Relay:
     async def summary(self) -> str:
         """One line for systemd's STATUS=."""
         return notify.describe(await self.status())
+
+
+def _listen_error(host: str, port: int, section: str, exc: OSError) -> ListenError:
+    """One line an operator can act on: the address, the key that set it, and why."""
+    reason = "the address is already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+    return ListenError(f"cannot listen on {host}:{port} ([{section}] host and port, or "
+                       f"RELAY_{section.upper()}_PORT): {reason}")
 
 
 # Keys bound at start (sockets, the queue file): a reload keeps their running values.

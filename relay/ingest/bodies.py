@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import zlib
 
 import msgspec
-from aiohttp import web
+from aiohttp import ClientPayloadError, web
 
 from relay.ingest.responses import Rejection
 
@@ -19,6 +20,8 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _UTF8_BOM = b"\xef\xbb\xbf"
 _ENCODINGS = {"": None, "identity": None, "gzip": _GZIP_OR_ZLIB, "x-gzip": _GZIP_OR_ZLIB,
               "deflate": _GZIP_OR_ZLIB}
+
+log = logging.getLogger(__name__)
 
 
 def too_large(what: str) -> Rejection:
@@ -50,6 +53,12 @@ async def read_raw(request: web.Request, timeout: float = DEFAULT_BODY_TIMEOUT) 
                 chunks.append(chunk)
     except TimeoutError:
         raise Rejection(408, "body_timeout", f"the request body did not arrive within {timeout:g} s",
+                        {"Connection": "close"}) from None
+    except (ConnectionError, ClientPayloadError) as exc:
+        # the client went away mid-body: nothing to answer, nothing stored; not the relay's fault
+        log.debug("client disconnected before its request body arrived",
+                  extra={"path": request.path, "received_bytes": size, "error": str(exc)})
+        raise Rejection(400, "client_disconnected", "the client closed the connection mid-body",
                         {"Connection": "close"}) from None
     return b"".join(chunks)
 

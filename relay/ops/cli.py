@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from relay import __version__, config
-from relay.errors import ConfigError, QueueError
+from relay.errors import ConfigError, ListenError, QueueError
 from relay.ops import logs
 from relay.queue import deadletters
 from relay.queue.deadletters import DeadLetterFilter
@@ -446,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"relay: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except QueueError as exc:
+    except (QueueError, ListenError) as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return 1
     except BrokenPipeError:

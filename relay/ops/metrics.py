@@ -33,7 +33,6 @@ class IngestStats:
     """Per route template (``/v1/track``, ``/v1/pixel/{type}``; ``other`` for no route)."""
 
     routes: dict[str, RouteStats] = field(default_factory=dict)
-    disconnects: int = 0  # clients gone before their body was read
 
     def observe(self, route: str, status: int, seconds: float, bytes_in: int, bytes_out: int) -> None:
         stats = self.routes.get(route)
@@ -87,9 +86,6 @@ def families(relay: Measured) -> Iterator[Metric]:
         received.add_metric([route], stats.bytes_in)
         sent.add_metric([route], stats.bytes_out)
     yield from (requests, latency, received, sent)
-    yield CounterMetricFamily("relay_ingest_client_disconnects",
-                              "Clients that went away before their request body arrived.",
-                              value=http.disconnects)
 
     outcomes = CounterMetricFamily("relay_destination_requests_by_outcome",
                                    "Destination requests by what their answer meant "
