@@ -89,3 +89,10 @@ async def _listener_closed() -> tuple[None, int]:
     server.close()
     await server.wait_closed()
     return None, port
+
+
+def test_an_enum_option_of_a_destination_lists_its_allowed_values(tmp_path: Path) -> None:
+    path = _write(tmp_path, '[[destinations]]\nname = "w"\ntype = "webhook"\n'
+                            'options = { url = "http://h", mode = "bulk" }\n')
+    with pytest.raises(ConfigError, match=r"'bulk'; allowed: 'batch', 'single' - at `options.mode`"):
+        config.load(path, {})
