@@ -96,3 +96,11 @@ def test_an_enum_option_of_a_destination_lists_its_allowed_values(tmp_path: Path
                             'options = { url = "http://h", mode = "bulk" }\n')
     with pytest.raises(ConfigError, match=r"'bulk'; allowed: 'batch', 'single' - at `options.mode`"):
         config.load(path, {})
+
+
+def test_every_plugin_problem_is_listed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _write(tmp_path, '[[plugins]]\nuse = "no_such_plugin"\n'
+                            '[[plugins]]\nuse = "privacy"\noptions = { hsh = ["traits.email"] }\n')
+    assert cli.main(["check", "--config", str(path)]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "plugins[0]" in err and "plugins[1]" in err
