@@ -237,17 +237,23 @@ class Relay:
                 for forwarder in old_forwarders:  # back to what ran before
                     await forwarder.start(forwarder.cursor)
                 raise
+        else:
+            old_pipeline = None
+        # From here to the end of the swap nothing awaits: a request sees the old config or
+        # the new one, never a mix (the ingest settings are one snapshot).
+        if swap:
             self.pipeline, self.forwarders = pipeline, forwarders
             self.ingest.pipeline = pipeline
-            # requests admitted through the old pipeline finish with it before it is unloaded
-            await old_pipeline.drained(self.config.server.shutdown_timeout)
-            await old_pipeline.stop()
         self.ingest.apply(effective.server)
         self.cdn.apply(effective)
         self.cors.update(effective.server.cors_origins)
         self.admin.apply(effective.admin)
         logging.getLogger().setLevel(effective.log.level.upper())
         self.config = effective
+        if old_pipeline is not None:
+            # requests admitted through the old pipeline finish with it before it is unloaded
+            await old_pipeline.drained(effective.server.shutdown_timeout)
+            await old_pipeline.stop()
         log.info("reloaded", extra={"destinations": [f.name for f in self.forwarders],
                                     "plugins": [p.name for p in self.pipeline.plugins]})
         return kept
