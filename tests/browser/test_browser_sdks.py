@@ -149,3 +149,34 @@ async def test_querystring_api_loads_its_chunk_from_the_relay_and_delivers(
     assert track["anonymousId"] == "qs-anon"
     assert any("/analytics-next/bundles/queryString" in url for url in record.seen)
     _only_relay(record, site, relay)
+
+
+# The npm form (here its UMD build, as a bundler would include it): only cdnURL is set.
+BROWSER_LOAD_PAGE = """<!doctype html><html><head><title>npm</title>
+<script src="/analytics-next.js"></script>
+<script>
+  const analytics = AnalyticsNext.AnalyticsBrowser.load({writeKey: "%(key)s", cdnURL: "%(relay)s"});
+  analytics.identify("npm-user");
+  analytics.track("Npm Clicked", {marker: "npm"});
+</script></head><body>npm</body></html>"""
+
+
+async def test_analytics_browser_load_with_only_cdn_url_at_the_relay_delivers(
+        start_relay: Callable[..., Any]) -> None:
+    pages = {"/npm.html": ""}
+    files = {"/analytics-next.js": support.segment_umd() / "index.js"}
+    async with support.page_server(pages, files) as site:
+        running = await start_relay(server={"sdk_dir": str(support.segment_umd())})
+        relay = running.url
+        pages["/npm.html"] = BROWSER_LOAD_PAGE % {"key": WRITE_KEY, "relay": relay}
+        async with support.chromium() as chromium:
+            context, record = await support.guarded_context(chromium, {site, relay})
+            page = await context.new_page()
+            await page.goto(f"{site}/npm.html")
+            await support.wait_for(
+                lambda: any(e.get("event") == "Npm Clicked" for e in _stored(running))
+                and any(e.get("userId") == "npm-user" for e in _stored(running)),
+                why=lambda: (record.seen, record.foreign))
+            await context.close()
+    assert any("/v1/projects/browser-key/settings" in url for url in record.seen)
+    _only_relay(record, site, relay)
