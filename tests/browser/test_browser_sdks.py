@@ -35,24 +35,17 @@ BEACON_CALLS = """
   for (let i = 0; i < 3; i++) rs.track("Beaconed", {marker: "beacon", n: i});
 """
 
-# Segment's snippet, loading analytics.js from the relay (the README's form).
-SNIPPET_PAGE = """<!doctype html><html><head><title>snippet</title>
-<script>
-  !function(){var a=window.analytics=window.analytics||[];if(a.initialize||a.invoked)return;
-  a.invoked=!0;a.methods=["trackSubmit","trackClick","trackLink","trackForm","pageview","identify",
-  "reset","group","track","ready","alias","debug","page","screen","once","off","on",
-  "addSourceMiddleware","addIntegrationMiddleware","setAnonymousId","addDestinationMiddleware",
-  "register"];a.factory=function(m){return function(){var e=Array.prototype.slice.call(arguments);
-  e.unshift(m);a.push(e);return a}};for(var i=0;i<a.methods.length;i++){var k=a.methods[i];
-  a[k]=a.factory(k)}a.load=function(key,o){var t=document.createElement("script");
-  t.type="text/javascript";t.async=!0;t.src="%(relay)s/analytics.js/v1/"+key+"/analytics.min.js";
-  var n=document.getElementsByTagName("script")[0];n.parentNode.insertBefore(t,n);a._loadOptions=o};
-  a._writeKey="%(key)s";a._cdn="%(relay)s";a.SNIPPET_VERSION="5.2.0";
-  a.load("%(key)s");%(calls)s}();
-</script></head><body>snippet</body></html>"""
+def readme_snippet(relay: str, calls: str = "") -> str:
+    """The README's snippet, as a reader would paste it, with the relay's address and key."""
+    readme = (support.ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("```html\n", 1)[1].split("```", 1)[0]
+    script = block.replace("http://127.0.0.1:8088", relay).replace("WRITE_KEY", WRITE_KEY)
+    script = script.replace("</script>", f"</script><script>{calls}</script>")
+    return f"<!doctype html><html><head><title>snippet</title>{script}</head><body>snippet</body></html>"
 
-SNIPPET_CALLS = """a.page("Snippet Home", {marker: "snippet"});a.identify("sn-user", {plan: "pro"});
-  a.track("Snippet Clicked", {marker: "snippet"});a.ready(function(){window.sdkReady = true});"""
+
+SNIPPET_CALLS = """analytics.identify("sn-user", {plan: "pro"});
+  analytics.track("Snippet Clicked", {marker: "snippet"});"""
 
 
 def _stored(running: Any) -> list[dict[str, Any]]:
@@ -113,7 +106,7 @@ async def test_segment_snippet_loads_analytics_js_from_the_relay_alone(
     async with support.page_server(pages) as site:
         running = await start_relay(server={"sdk_dir": str(support.segment_umd())})
         relay = running.url
-        pages["/snippet.html"] = SNIPPET_PAGE % {"key": WRITE_KEY, "relay": relay, "calls": SNIPPET_CALLS}
+        pages["/snippet.html"] = readme_snippet(relay, SNIPPET_CALLS)
         async with support.chromium() as chromium:
             context, record = await support.guarded_context(chromium, {site, relay})
             page = await context.new_page()
@@ -132,7 +125,7 @@ async def test_querystring_api_loads_its_chunk_from_the_relay_and_delivers(
     async with support.page_server(pages) as site:
         running = await start_relay(server={"sdk_dir": str(support.segment_umd())})
         relay = running.url
-        pages["/qs.html"] = SNIPPET_PAGE % {"key": WRITE_KEY, "relay": relay, "calls": ""}
+        pages["/qs.html"] = readme_snippet(relay)
         async with support.chromium() as chromium:
             context, record = await support.guarded_context(chromium, {site, relay})
             page = await context.new_page()
