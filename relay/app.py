@@ -17,6 +17,7 @@ from aiohttp.typedefs import Handler
 from relay.config import Config, carry_secrets
 from relay.errors import ListenError
 from relay.forward.forwarder import Forwarder
+from relay.ingest.bodies import BODY_BYTES
 from relay.ingest.cdn import Cdn
 from relay.ingest.edge import Cors, error_response
 from relay.ingest.guard import ConnectionGuard, GuardStats
@@ -178,7 +179,8 @@ class Relay:
     def _observe(self, request: web.Request, response: web.StreamResponse, seconds: float) -> None:
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "other"
-        self.http_stats.observe(route, response.status, seconds, request.content_length or 0,
+        self.http_stats.observe(route, response.status, seconds,
+                                request.get(BODY_BYTES, request.content_length or 0),
                                 response.content_length or 0)
 
     async def _stop_forwarders(self, forwarders: Sequence[Forwarder]) -> None:

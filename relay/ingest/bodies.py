@@ -22,6 +22,8 @@ _ENCODINGS = {"": None, "identity": None, "gzip": _GZIP_OR_ZLIB, "x-gzip": _GZIP
               "deflate": _GZIP_OR_ZLIB}
 
 log = logging.getLogger(__name__)
+# The body's size as read (a chunked body declares none), for the bytes-in metric.
+BODY_BYTES = web.RequestKey("relay_body_bytes", int)
 
 
 def too_large(what: str) -> Rejection:
@@ -36,6 +38,7 @@ async def read_raw(request: web.Request, timeout: float = DEFAULT_BODY_TIMEOUT) 
     content = request.content
     if content.is_eof():  # the whole body came with the head (the usual case): nothing to wait for
         data = content.read_nowait()
+        request[BODY_BYTES] = len(data)
         if len(data) > MAX_REQUEST_BYTES:
             raise too_large("request body")
         return data
@@ -48,6 +51,7 @@ async def read_raw(request: web.Request, timeout: float = DEFAULT_BODY_TIMEOUT) 
                 if not chunk:
                     break
                 size += len(chunk)
+                request[BODY_BYTES] = size
                 if size > MAX_REQUEST_BYTES:
                     raise too_large("request body")
                 chunks.append(chunk)

@@ -49,6 +49,7 @@ class Cors:
             response.headers["Access-Control-Allow-Methods"] = ALLOWED_METHODS
             response.headers["Access-Control-Allow-Headers"] = allowed_headers(
                 request.headers.get("Access-Control-Request-Headers"))
+            response.headers["Vary"] = "Access-Control-Request-Headers"  # the answer echoes them
             response.headers["Access-Control-Max-Age"] = PREFLIGHT_MAX_AGE
         return response
 
@@ -56,7 +57,8 @@ class Cors:
     def decorate(response: web.StreamResponse, allowed: str) -> None:
         response.headers["Access-Control-Allow-Origin"] = allowed
         if allowed != "*":
-            response.headers["Vary"] = "Origin"
+            vary = response.headers.get("Vary")
+            response.headers["Vary"] = f"{vary}, Origin" if vary else "Origin"
 
 
 def allowed_headers(requested: str | None) -> str:
