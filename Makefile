@@ -18,11 +18,6 @@ $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
-# The browser suites drive Debian's chromium (never a downloaded browser); installed once, bounded.
-CHROMIUM := /usr/bin/chromium
-$(CHROMIUM):
-	timeout 600 apt-get install -y chromium
-
 run: $(VENV)/.installed
 	$(BIN)/relay run --config $(CONFIG)
 
@@ -38,8 +33,25 @@ postgresql:
 	  timeout 300 apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq postgresql >/dev/null; }
 
-pytest: $(VENV)/.installed-test postgresql $(CHROMIUM)
+pytest: $(VENV)/.installed-test postgresql browser-deps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The browser suites: Debian's Chromium (installed only when missing, bounded; Playwright
+# never downloads a browser) and the SDKs from npm into .cache/npm (git-ignored).
+NPM_CACHE := .cache/npm
+SDK_PACKAGES := @segment/analytics-next @rudderstack/analytics-js
+
+.PHONY: browser-deps
+browser-deps: /usr/bin/chromium $(NPM_CACHE)/.installed
+
+/usr/bin/chromium:
+	timeout 900 apt-get install -y --no-install-recommends chromium || \
+	  { timeout 300 apt-get update && timeout 900 apt-get install -y --no-install-recommends chromium; }
+
+$(NPM_CACHE)/.installed:
+	mkdir -p $(NPM_CACHE)
+	timeout 300 npm install --prefix $(NPM_CACHE) --no-audit --no-fund --ignore-scripts $(SDK_PACKAGES)
+	touch $@
 
 test: lint typecheck pytest
 
@@ -51,4 +63,4 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/ingest.py
 
 clean:
-	rm -rf $(VENV) relay-data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) relay-data .cache .pytest_cache .mypy_cache .ruff_cache

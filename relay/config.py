@@ -4,16 +4,26 @@ Precedence: embedded defaults < the TOML file < environment variables named
 ``RELAY_<SECTION>_<KEY>`` (for example ``RELAY_SERVER_PORT=9000``). A value in an
 environment variable is read as a TOML value when it parses as one (numbers, booleans,
 arrays) and as a plain string otherwise.
+
+Any string of the TOML file may take secrets from outside it, as Vector and the OTel
+Collector do: ``${VAR}`` or ``${env:VAR}`` is the environment variable's value,
+``${file:/path}`` a file's content (one trailing newline dropped), ``$${`` a literal
+``${``. An unset variable or an unreadable file is a config error naming the key; every
+value taken this way is masked wherever the config is shown.
 """
 
 from __future__ import annotations
 
+import copy
+import difflib
 import ipaddress
 import os
+import re
 import tomllib
-from collections.abc import Mapping
+import weakref
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit
 
 import msgspec
@@ -53,6 +63,9 @@ class ServerConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     header_timeout: PositiveFloat = 10.0    # seconds for a client to send its request headers
     body_timeout: PositiveFloat = 30.0      # seconds for a client to send its request body
     max_connections: Annotated[int, msgspec.Meta(ge=1)] = 1024
+    # analytics.js served by the relay: a folder of @segment/analytics-next's dist/umd files;
+    # empty: the one `relay sdk install` puts next to the queue (<queue folder>/sdk/...)
+    sdk_dir: str = ""
 
     def __post_init__(self) -> None:
         for i, proxy in enumerate(self.trusted_proxies):
@@ -137,7 +150,7 @@ class SourceConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     options: dict[str, Any] = msgspec.field(default_factory=dict)  # validated by the type
 
 
-class Config(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class Config(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True, weakref=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     queue: QueueConfig = msgspec.field(default_factory=QueueConfig)
     admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
@@ -180,15 +193,79 @@ def load(path: str | Path | None = None, environ: Mapping[str, str] | None = Non
             raise ConfigError(f"{source}: cannot read: {exc}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    taken: set[str] = set()
+    raw = _interpolate(raw, env, source, "$", taken)
     from_env = _apply_environment(raw, env)
-    try:
-        config = msgspec.convert(raw, Config, strict=True)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(_describe(exc, source, from_env)) from None
-    _check_queue_path(config, source)
-    _check_destinations(config, source)
+    problems = [_describe(p, source, from_env) for p in _problems(raw)]
+    if problems:
+        raise ConfigError("\n".join(problems))
+    config = msgspec.convert(raw, Config, strict=True)
+    problems = _check_queue_path(config, source) + _check_destinations(config, source)
+    if problems:
+        raise ConfigError("\n".join(problems))
     _check_sources(config, source)
+    _remember(config, frozenset(v for v in taken if v))
     return config
+
+
+_REFERENCE = re.compile(r"\$\$\{|\$\{([^}]*)\}")
+_VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# id(Config) -> the values ${...} put in it (secrets by where they came from, whatever the
+# key), forgotten with the Config (a Struct holding dicts has no hash for a WeakKeyDictionary).
+_INTERPOLATED: dict[int, frozenset[str]] = {}
+
+
+def _remember(config: Config, values: frozenset[str]) -> None:
+    if values:
+        _INTERPOLATED[id(config)] = values
+        weakref.finalize(config, _INTERPOLATED.pop, id(config), None)
+
+
+def interpolated(config: Config) -> frozenset[str]:
+    """The values that ``${VAR}`` / ``${file:...}`` put into ``config``."""
+    return _INTERPOLATED.get(id(config), frozenset())
+
+
+def carry_secrets(old: Config, new: Config) -> Config:
+    """``new`` (a copy of ``old`` with changes) masks what ``old`` masks."""
+    _remember(new, interpolated(old))
+    return new
+
+
+def _interpolate(value: Any, env: Mapping[str, str], source: str, where: str, taken: set[str]) -> Any:
+    """``value`` with every ``${...}`` in its strings replaced; ``taken`` collects the values."""
+    if isinstance(value, dict):
+        return {k: _interpolate(v, env, source, f"{where}.{k}", taken) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, env, source, f"{where}[{i}]", taken) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(1) is None:
+            return "${"
+        reference = match.group(1).strip()
+        kind, _, name = reference.partition(":") if ":" in reference else ("env", "", reference)
+        key = f"`{where}`"
+        if kind == "env" and _VARIABLE.match(name):
+            if name not in env:
+                raise ConfigError(f"{source}: {key}: environment variable {name} is not set")
+            found = env[name]
+        elif kind == "file" and name:
+            try:
+                found = Path(name).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"{source}: {key}: cannot read the file {name}: "
+                                  f"{getattr(exc, 'strerror', None) or exc}") from None
+            found = found[:-1] if found.endswith("\n") else found
+            found = found[:-1] if found.endswith("\r") else found
+        else:
+            raise ConfigError(f"{source}: {key}: `${{{reference}}}` is not a reference: use "
+                              "${VAR}, ${env:VAR} or ${file:/path} (and $${ for a literal ${)")
+        taken.add(found)
+        return found
+
+    return _REFERENCE.sub(replace, value)
 
 
 def _apply_environment(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
@@ -229,8 +306,7 @@ def _parse_env_value(value: str, as_text: bool = False) -> Any:
     return value if as_text and not isinstance(parsed, str) else parsed
 
 
-def _describe(exc: msgspec.ValidationError, source: str, from_env: dict[str, str]) -> str:
-    message = str(exc)
+def _describe(message: str, source: str, from_env: dict[str, str]) -> str:
     for key_path, variable in from_env.items():
         section_path, _, key = key_path.rpartition(".")
         # A check across a section's keys reports the section's path and names the key first.
@@ -241,25 +317,131 @@ def _describe(exc: msgspec.ValidationError, source: str, from_env: dict[str, str
     return f"{source}: {message}"
 
 
-def _check_queue_path(config: Config, source: str) -> None:
+MAX_PROBLEMS = 50
+_AT = re.compile(r" - at `(\$[^`]*)`$")
+
+
+def _problems(raw: dict[str, Any]) -> list[str]:
+    """Every problem of ``raw`` (not only the first msgspec meets): unknown keys with the
+    nearest valid one, then each bad value, taken out and the rest checked again."""
+    data: dict[str, Any] = copy.deepcopy(raw)
+    problems = _unknown_keys(data)
+    for _ in range(MAX_PROBLEMS):
+        try:
+            msgspec.convert(data, Config, strict=True)
+            break
+        except msgspec.ValidationError as exc:
+            message = str(exc)
+            match = _AT.search(message)
+            problems.append(_with_allowed_values(message, match.group(1) if match else None))
+            if match is None or not _take_out(data, match.group(1)):
+                break
+    return problems
+
+
+def _suggest(key: str, known: Sequence[str]) -> str:
+    near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    return f"; did you mean `{near[0]}`?" if near else f"; known keys: {', '.join(known)}"
+
+
+def _unknown_keys(data: dict[str, Any]) -> list[str]:
+    found: list[str] = []
+
+    def check(table: object, kind: type[msgspec.Struct], where: str) -> None:
+        if not isinstance(table, dict):
+            return
+        for key in [k for k in table if k not in kind.__struct_fields__]:
+            found.append(f"Object contains unknown field `{key}` - at `{where}`"
+                         f"{_suggest(key, kind.__struct_fields__)}")
+            del table[key]
+
+    check(data, Config, "$")
+    for name, kind in SECTIONS.items():
+        check(data.get(name), kind, f"$.{name}")
+    for name, kind in (("destinations", DestinationConfig), ("plugins", PluginConfig)):
+        items = data.get(name)
+        if isinstance(items, list):
+            for i, item in enumerate(items):
+                check(item, kind, f"$.{name}[{i}]")
+    return found
+
+
+def _field_type(path: str) -> Any:
+    """The declared type at ``$.section.key`` or ``$.destinations[i].key``, if known."""
+    parts = re.findall(r"\.(\w+)", path)
+    kinds: dict[str, type[msgspec.Struct]] = {**SECTIONS, "destinations": DestinationConfig,
+                                              "plugins": PluginConfig}
+    if len(parts) != 2 or parts[0] not in kinds:
+        return None
+    for f in msgspec.structs.fields(kinds[parts[0]]):
+        if f.name == parts[1]:
+            return f.type
+    return None
+
+
+def _with_allowed_values(message: str, path: str | None) -> str:
+    if path is None or not message.startswith("Invalid enum value"):
+        return message
+    kind = _field_type(path)
+    if get_origin(kind) is Literal:
+        return f"{message}; allowed: {', '.join(repr(v) for v in get_args(kind))}"
+    return message
+
+
+def _take_out(data: dict[str, Any], path: str) -> bool:
+    """Remove what ``path`` points at (a whole destination or plugin becomes a placeholder
+    so later indexes still match); False when nothing can be removed."""
+    steps = re.findall(r"\.(\w+)|\[(\d+)\]", path)
+    if not steps:
+        return False
+    node: Any = data
+    for name, index in steps[:-1]:
+        node = node[name] if name else node[int(index)]
+        if not isinstance(node, dict | list):
+            return False
+    name, index = steps[-1]
+    if index and isinstance(node, list):
+        i = int(index)
+        if len(steps) == 2 and steps[0][0] == "destinations":
+            node[i] = {"name": f"placeholder {i}", "type": "file", "path": "placeholder"}
+        elif len(steps) == 2 and steps[0][0] == "plugins":
+            node[i] = {"use": "placeholder"}
+        else:
+            del node[i]
+        return True
+    if name and isinstance(node, dict) and name in node:
+        if len(steps) == 1 and name in SECTIONS and isinstance(node[name], dict) and not node[name]:
+            return False
+        if len(steps) == 1 and name in SECTIONS:
+            node[name] = {}
+        else:
+            del node[name]
+        return True
+    return False
+
+
+def _check_queue_path(config: Config, source: str) -> list[str]:
     if not config.queue.path.strip():
-        raise ConfigError(f"{source}: Expected a file path - at `$.queue.path`")
+        return [f"{source}: Expected a file path - at `$.queue.path`"]
+    return []
 
 
-def _check_destinations(config: Config, source: str) -> None:
+def _check_destinations(config: Config, source: str) -> list[str]:
     """Each destination's type exists and takes its options; its plugins are defined."""
     from relay.sinks import make_sink
 
+    problems: list[str] = []
     plugin_names = {p.name or p.use for p in config.plugins}
     for i, destination in enumerate(config.destinations):
         where = f"{source}: destinations[{i}] ({destination.name})"
         try:
             make_sink(destination)
         except ValueError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
+            problems.append(f"{where}: {exc}")
         for plugin in destination.plugins:
             if plugin not in plugin_names:
-                raise ConfigError(f"{where}: `plugins` names {plugin!r}, which no [[plugins]] defines")
+                problems.append(f"{where}: `plugins` names {plugin!r}, which no [[plugins]] defines")
+    return problems
 
 
 def _check_sources(config: Config, source: str) -> None:
@@ -279,7 +461,7 @@ def with_state_directory(config: Config, environ: Mapping[str, str]) -> Config:
     if not state or Path(config.queue.path).is_absolute():
         return config
     queue = msgspec.structs.replace(config.queue, path=str(Path(state) / Path(config.queue.path).name))
-    return msgspec.structs.replace(config, queue=queue)
+    return carry_secrets(config, msgspec.structs.replace(config, queue=queue))
 
 
 def masked(config: Config) -> dict[str, Any]:
@@ -297,6 +479,19 @@ def masked(config: Config) -> dict[str, Any]:
         _mask_options(destination.get("options", {}))
     for plugin in [*data.get("plugins", []), *data.get("sources", [])]:
         _mask_options(plugin.get("options", {}))
+    secrets = interpolated(config)
+    return _mask_values(data, secrets) if secrets else data
+
+
+def _mask_values(data: Any, secrets: frozenset[str]) -> Any:
+    """Whatever holds a value taken from the environment or a file, masked."""
+    if isinstance(data, dict):
+        return {k: _mask_values(v, secrets) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_mask_values(v, secrets) for v in data]
+    if isinstance(data, str) and data != MASK and (
+            data in secrets or any(len(secret) >= 4 and secret in data for secret in secrets)):
+        return MASK
     return data
 
 
@@ -313,8 +508,15 @@ def _masked_field(name: str, value: Any) -> Any:
     return value
 
 
+# A key that says where a secret is (``salt_env``: a variable's name, ``key_file``: a path)
+# holds no secret itself.
+REFERENCE_SUFFIXES = ("_env", "_file", "_path", "_var", "_variable")
+
+
 def _mask_options(options: dict[str, Any]) -> None:
     for key, value in options.items():
+        if key.lower().endswith(REFERENCE_SUFFIXES):
+            continue
         if value and any(word in key.lower() for word in SECRET_OPTION_WORDS):
             options[key] = MASK
         elif key == "headers" and isinstance(value, dict):  # e.g. Authorization for a webhook

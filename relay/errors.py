@@ -6,6 +6,7 @@
     │   ├── QueueFull        the byte cap or the disk is reached; retry later
     │   ├── QueueClosed      the queue has been stopped
     │   └── QueueLocked      another relay owns the queue file (names its pid)
+    ├── ListenError          a listener cannot bind (names the address and the key)
     └── InvalidMessage       one message breaks the protocol (names the problem)
 
 Errors from the SQLite driver (in relay.queue.connection), msgspec and aiohttp are mapped to
@@ -39,6 +40,10 @@ class QueueLocked(QueueError):
     def __init__(self, message: str, owner: str) -> None:
         super().__init__(message)
         self.owner = owner
+
+
+class ListenError(RelayError):
+    pass
 
 
 class InvalidMessage(RelayError):

@@ -119,9 +119,11 @@ async def _reload(relay: Relay, notifier: notify.Notifier, config_path: str | No
             new = config_module.with_state_directory(config_module.load(config_path), os.environ)
             await relay.reload(new)
         except ConfigError as exc:
+            relay.reloads.failed += 1
             log.error("reload refused: the running configuration stays", extra={"error": str(exc)})
             return
         except Exception as exc:
+            relay.reloads.failed += 1
             log.exception("reload failed: the running configuration stays", extra={"error": str(exc)})
             return
         logs.mask_secrets(logs.secrets(new))

@@ -61,6 +61,8 @@ class Counters:
     requests: int = 0
     latency_sum: float = 0.0
     latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    outcomes: dict[str, int] = field(default_factory=dict)  # requests by the retry decision's action
+    bytes_out: int = 0  # encoded event bytes sent (before gzip), retries included
 
     def observe(self, seconds: float) -> None:
         """One request's latency, counted in its histogram bucket."""
@@ -379,6 +381,9 @@ class Forwarder:
             self.counters.requests += 1
             self.counters.observe(time.monotonic() - started)
             decision = self._classify(answer)
+            outcome = decision.action.value
+            self.counters.outcomes[outcome] = self.counters.outcomes.get(outcome, 0) + 1
+            self.counters.bytes_out += sum(item.size for item in batch)
             if decision.action is Action.DELIVERED:
                 await self._set_state("ok", None)
                 done.delivered += len(batch)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import zlib
 
 import msgspec
-from aiohttp import web
+from aiohttp import ClientPayloadError, web
 
 from relay.ingest.responses import Rejection
 
@@ -25,6 +26,10 @@ _RUNS = (b"[" * (MAX_NESTING + 1), b"{" * (MAX_NESTING + 1))  # that many opened
 _ENCODINGS = {"": None, "identity": None, "gzip": _GZIP_OR_ZLIB, "x-gzip": _GZIP_OR_ZLIB,
               "deflate": _GZIP_OR_ZLIB}
 
+log = logging.getLogger(__name__)
+# The body's size as read (a chunked body declares none), for the bytes-in metric.
+BODY_BYTES = web.RequestKey("relay_body_bytes", int)
+
 
 def too_large(what: str) -> Rejection:
     return Rejection(400, "request_too_large", f"{what} is larger than {MAX_REQUEST_BYTES} bytes")
@@ -38,6 +43,7 @@ async def read_raw(request: web.Request, timeout: float = DEFAULT_BODY_TIMEOUT) 
     content = request.content
     if content.is_eof():  # the whole body came with the head (the usual case): nothing to wait for
         data = content.read_nowait()
+        request[BODY_BYTES] = len(data)
         if len(data) > MAX_REQUEST_BYTES:
             raise too_large("request body")
         return data
@@ -50,11 +56,18 @@ async def read_raw(request: web.Request, timeout: float = DEFAULT_BODY_TIMEOUT) 
                 if not chunk:
                     break
                 size += len(chunk)
+                request[BODY_BYTES] = size
                 if size > MAX_REQUEST_BYTES:
                     raise too_large("request body")
                 chunks.append(chunk)
     except TimeoutError:
         raise Rejection(408, "body_timeout", f"the request body did not arrive within {timeout:g} s",
+                        {"Connection": "close"}) from None
+    except (ConnectionError, ClientPayloadError) as exc:
+        # the client went away mid-body: nothing to answer, nothing stored; not the relay's fault
+        log.debug("client disconnected before its request body arrived",
+                  extra={"path": request.path, "received_bytes": size, "error": str(exc)})
+        raise Rejection(400, "client_disconnected", "the client closed the connection mid-body",
                         {"Connection": "close"}) from None
     return b"".join(chunks)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -40,6 +41,24 @@ def settings(write_key: str, host: str, scheme: str) -> dict[str, Any]:
         "legacyVideoPluginsEnabled": False,
         "remotePlugins": [],
         "consentSettings": {"allCategories": []},
+    }
+
+
+def source_config(write_key: str) -> dict[str, Any]:
+    """RudderStack's source config: the source enabled, no device-mode destinations and no
+    reporting to RudderStack's hosts, so the SDK becomes ready talking only to the relay."""
+    return {
+        "isHosted": False,
+        "source": {
+            "id": f"relay-{hashlib.sha256(write_key.encode()).hexdigest()[:16]}",
+            "name": "relay",
+            "writeKey": write_key,
+            "enabled": True,
+            "workspaceId": "relay",
+            "config": {"statsCollection": {"errorReports": {"enabled": False},
+                                           "metrics": {"enabled": False}}},
+            "destinations": [],
+        },
     }
 
 

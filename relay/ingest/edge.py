@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 
 from aiohttp import web
@@ -13,6 +14,9 @@ from relay.ingest.responses import Rejection
 
 log = logging.getLogger(__name__)
 ALLOWED_HEADERS = "Content-Type, Authorization, X-Retry-Count, Content-Encoding"
+# What a preflight may ask for and be echoed: header names (RFC 9110 tokens), as SDKs send
+# their own (RudderStack: AnonymousId, SentAt, Rsa-Retry-*, Rsa-Recovered).
+_HEADER_LIST = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+(\s*,\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+)*$")
 ALLOWED_METHODS = "GET, POST, OPTIONS"
 PREFLIGHT_MAX_AGE = "86400"
 _CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
@@ -43,7 +47,9 @@ class Cors:
         response = web.Response(status=204)
         if allowed:
             response.headers["Access-Control-Allow-Methods"] = ALLOWED_METHODS
-            response.headers["Access-Control-Allow-Headers"] = ALLOWED_HEADERS
+            response.headers["Access-Control-Allow-Headers"] = allowed_headers(
+                request.headers.get("Access-Control-Request-Headers"))
+            response.headers["Vary"] = "Access-Control-Request-Headers"  # the answer echoes them
             response.headers["Access-Control-Max-Age"] = PREFLIGHT_MAX_AGE
         return response
 
@@ -63,7 +69,16 @@ class Cors:
     def decorate(response: web.StreamResponse, allowed: str) -> None:
         response.headers["Access-Control-Allow-Origin"] = allowed
         if allowed != "*":
-            response.headers["Vary"] = "Origin"
+            vary = response.headers.get("Vary")
+            response.headers["Vary"] = f"{vary}, Origin" if vary else "Origin"
+
+
+def allowed_headers(requested: str | None) -> str:
+    """The headers a preflight from an allowed origin may send: what it asks for (a
+    well-formed list of names), else the ones the Segment SDKs use."""
+    if requested and _HEADER_LIST.match(requested.strip()):
+        return requested.strip()
+    return ALLOWED_HEADERS
 
 
 def error_response(request: web.Request, exc: Exception) -> web.StreamResponse:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,6 +35,15 @@ BATCH_ROUTES = ("batch", "import", "b")
 _encode = msgspec.json.Encoder().encode
 
 
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What a request is checked against; a reload replaces the whole of it at once."""
+
+    config: ServerConfig
+    keys: frozenset[str]
+    trusted: tuple[auth.Network, ...]
+
+
 class Ingest:
     def __init__(self, config: ServerConfig, queue: Queue, pipeline: Pipeline | None = None,
                  tap: Tap | None = None) -> None:
@@ -47,10 +57,14 @@ class Ingest:
         self._now = (datetime.now(UTC), "")
 
     def apply(self, config: ServerConfig) -> None:
-        """Take (new) write keys, proxies and limits; used at start and on reload."""
-        self.config = config
-        self._keys = frozenset(config.write_keys)
-        self._trusted = auth.networks(config.trusted_proxies)
+        """Take (new) write keys, proxies and limits, as one snapshot swapped in a single
+        assignment; used at start and on reload."""
+        self.snapshot = Settings(config, frozenset(config.write_keys),
+                                 auth.networks(config.trusted_proxies))
+
+    @property
+    def config(self) -> ServerConfig:
+        return self.snapshot.config
 
     def routes(self) -> list[web.RouteDef]:
         table = [web.post(f"/v1/{name}", self._single(kind)) for name, kind in SINGLE_ROUTES.items()]
@@ -58,6 +72,10 @@ class Ingest:
         table += [
             web.get("/v1/pixel/{type}", self.pixel, allow_head=False),
             web.get("/v1/projects/{write_key}/settings", self.settings),
+            # RudderStack's JavaScript SDK (v3): its beacon transport and its source config
+            web.post("/beacon/v1/batch", self.beacon),
+            web.get("/sourceConfig", self.source_config, allow_head=False),
+            web.get("/sourceConfig/", self.source_config, allow_head=False),
         ]
         return table
 
@@ -77,8 +95,14 @@ class Ingest:
         handler.__name__ = f"ingest_{kind}"
         return handler
 
-    async def batch(self, request: web.Request) -> web.StreamResponse:
+    async def beacon(self, request: web.Request) -> web.StreamResponse:
+        """``navigator.sendBeacon`` cannot set headers: the write key rides in the query."""
+        return await self.batch(request, request.query.get("writeKey"))
+
+    async def batch(self, request: web.Request, query_key: str | None = None) -> web.StreamResponse:
         body = await self._body(request)
+        if query_key and not body.get("writeKey"):
+            body["writeKey"] = query_key
         messages = body.get("batch")
         if not isinstance(messages, list):
             raise self._reject(400, "invalid_batch", "body needs a `batch` array of messages")
@@ -110,15 +134,21 @@ class Ingest:
                      indexed: bool = False, strict: bool = False) -> Admitted:
         """Admit a request's messages; a protocol fault in a single-message request (``strict``)
         is its 400."""
-        watch = self.tap.watched and self.pipeline is not None and self.pipeline.runs_at_ingest
+        pipeline = self.pipeline  # held to the end: a reload unloads it only after
+        watch = self.tap.watched and pipeline is not None and pipeline.runs_at_ingest
+        if pipeline is not None:
+            pipeline.hold()
         try:
-            admitted = await admission.admit(messages, arrival, self.pipeline,
+            admitted = await admission.admit(messages, arrival, pipeline,
                                              Admitted(changes={}) if watch else None,
                                              type_hint=type_hint, indexed=indexed, strict=strict)
         except InvalidMessage as exc:
             raise self._reject(400, "invalid_message", str(exc)) from None
         except RecursionError:  # a backstop: bodies.too_deep refuses deep bodies before this
             raise self._reject(400, "nesting_too_deep", "the request nests too deep to be handled") from None
+        finally:
+            if pipeline is not None:
+                pipeline.release()
         if admitted.dead:
             self._count("invalid_message", len(admitted.dead))
         if admitted.drops and self.tap.watched:
@@ -144,7 +174,14 @@ class Ingest:
             admitted = await self._admit([message], arrival, type_hint=request.match_info["type"])
         else:
             admitted = Admitted()
-            await admission.refuse(message, arrival, self.pipeline, admitted, problem)
+            pipeline = self.pipeline
+            if pipeline is not None:
+                pipeline.hold()
+            try:
+                await admission.refuse(message, arrival, pipeline, admitted, problem)
+            finally:
+                if pipeline is not None:
+                    pipeline.release()
             self._count("invalid_message")
         await self._store(admitted.events, admitted.dead, admitted.changes)
         if admitted.errors:
@@ -171,6 +208,12 @@ class Ingest:
         data = browser.settings(write_key, request.host, request.scheme)
         return web.Response(body=_encode(data), content_type="application/json")
 
+    async def source_config(self, request: web.Request) -> web.StreamResponse:
+        header_key = auth.basic_username(request.headers.get("Authorization"))
+        write_key = self._authorise(auth.write_key(header_key, request.query.get("writeKey")))
+        return web.Response(body=_encode(browser.source_config(write_key)),
+                            content_type="application/json")
+
     # --- steps shared by the handlers ------------------------------------------------------
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
@@ -192,14 +235,15 @@ class Ingest:
         """The request's facts; ``batch`` carries batch-level (context, integrations, sentAt)."""
         header_key = auth.basic_username(request.headers.get("Authorization"))
         key = auth.write_key(header_key, body.get("writeKey"))
-        write_key = self._authorise(key)
+        settings = self.snapshot  # keys and proxies from one snapshot
+        write_key = self._authorise(key, settings)
         received_at, received_iso = self._clock()
         return Arrival(
             write_key=write_key,
             received_at=received_at,
             received_iso=received_iso,
             peer_ip=auth.client_ip(
-                request.remote, request.headers.get("X-Forwarded-For"), self._trusted
+                request.remote, request.headers.get("X-Forwarded-For"), settings.trusted
             ),
             context=batch[0] if batch else None,
             integrations=batch[1] if batch else None,
@@ -216,13 +260,14 @@ class Ingest:
             self._now = (moment, timestamps.iso(moment))
         return self._now
 
-    def _authorise(self, key: str | None) -> str:
-        if not self._keys:
+    def _authorise(self, key: str | None, settings: Settings | None = None) -> str:
+        keys = (settings or self.snapshot).keys
+        if not keys:
             return key or ""
         if not key:
             raise self._reject(401, "missing_write_key",
                                "no write key: send it as Basic auth username or as `writeKey`")
-        if key not in self._keys:
+        if key not in keys:
             raise self._reject(401, "unknown_write_key", "the write key is not accepted here")
         return key
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Protocol, cast
 
 import msgspec
 from aiohttp import web
@@ -44,7 +44,7 @@ from relay.ingest import responses
 from relay.ingest.edge import errors_as_json
 from relay.ingest.guard import ConnectionGuard, GuardStats
 from relay.ingest.routes import Ingest
-from relay.ops import debugger
+from relay.ops import debugger, metrics
 from relay.ops.series import Series
 from relay.ops.tap import Tap
 from relay.queue import Queue
@@ -142,6 +142,7 @@ class RelayCollector:
         for name, count in sorted(relay.plugin_errors().items()):
             plugins.add_metric([name], count)
         yield plugins
+        yield from metrics.families(cast(metrics.Measured, relay))
 
     @staticmethod
     def _ingest(relay: Observed) -> Iterator[Metric]:

@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from relay import __version__, config
-from relay.errors import ConfigError, QueueError
+from relay.errors import ConfigError, ListenError, QueueError
 from relay.ops import logs
 from relay.queue import deadletters
 from relay.queue.deadletters import DeadLetterFilter
@@ -82,13 +83,72 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """What ``relay run`` would do short of listening: the config, every plugin loaded and
+    unloaded, and with ``--connect`` each destination's upstream reached."""
+    import asyncio
+
     from relay.plugins.pipeline import Pipeline
 
     cfg = load_config(args.config)
-    Pipeline.from_config(cfg)  # plugins load and take their options
+    pipeline = Pipeline.from_config(cfg)  # plugins are found and take their options
+
+    async def prove() -> list[tuple[str, str | None]]:
+        await pipeline.start()  # each plugin's load(), as at start-up; a failure names it
+        await pipeline.stop()
+        if not args.connect:
+            return []
+        return list(await asyncio.gather(*(reach(d, args.connect_timeout) for d in cfg.destinations)))
+
+    reached = asyncio.run(prove())
     print(json.dumps(config.masked(cfg), indent=2))
+    failed = [(name, problem) for name, problem in reached if problem]
+    for name, problem in reached:
+        print(f"destination {name}: {problem or 'reachable'}", file=sys.stderr)
+    if failed:
+        print(f"relay: {len(failed)} of {len(reached)} destinations cannot be reached", file=sys.stderr)
+        return 1
     print(f"config OK ({_config_path(args.config) or 'embedded defaults'})", file=sys.stderr)
     return 0
+
+
+async def reach(destination: config.DestinationConfig, timeout: float) -> tuple[str, str | None]:
+    """Open what the destination sends to: a TCP connection (with the TLS handshake for
+    https) to its upstream, or its folder for the ``file`` type; None when that works."""
+    import asyncio
+    import ssl
+    from urllib.parse import urlsplit
+
+    from relay.sinks.options import shown
+
+    name = destination.name
+    if destination.type == "file":
+        folder = Path(destination.path)
+        existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+        writable = os.access(existing, os.W_OK | os.X_OK)
+        return name, None if writable else f"cannot write in {existing}"
+    url = destination.endpoint or str(destination.options.get("url", ""))
+    if not url:
+        url = {"amplitude": "https://api2.amplitude.com", "posthog": "https://us.i.posthog.com"}.get(
+            destination.type, "")
+    split = urlsplit(url)
+    if not split.hostname:
+        return name, "no upstream address to reach"
+    tls = split.scheme == "https"
+    port = split.port or (443 if tls else 80)
+    try:
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(
+                split.hostname, port, ssl=ssl.create_default_context() if tls else None)
+    except TimeoutError:
+        return name, f"{shown(url)}: no answer within {timeout:g} s"
+    except (OSError, ssl.SSLError) as exc:
+        return name, f"{shown(url)}: {exc.strerror or exc}"
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except OSError:
+        pass
+    return name, None
 
 
 def status_report(cfg: config.Config) -> StatusReport:
@@ -146,6 +206,21 @@ def cmd_top(args: argparse.Namespace) -> int:
     from relay.ops import watch
 
     return watch.cmd_top(args, load_config(args.config))
+
+
+def cmd_sdk_install(args: argparse.Namespace) -> int:
+    from relay.ingest import cdn
+
+    cfg = load_config(args.config)
+    try:
+        folder = cdn.install(cfg, args.version, timeout=args.timeout)
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return 1
+    print(f"analytics.js installed in {folder}")
+    if cfg.server.sdk_dir and Path(cfg.server.sdk_dir).resolve() != folder.resolve():
+        print(f"note: [server] sdk_dir = {cfg.server.sdk_dir!r} is what the relay serves", file=sys.stderr)
+    return 0
 
 
 def cmd_version(args: argparse.Namespace) -> int:
@@ -362,7 +437,11 @@ def parser() -> argparse.ArgumentParser:
     run = command(sub, "run", cmd_run, "run the relay")
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                      default=os.environ.get("RELAY_LOG_LEVEL") or None)
-    command(sub, "check", cmd_check, "validate the config and print it, secrets masked")
+    p = command(sub, "check", cmd_check, "validate the config (loading and unloading every plugin) "
+                "and print it, secrets masked")
+    p.add_argument("--connect", action="store_true",
+                   help="also reach each destination's upstream (TCP, and TLS for https)")
+    p.add_argument("--connect-timeout", type=float, default=5.0, help="seconds per destination")
     command(sub, "status", cmd_status, "report the queue file's state", json_flag=True)
     command(sub, "reload", cmd_reload, "validate the config, then tell the running relay to reload it")
     command(sub, "version", cmd_version, "print the version")
@@ -379,6 +458,12 @@ def parser() -> argparse.ArgumentParser:
     p = command(sub, "top", cmd_top, "a live view of a running relay: rates, queue, destinations")
     p.add_argument("--url", help="the admin listener's base URL (default: from [admin] host and port)")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    sdk = sub.add_parser("sdk", help="the analytics.js files the relay serves")
+    sdk_sub = sdk.add_subparsers(dest="sdk_command", required=True)
+    p = command(sdk_sub, "install", cmd_sdk_install,
+                "fetch @segment/analytics-next with npm into the data directory")
+    p.add_argument("--version", help="the package version (default: the latest)")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds npm may take")
 
     dlq = sub.add_parser("dlq", help="inspect, replay or purge dead letters")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
@@ -422,7 +507,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"relay: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except QueueError as exc:
+    except (QueueError, ListenError) as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return 1
     except BrokenPipeError:

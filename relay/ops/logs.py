@@ -144,7 +144,7 @@ def secrets(cfg: config_module.Config) -> set[str]:
             found.update(s for s in strings(plain) if s)
 
     walk(msgspec.to_builtins(cfg), config_module.masked(cfg))
-    return found
+    return found | config_module.interpolated(cfg)
 
 
 def mask_secrets(values: Iterable[str]) -> None:

@@ -72,16 +72,24 @@ class Loaded:
 
 
 def load_all(specs: Sequence[Spec], base: Path | None = None) -> list[Loaded]:
-    """Every spec as a Loaded plugin; instance names must be unique."""
+    """Every spec as a Loaded plugin; instance names must be unique. Every plugin's problem
+    is reported (one line each), not only the first."""
     loaded: list[Loaded] = []
+    problems: list[str] = []
     seen: set[str] = set()
     for index, spec in enumerate(specs):
-        plugin = load_one(index, spec, base)
+        try:
+            plugin = load_one(index, spec, base)
+        except ConfigError as exc:
+            problems.append(str(exc))
+            continue
         if plugin.name in seen:
-            raise ConfigError(f"{plugin.where}: the instance name {plugin.name!r} is used twice; "
-                              "give one of them a `name`")
+            problems.append(f"{plugin.where}: the instance name {plugin.name!r} is used twice; "
+                            "give one of them a `name`")
         seen.add(plugin.name)
         loaded.append(plugin)
+    if problems:
+        raise ConfigError("\n".join(problems))
     return loaded
 
 

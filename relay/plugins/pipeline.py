@@ -107,6 +107,9 @@ class Pipeline:
         """``destinations``: name -> (type, the plugin instances it lists, in order)."""
         self.plugins = list(plugins)
         self.stats: dict[str, PluginStats] = {p.name: PluginStats() for p in self.plugins}
+        self._users = 0  # ingest requests admitting through this pipeline now
+        self._unused = asyncio.Event()
+        self._unused.set()
         self.skipped: dict[str, dict[str, int]] = {name: {} for name in destinations}
         by_name = {p.name: p for p in self.plugins}
         placed = {name for _, listed in destinations.values() for name in listed}
@@ -174,6 +177,26 @@ class Pipeline:
                     await self.stop()
                     raise ConfigError(f"{loaded.where}: does not load: {_describe(exc)}") from exc
             self._loaded.append(loaded)
+
+    def hold(self) -> None:
+        """An ingest request starts using the pipeline (``release`` when it is done)."""
+        self._users += 1
+        self._unused.clear()
+
+    def release(self) -> None:
+        self._users -= 1
+        if not self._users:
+            self._unused.set()
+
+    async def drained(self, timeout: float) -> bool:
+        """Wait until no ingest request holds the pipeline (False at the timeout)."""
+        try:
+            await asyncio.wait_for(self._unused.wait(), timeout)
+        except TimeoutError:
+            log.warning("ingest requests still hold the old pipeline at the timeout",
+                        extra={"requests": self._users})
+            return False
+        return True
 
     async def stop(self) -> None:
         """Unload in reverse order; errors are logged. Safe to call twice."""

@@ -72,7 +72,7 @@ class Queue:
         self._lock = QueueLock(config.path)
         self._closing = False
         self._used_bytes = 0
-        self.full_since: float | None = None
+        self._full_since: float | None = None
         self.commit_seq = 0
         self.stored_events = 0  # events committed since start
         self.duplicates = 0  # events acknowledged but not stored again (dedup hits)
@@ -203,10 +203,27 @@ class Queue:
         group, self._pending = self._pending, []
         return group
 
+    @property
+    def full_since(self) -> float | None:
+        """When the queue began refusing writes (its cap or a full disk), or None."""
+        return self._full_since
+
+    @full_since.setter
+    def full_since(self, value: float | None) -> None:
+        """Turning full and clearing are logged once each, not once per refused write."""
+        was, self._full_since = self._full_since, value
+        if was is None and value is not None:
+            log.warning("queue is full: writes are refused (503 + Retry-After) until there is room",
+                        extra={"max_bytes": self.config.max_bytes})
+        elif was is not None and value is None:
+            log.info("queue has room again: writes are taken",
+                     extra={"full_for_s": round(time.time() - was, 3)})
+
     def _failed(self, exc: QueueError) -> QueueError:
         if isinstance(exc, QueueFull):
+            if self.full_since is None:
+                log.debug("queue write refused: %s", exc)
             self.full_since = self.full_since or time.time()
-            log.warning("queue file is full: %s", exc)
         else:
             log.error("queue write failed: %s", exc)
         return exc

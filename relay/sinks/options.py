@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_args, get_origin
 from urllib.parse import urlsplit
 
 import msgspec
@@ -20,10 +21,22 @@ def parse(options: dict[str, Any], kind: type[T]) -> T:
     try:
         return msgspec.convert(options, kind, strict=True)
     except msgspec.ValidationError as exc:
-        message = str(exc).replace("`$.", "`options.").replace("`$`", "`options`")
+        message = _with_allowed_values(str(exc), kind).replace("`$.", "`options.").replace("`$`", "`options`")
         if " - at `" not in message:  # missing or unknown field: msgspec names the key alone
             message = f"options: {message}"
         raise ValueError(message) from None
+
+
+def _with_allowed_values(message: str, kind: type[Any]) -> str:
+    """An enum error lists the values the option takes."""
+    match = re.match(r"Invalid enum value .* - at `\$\.(\w+)`$", message)
+    if match is None or not issubclass(kind, msgspec.Struct):
+        return message
+    for f in msgspec.structs.fields(kind):
+        if f.name == match.group(1) and get_origin(f.type) is Literal:
+            return f"{message.split(' - at ')[0]}; allowed: {', '.join(map(repr, get_args(f.type)))}" \
+                   f" - at `$.{f.name}`"
+    return message
 
 
 def http_url(value: str, name: str, credentials_go: str = "in the `headers` option") -> str:
