@@ -48,9 +48,14 @@ def test_every_toml_block_in_the_docs_passes_relay_check(where: str, block: str,
     for reference in re.findall(r"\$\{file:([^}]+)\}", block):  # a file the example reads
         block = block.replace(reference, str(tmp_path / Path(reference).name))
         (tmp_path / Path(reference).name).write_text("example-secret\n")
+    for reference in re.findall(r'_file\s*=\s*"([^"]+)"', block):  # a `*_file` option's secret file
+        block = block.replace(f'"{reference}"', f'"{tmp_path / Path(reference).name}"')
+        (tmp_path / Path(reference).name).write_text("example-secret\n")
     path.write_text(block, encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
     env.update({name: "example-value" for name in VARIABLE.findall(block)})
+    named = re.findall(r'_env\s*=\s*"([A-Za-z_][A-Za-z0-9_]*)"', block)  # a `*_env` option's variable
+    env.update({name: "example-value" for name in named})
     env["PII_SALT"] = "example-salt"
     done = subprocess.run([sys.executable, "-m", "relay", "check", "--config", str(path)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
