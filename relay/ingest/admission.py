@@ -16,7 +16,8 @@ import msgspec
 
 from relay.errors import InvalidMessage
 from relay.ingest.normalise import MESSAGE_TYPES, check_size, normalise
-from relay.plugins.pipeline import Pipeline
+from relay.plugins import paths
+from relay.plugins.pipeline import Pipeline, Trace
 from relay.types import Arrival, DeadLetter, Event
 
 MAX_REPORTED_ERRORS = 20
@@ -68,13 +69,15 @@ async def admit(messages: Sequence[object], arrival: Arrival, pipeline: Pipeline
                 raise
             await refuse(message, arrival, pipeline, admitted, str(exc), index)
             continue
-        before = None if admitted.changes is None else _leaves(event.body)
-        events, refused = await through_ingest_plugins(plugins, event, arrival, admitted.drops)
+        before = None if admitted.changes is None else paths.leaves(event.body)
+        steps: Trace | None = None if before is None else []
+        events, refused = await through_ingest_plugins(plugins, event, arrival, admitted.drops, steps)
         if before is not None and admitted.changes is not None:
             for out in events:
-                change = _changed(before, _leaves(out.body))
-                if change:
-                    admitted.changes[out.message_id] = {"plugins": plugins.ingest_plugins, **change}
+                change = paths.changed(before, paths.leaves(out.body))
+                if change:  # the chain's change, and each plugin's own (when it stayed one message)
+                    admitted.changes[out.message_id] = {"plugins": plugins.ingest_plugins, **change,
+                                                        "steps": steps or []}
         admitted.events.extend(events)
         for body, reason in refused:
             admitted.refuse(body, arrival, reason, index)
@@ -91,12 +94,13 @@ async def refuse(message: object, arrival: Arrival, pipeline: Pipeline | None, a
 
 
 async def through_ingest_plugins(
-    pipeline: Pipeline, event: Event, arrival: Arrival, drops: list[tuple[str, str, Any]] | None = None
+    pipeline: Pipeline, event: Event, arrival: Arrival, drops: list[tuple[str, str, Any]] | None = None,
+    trace: Trace | None = None,
 ) -> tuple[list[Event], list[tuple[object, str]]]:
     """Run the ``before`` and ``enrichment`` plugins on a normalised event: the events to
     store (checked again, encoded), and the messages refused with the reason (and, into
     ``drops``, those a plugin dropped on purpose)."""
-    result = await pipeline.run_ingest(event.body)
+    result = await pipeline.run_ingest(event.body, trace)
     if drops is not None:
         drops.extend((d.plugin, d.reason, d.message) for d in result.drops)
     refused: list[tuple[object, str]] = [
@@ -112,30 +116,6 @@ async def through_ingest_plugins(
             continue
         events.append(out)
     return events, refused
-
-
-MAX_CHANGED_PATHS = 20
-
-
-def _leaves(value: Any, prefix: str = "") -> dict[str, bytes]:
-    """Each leaf of a message by its dotted path, its value encoded (to compare, never shown)."""
-    if isinstance(value, dict) and value:
-        out: dict[str, bytes] = {}
-        for key, item in value.items():
-            out.update(_leaves(item, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: _encode(value)}
-
-
-def _changed(before: dict[str, bytes], after: dict[str, bytes]) -> dict[str, list[str]]:
-    """The paths removed, added and changed (the paths only: a removed value is never shown)."""
-    change = {
-        "removed": sorted(before.keys() - after.keys())[:MAX_CHANGED_PATHS],
-        "added": sorted(after.keys() - before.keys())[:MAX_CHANGED_PATHS],
-        "changed": sorted(k for k in before.keys() & after.keys()
-                          if before[k] != after[k])[:MAX_CHANGED_PATHS],
-    }
-    return {k: v for k, v in change.items() if v}
 
 
 def _rewrap(event: Event, body: dict[str, Any]) -> Event:

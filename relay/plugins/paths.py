@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import msgspec
+
 WILDCARD = "*"
 
 Path = tuple[str, ...]
@@ -137,3 +139,28 @@ def keep_only(root: Any, parent: Sequence[str], keys: frozenset[str]) -> int:
                 del obj[key]
                 removed += 1
     return removed
+
+
+_encode = msgspec.json.Encoder().encode
+MAX_CHANGED_PATHS = 20
+
+
+def leaves(value: Any, prefix: str = "") -> dict[str, bytes]:
+    """Each leaf of a message by its dotted path, its value encoded (to compare, never shown)."""
+    if isinstance(value, dict) and value:
+        out: dict[str, bytes] = {}
+        for key, item in value.items():
+            out.update(leaves(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: _encode(value)}
+
+
+def changed(before: dict[str, bytes], after: dict[str, bytes]) -> dict[str, list[str]]:
+    """The paths removed, added and changed (the paths only: a removed value is never shown)."""
+    change = {
+        "removed": sorted(before.keys() - after.keys())[:MAX_CHANGED_PATHS],
+        "added": sorted(after.keys() - before.keys())[:MAX_CHANGED_PATHS],
+        "changed": sorted(k for k in before.keys() & after.keys()
+                          if before[k] != after[k])[:MAX_CHANGED_PATHS],
+    }
+    return {k: v for k, v in change.items() if v}

@@ -35,11 +35,14 @@ from typing import Any, cast
 
 from relay.config import Config
 from relay.errors import ConfigError
+from relay.plugins import paths
 from relay.plugins.api import AfterPlugin, Block, Delivery, Message, PluginError, PluginTimeout, Router
 from relay.plugins.loader import EVENT_PATH_TYPES, Loaded, hooks, load_all
 from relay.plugins.routing import integrations_allow
 
 log = logging.getLogger(__name__)
+Trace = list[dict[str, Any]]
+"""What each ingest plugin changed, in order (see ``Pipeline.run_ingest``)."""
 
 LOAD_TIMEOUT = 60.0  # seconds for one plugin's load() or unload()
 ERROR_LOG_INTERVAL = 60.0  # seconds between log lines for one failing plugin
@@ -230,11 +233,13 @@ class Pipeline:
     def wants_deliveries(self) -> bool:
         return bool(self._after)
 
-    async def run_ingest(self, message: Message) -> Result:
-        """The ``before`` then ``enrichment`` plugins, on ``message`` (changed in place)."""
+    async def run_ingest(self, message: Message, trace: Trace | None = None) -> Result:
+        """The ``before`` then ``enrichment`` plugins, on ``message`` (changed in place). With
+        ``trace`` (only while someone watches), each plugin that changed the message while it
+        was one message is recorded there: its name and the paths it removed, added, changed."""
         result = Result([message])
         if self._ingest:
-            await self._run(self._ingest, result)
+            await self._run(self._ingest, result, trace)
         return result
 
     async def scrub(self, message: Any) -> Any:
@@ -314,12 +319,13 @@ class Pipeline:
 
     # --- running steps ------------------------------------------------------------------------
 
-    async def _run(self, steps: Sequence[_Step], result: Result) -> None:
+    async def _run(self, steps: Sequence[_Step], result: Result, trace: Trace | None = None) -> None:
         # The hot path: ``_call`` inlined (a hook that never suspends costs one ``send``).
         messages = result.messages
         for index, step in enumerate(steps):
             if not messages:
                 break
+            before = paths.leaves(messages[0]) if trace is not None and len(messages) == 1 else None
             out: list[Message] = []
             refused = len(result.rejected)
             hooks_for, loaded = step.hooks.get, step.loaded
@@ -358,6 +364,10 @@ class Pipeline:
                 # refused here: the scrubbers after this step have not run on them
                 for rejection in result.rejected[refused:]:
                     rejection.message = await self._scrub(rejection.message, steps[index + 1:])
+            if before is not None and trace is not None and len(out) == 1:
+                change = paths.changed(before, paths.leaves(out[0]))
+                if change:
+                    trace.append({"plugin": step.loaded.name, **change})
             messages = out
         result.messages = messages
 

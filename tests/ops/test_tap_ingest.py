@@ -56,6 +56,9 @@ async def test_the_tap_shows_events_as_stored_after_privacy_and_what_plugins_dro
     changed = by_kind["event"]["changed"]
     assert changed["removed"] == ["context.traits.email"]
     assert changed["plugins"] == ["privacy", "no-tests"]
+    # and which plugin did it (no-tests changed nothing of this message)
+    assert changed["steps"] == [{"plugin": "privacy", "removed": ["context.traits.email"],
+                                 "changed": ["context.ip"]}]
     assert "ada@example.com" not in json.dumps(records)
     dropped = by_kind["dropped"]
     assert (dropped["plugin"], dropped["messageId"]) == ("no-tests", "dropped")

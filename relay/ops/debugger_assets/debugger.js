@@ -50,7 +50,7 @@
     switch (rec.kind) {
       case "event": return added(rec.body.messageId, {
         kind: "event", body: rec.body, writeKey: rec.writeKey, receivedAt: rec.receivedAt, outcomes: {},
-        plugins: rec.changed ? [{ action: "changed", plugin: rec.changed.plugins.join(", "), reason: changes(rec.changed) }] : [] });
+        plugins: rec.changed ? changedBy(rec.changed) : [] });
       case "refused": {
         const body = rec.body && typeof rec.body === "object" ? rec.body : { raw: rec.body };
         const id = rec.messageId || ("refused-" + Math.random().toString(36).slice(2));
@@ -71,6 +71,12 @@
         return;
       }
     }
+  }
+
+  // each plugin's own change when the relay could tell them apart, else the chain's as a whole
+  function changedBy(c) {
+    if (c.steps && c.steps.length) return c.steps.map((s) => ({ action: "changed", plugin: s.plugin, reason: changes(s) }));
+    return [{ action: "changed", plugin: c.plugins.join(", "), reason: changes(c) }];
   }
 
   function changes(c) {
