@@ -82,3 +82,15 @@ def most_urgent(answers: Sequence[Answer]) -> Answer:
         if first is not None:
             return first
     return failed[0] if failed else Answer(200)
+
+
+def settle(answers: Sequence[Answer], failure: Answer | None, batch: Sequence[Outgoing],
+           accepted: set[int]) -> Answer:
+    """The batch's answer from its events' acks (and a failure that cut the sending short);
+    once the batch is delivered, its events leave ``accepted``, the ids acked within a batch
+    still unfinished (so that a retry sends only the others)."""
+    answer = most_urgent([*answers, failure] if failure is not None else answers)
+    if answer.status == 200:
+        for outgoing in batch:
+            accepted.discard(outgoing.event.id)
+    return answer

@@ -24,7 +24,7 @@ import msgspec
 
 from relay.config import DestinationConfig
 from relay.forward.retry import Answer
-from relay.sinks import Outgoing, most_urgent
+from relay.sinks import Outgoing, settle
 from relay.sinks import options as opts
 from relay.sinks.segment import as_sent
 from relay.sinks.topics import Template
@@ -160,13 +160,7 @@ class KafkaSink:
                 answers.append(_answer(error))
             else:
                 self._accepted.add(record.event.id)
-        if failure is not None:
-            answers.append(failure)
-        answer = most_urgent(answers)
-        if answer.status == 200:
-            for outgoing in batch:
-                self._accepted.discard(outgoing.event.id)
-        return answer
+        return settle(answers, failure, batch, self._accepted)
 
     async def _started(self) -> Any:
         if self._producer is not None:

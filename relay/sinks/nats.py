@@ -33,7 +33,7 @@ import msgspec
 from relay import jetstream
 from relay.config import DestinationConfig
 from relay.forward.retry import Answer
-from relay.sinks import Outgoing, most_urgent
+from relay.sinks import Outgoing, settle
 from relay.sinks import options as opts
 from relay.sinks.segment import as_sent
 from relay.sinks.topics import Template
@@ -157,13 +157,7 @@ class NatsSink:
         if sent:
             await asyncio.wait([f for _, _, f in sent], timeout=self.config.timeout)
         answers = [self._read(message, token, future) for message, token, future in sent]
-        if failure is not None:
-            answers.append(failure)
-        answer = most_urgent(answers)
-        if answer.status == 200:
-            for outgoing in batch:
-                self._accepted.discard(outgoing.event.id)
-        return answer
+        return settle(answers, failure, batch, self._accepted)
 
     def _read(self, message: Message, token: str, future: asyncio.Future[Msg]) -> Answer:
         """What one publish came to (200 for an ack); the event is remembered if acked."""
