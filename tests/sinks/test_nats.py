@@ -63,7 +63,7 @@ async def test_http_ingest_to_jetstream_every_event_once_in_order_per_subject(
             assert status == 200 and answer["accepted"] == 150, answer
             sent[f"segment.{key}.{kind}"] = [f"{key}:{i}" for i in ids]
 
-    await wait_until(lambda: stream_count(server.url, STREAM), what="a stream")
+    await wait_until(lambda: _has(server.url, 1), timeout=30, what="a stream")  # made by the first publish
     await wait_until(lambda: _has(server.url, 600), timeout=30, what="600 messages in the stream")
     messages = await stream_messages(server.url, STREAM)
     assert len(messages) == 600 and not duplicates(ids_of(messages))
