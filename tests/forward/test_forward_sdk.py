@@ -81,9 +81,13 @@ async def test_a_batch_never_mixes_write_keys_and_each_goes_under_its_own(start_
     for key, ids in plan:
         await post_events(relay, ids, write_key=key)
     await upstream.wait_for(6)
-    # keys interleaved in the queue are grouped by key (order kept within each key)
-    assert [(r.write_key, r.auth_user, [e["messageId"] for e in r.batch]) for r in upstream.requests] == [
-        ("key-a", "key-a", ["a0", "a1", "a2", "a3"]), ("key-b", "key-b", ["b0", "b1"])]
+    # each request under one key, its own; keys interleaved in the queue are grouped by key
+    # (how the posts fall into read windows depends on timing), order kept within each key
+    sent = [(r.write_key, r.auth_user, [e["messageId"] for e in r.batch]) for r in upstream.requests]
+    assert all(key == user and {i[0] for i in ids} == {key[-1]} for key, user, ids in sent), sent
+    for key, expected in (("key-a", ["a0", "a1", "a2", "a3"]), ("key-b", ["b0", "b1"])):
+        assert [i for k, _, ids in sent if k == key for i in ids] == expected
+    assert len(sent) <= 3
     for r in upstream.requests:
         assert r.headers.get("Content-Encoding") == ("gzip" if gzip else None)
         assert r.headers["Content-Type"].startswith("application/json")
