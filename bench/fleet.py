@@ -78,14 +78,7 @@ def relay_toml(workdir: Path, url: str, edge: bool) -> Path:
 
 
 def start(procs: common.Processes, config: Path, cpu: int | None) -> common.Server:
-    log_path = config.with_suffix(".log")
-    with open(log_path, "wb") as log:
-        proc = procs.start([sys.executable, "-m", "relay", "run", "--config", str(config)], cpu,
-                           stdout=log, stderr=common.subprocess.STDOUT, env=common._child_env(),
-                           cwd=common.ROOT)
-    server = common.Server("relay", proc, log_path, config_path=config)
-    server.wait_listening()
-    return server
+    return common.run_relay(procs, config, cpu, config.with_suffix(".log"))
 
 
 def scalar(db: Path, sql: str) -> int:

@@ -257,6 +257,17 @@ class Server:
             return ""
 
 
+def run_relay(procs: Processes, config: Path, cpu: int | None, log_path: Path) -> Server:
+    """``python -m relay run`` on ``config`` (its output in ``log_path``), once it listens."""
+    with open(log_path, "wb") as log:
+        proc = procs.start([sys.executable, "-m", "relay", "run", "--config", str(config),
+                            "--log-level", "info"], cpu,
+                           stdout=log, stderr=subprocess.STDOUT, env=_child_env(), cwd=ROOT)
+    server = Server("relay", proc, log_path, config_path=config)
+    server.wait_listening()
+    return server
+
+
 def start_bare(procs: Processes, workdir: Path, cpu: int | None) -> Server:
     log_path = workdir / "bare.log"
     with open(log_path, "wb") as log:
@@ -287,15 +298,7 @@ def start_relay(procs: Processes, workdir: Path, cpu: int | None, plugins: bool 
         'host = "127.0.0.1"\n'
         "port = 0\n"
     )
-    log_path = workdir / "relay.log"
-    with open(log_path, "wb") as log:
-        proc = procs.start(
-            [sys.executable, "-m", "relay", "run", "--config", str(config_path), "--log-level", "info"],
-            cpu, stdout=log, stderr=subprocess.STDOUT, env=_child_env(), cwd=ROOT,
-        )
-    server = Server("relay", proc, log_path, config_path=config_path)
-    server.wait_listening()
-    return server
+    return run_relay(procs, config_path, cpu, workdir / "relay.log")
 
 
 WATCH_STREAMS = 3

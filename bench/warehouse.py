@@ -131,13 +131,8 @@ def run_relay(kind: str, workdir: Path, count: int, procs: common.Processes, arg
         f"[destinations.options]\npath = {json.dumps(str(target))}\n"
         f'schemas = {{ {json.dumps(common.WRITE_KEY)} = "bench" }}\n'
         + (f'memory_limit = "{args.memory_limit}"\nthreads = {args.threads}\n' if kind == "duckdb" else ""))
-    log_path = workdir / "relay.log"
-    with open(log_path, "wb") as log:
-        proc = procs.start([sys.executable, "-m", "relay", "run", "--config", str(config_path)], None,
-                           stdout=log, stderr=common.subprocess.STDOUT, env=common._child_env(),
-                           cwd=common.ROOT)
-    server = common.Server("relay", proc, log_path, config_path=config_path)
-    server.wait_listening()
+    server = common.run_relay(procs, config_path, None, workdir / "relay.log")
+    proc = server.proc
     started, before = time.monotonic(), delivered(workdir / "queue.db")
     deadline = started + LOAD_TIMEOUT
     while delivered(workdir / "queue.db") < count and time.monotonic() < deadline:

@@ -91,7 +91,7 @@ class FileSink:
         path = self.folder / f"events-{hour}-{max(numbers, default=0) + 1:04d}{self.suffix}"
         self._hour, self._written = hour, 0
         file = path.open("ab")
-        _fsync_folder(self.folder)
+        fsync_folder(self.folder)
         return file
 
     def _trim_torn_tail(self) -> None:
@@ -154,7 +154,8 @@ def _complete_members_end(file: BinaryIO) -> int:
     return good
 
 
-def _fsync_folder(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
+    """Make a folder's entries (a new or renamed file) durable."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)

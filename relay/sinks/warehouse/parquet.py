@@ -29,6 +29,7 @@ from typing import Any, BinaryIO, Literal
 from relay.config import DestinationConfig
 from relay.forward.retry import Answer
 from relay.sinks import options as opts
+from relay.sinks.file import fsync_folder
 from relay.sinks.warehouse import arrow, base
 from relay.sinks.warehouse.load import Catalog, TableLoad, plan
 from relay.sinks.warehouse.schema import Kind
@@ -117,7 +118,7 @@ class ParquetSink(base.WarehouseSink):
             os.replace(temp, final)
             folders.add(final.parent)
         for folder in folders:
-            _fsync_path(folder)
+            fsync_folder(folder)
         self._catalog = catalog
         return Answer(200)
 
@@ -138,7 +139,7 @@ class ParquetSink(base.WarehouseSink):
             file.flush()
             os.fsync(file.fileno())
         os.replace(temp, self.journal_path)
-        _fsync_path(self.journal_path.parent)
+        fsync_folder(self.journal_path.parent)
         self._loads = kept
         self._written = {(s, m) for old in kept for s, m in old["events"]}
 
@@ -157,7 +158,7 @@ class ParquetSink(base.WarehouseSink):
         for temp, final in committed.items():
             if temp.exists():
                 os.replace(temp, final)
-                _fsync_path(final.parent)
+                fsync_folder(final.parent)
         if self.root.is_dir():
             for folder, _, names in os.walk(self.root):
                 for name in names:
@@ -191,7 +192,7 @@ class _LoadFiles:
             new = [p for p in (folder, *folder.parents) if not p.exists()]
             folder.mkdir(parents=True, exist_ok=True)
             for made in reversed(new):  # a new folder's entry is made durable in its parent
-                _fsync_path(made.parent)
+                fsync_folder(made.parent)
             file = temp.open("wb")
             current = self.open[key] = (pq.ParquetWriter(file, data.schema, compression=self.compression),
                                         file, temp, final)
@@ -268,11 +269,3 @@ def _kind(arrow_type: Any) -> Kind:
     if pa.types.is_floating(arrow_type) or pa.types.is_decimal(arrow_type):
         return "float"
     return "varchar"
-
-
-def _fsync_path(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
