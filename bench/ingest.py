@@ -16,9 +16,15 @@ fresh process (so that its peak RSS belongs to that workload), pinned to the fir
 driven from the second CPU by the same load generator: wrk with bench/ingest.lua when `wrk` is
 installed (`apt-get install wrk`), else bench/loadgen.py in a process of its own.
 
-Workloads (every event carries a fresh messageId, so the relay stores all of them):
-  single   POST /v1/track, one event a request
-  batch    POST /v1/batch, 100 events a request (an analytics-python batch)
+Workloads (every event carries a fresh messageId on every request, so the relay stores all of
+them: the body is a template whose "@@MID@@" placeholders the load generator replaces):
+  single        POST /v1/track, one event a request
+  batch         POST /v1/batch, 100 near-identical server-side track events (an analytics-python
+                batch, what earlier runs measured)
+  batch-varied  POST /v1/batch, 100 varied events (bench/varied.py: distinct users, a few dozen
+                event names, properties of varied keys and nesting, browser, mobile and server
+                contexts, a mix of message types), so that compression and dedup see realistic
+                data
 
 Printed for each: requests/s, events/s, p50/p99 latency, peak RSS of the server process
 (VmHWM), the CPU the server got, the ratio relay/bare, and the issue's targets on one core:
@@ -48,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import json
 import math
 import os
@@ -68,6 +75,11 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
+
+from varied import varied_batch  # noqa: E402  (bench/varied.py: the batch-varied body)
+
 PLACEHOLDER = "@@MID@@"
 WRITE_KEY = "bench-write-key"
 AUTHORIZATION = "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()
@@ -144,21 +156,30 @@ class Workload:
     name: str
     path: str
     events: int  # a request
+    varied: bool = False  # bench/varied.py's body instead of near-identical events
 
     def body_template(self) -> str:
-        if self.events == 1:
-            body: dict[str, Any] = _event(0, with_type=False)
-        else:
-            body = {
-                "batch": [_event(i, with_type=True) for i in range(self.events)],
-                "sentAt": "2024-05-01T12:00:01.000000+00:00",
-            }
-        return json.dumps(body, separators=(",", ":"))
+        return _body_template(self.events, self.varied)
+
+
+@functools.cache
+def _body_template(events: int, varied: bool) -> str:
+    if varied:
+        body: dict[str, Any] = varied_batch(events, PLACEHOLDER)
+    elif events == 1:
+        body = _event(0, with_type=False)
+    else:
+        body = {
+            "batch": [_event(i, with_type=True) for i in range(events)],
+            "sentAt": "2024-05-01T12:00:01.000000+00:00",
+        }
+    return json.dumps(body, separators=(",", ":"))
 
 
 WORKLOADS = {
     "single": Workload("single", "/v1/track", 1),
     "batch": Workload("batch", "/v1/batch", BATCH_EVENTS),
+    "batch-varied": Workload("batch-varied", "/v1/batch", BATCH_EVENTS, varied=True),
 }
 
 
@@ -744,7 +765,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=10.0,
                         help="seconds a measurement (default 10; whole seconds with wrk)")
     parser.add_argument("--connections", type=int, default=64, help="concurrent connections (default 64)")
-    parser.add_argument("--only", choices=sorted(WORKLOADS), help="run one workload only")
+    parser.add_argument("--only", choices=list(WORKLOADS), help="run one workload only")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON only")
     parser.add_argument("--plugins", action="store_true",
                         help="also measure the relay with a typical plugin chain (issue 4)")
