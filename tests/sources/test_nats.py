@@ -26,29 +26,29 @@ def source(url: str, **options: Any) -> dict[str, Any]:
                         "ack_wait": 2.0, **options}}
 
 
-async def consumer_info(url: str) -> Any:
-    nc = await connect(url)
+async def consumer_info(url: str, **options: Any) -> Any:
+    nc = await connect(url, **options)
     try:
         return await nc.jetstream(timeout=5).consumer_info(STREAM, DURABLE)
     finally:
         await nc.close()
 
 
-async def _all_acked(url: str) -> bool:
+async def _all_acked(url: str, **options: Any) -> bool:
     from nats.js.errors import NotFoundError
 
     try:
-        info = await consumer_info(url)
+        info = await consumer_info(url, **options)
     except NotFoundError:  # no relay has made the consumer yet
         return False
     return bool(info.num_pending == 0 and info.num_ack_pending == 0)
 
 
-async def publish(url: str, messages: list[tuple[bytes, dict[str, str]]]) -> None:
+async def publish(url: str, messages: list[tuple[bytes, dict[str, str]]], **options: Any) -> None:
     """Publish as an edge relay does, into a stream made the way the nats destination makes it."""
     from nats.js.api import StreamConfig
 
-    nc = await connect(url)
+    nc = await connect(url, **options)
     try:
         js = nc.jetstream(timeout=5)
         await js.add_stream(StreamConfig(name=STREAM, subjects=["segment.>"], duplicate_window=120.0))
