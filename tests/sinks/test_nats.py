@@ -281,7 +281,7 @@ def load_toml(tmp_path: Any, text: str, environ: dict[str, str] | None = None) -
 
 
 @pytest.mark.parametrize("given", ["creds_file", "creds_file from ${VAR}", "creds from ${file:...}",
-                                   "creds_env", "creds_file with CRLF line ends"])
+                                   "creds_env", "creds_file with CRLF line ends", "creds inline, indented"])
 async def test_a_creds_file_publishes_into_the_stream_and_progress_follows_the_pubacks(
         tmp_path, nats_server, start_relay, monkeypatch, given):
     trust = Trust(tmp_path, nats_server)
@@ -298,9 +298,11 @@ async def test_a_creds_file_publishes_into_the_stream_and_progress_follows_the_p
     elif given == "creds_env":
         monkeypatch.setenv("TEST_NATS_CREDS", path.read_text())
         options = {"creds_env": "TEST_NATS_CREDS"}
-    else:  # through an editor or a tool writing \r\n
+    elif given == "creds_file with CRLF line ends":  # through an editor or a tool writing \r\n
         path.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))
         options = {"creds_file": str(path)}
+    else:  # pasted into relay.toml under its key, indented with it
+        options = {"creds": "\n".join(f"    {line}" for line in path.read_text().splitlines())}
     loaded = load_toml(tmp_path, nats_toml(tmp_path, trust.server.url, max_events=2, **options), environ)
     relay = await start_relay(loaded)
     ids = [f"j{i}" for i in range(5)]
@@ -340,3 +342,25 @@ async def test_unauthorised_creds_pause_the_destination_and_keep_its_events(
     assert server_said in trust.server.log.read_text()  # the relay logged in with that user's JWT
     assert not await trust.has(1)  # nothing reached the stream
 
+
+def test_creds_that_cannot_be_read_are_a_config_error_naming_the_key(tmp_path):
+    operator = Operator()
+    user, other = (operator.account("EDGE").user(name) for name in ("relay", "other"))
+    path = tmp_path / "relay.creds"
+
+    def check(text: str) -> str:
+        path.write_text(text)
+        with pytest.raises(ConfigError) as caught:
+            load_toml(tmp_path, nats_toml(tmp_path, "nats://127.0.0.1:4222", creds_file=str(path)))
+        message = str(caught.value)
+        assert "options.creds_file" in message and user.key.seed not in message, message
+        return message
+
+    assert "no NATS USER JWT" in check(user.key.seed + "\n")  # an NKey seed file given as .creds
+    assert "no USER NKEY SEED" in check(
+        f"-----BEGIN NATS USER JWT-----\n{user.jwt}\n------END NATS USER JWT------\n")
+    # the seed block alone: nats-py would loop forever, on the event loop, looking for the JWT
+    assert "no NATS USER JWT" in check(user.creds().split("\n\n", 1)[1])
+    assert "not a user JWT" in check(user.creds(jwt=operator.account("X").jwt))
+    assert "not the JWT's" in check(user.creds(seed=other.key.seed))  # the seed of another user
+    assert "not a user seed" in check(user.creds(seed=operator.key.seed))
