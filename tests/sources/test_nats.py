@@ -12,6 +12,7 @@ import pytest
 from tests.conftest import make_config
 from tests.sinks.test_nats import STREAM, nats_dest
 from tests.support.forwarding import FAST, dest, post_events, wait_until
+from tests.support.nats_jwt import Operator
 from tests.support.nats_server import connect
 
 pytest_plugins = ["tests.support.fixtures", "tests.support.forwarding_fixtures"]
@@ -157,3 +158,22 @@ def test_source_config_errors_name_the_key(tmp_path):
     assert "`durable`" in check('type = "nats"\noptions = { stream = "S" }')
     assert "unknown source type 'kafka'" in check('type = "kafka"')
     assert "`options.batch`" in check('type = "nats"\noptions = { stream = "S", durable = "d", batch = 0 }')
+
+
+async def test_a_source_with_a_creds_file_takes_and_acks_every_message(tmp_path, nats_server, start_relay):
+    # decentralised auth: an operator's account with JetStream; the central relay's user may
+    # consume (the JetStream API and acks) but not publish to the events' subjects
+    operator = Operator()
+    account = operator.account("FLEET")
+    server = nats_server(extra=operator.server_config())
+    edge = str(account.user("edge").write_creds(tmp_path / "edge.creds"))
+    central_user = account.user("central", pub={"deny": ["segment.>"]})
+    ids = [f"c{i:02d}" for i in range(30)]
+    await publish(server.url, [event(i) for i in ids], user_credentials=edge)
+    central = await start_relay(make_config(tmp_path, sources=[
+        source(server.url, batch=10, creds_file=str(central_user.write_creds(tmp_path / "central.creds")))]))
+    await wait_until(lambda: _all_acked(server.url, user_credentials=edge), timeout=30,
+                     what="every message acked")
+    assert [e["messageId"] for e in central.events()] == ids
+    assert central.relay.sources[0].taken == len(ids)
+    assert (await consumer_info(server.url, user_credentials=edge)).num_redelivered == 0
