@@ -6,6 +6,9 @@ are remembered as text (``error``); a refused login also sets ``denied`` and a r
 publish ``forbidden``, which the destination answers as a 401 or 403 (pause). Auth is a token,
 user/password, an NKey seed or a ``.creds`` file; TLS takes a CA and a client cert. Every
 secret can be given inline, as ``<name>_env`` (a variable's name) or as ``<name>_file``.
+A ``.creds`` is read and checked here (its user JWT and the seed that signs for it) and
+handed to nats-py rewritten in the standard layout: nats-py's own reader loops forever, on
+the event loop, on a text without a JWT block, and takes indented lines as they are.
 
 nats-py is imported only here, and only when a connection starts (the ``fleet`` extra).
 """
@@ -13,7 +16,11 @@ nats-py is imported only here, and only when a connection starts (the ``fleet`` 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import json
 import logging
+import re
 import ssl
 from collections import UserString
 from pathlib import Path
@@ -35,6 +42,8 @@ PROBE_TIMEOUT = 1.0
 PENDING_BYTES = 8 * 1024 * 1024  # what nats-py buffers while reconnecting
 _DENIED = ("authorization violation", "authentication")
 _FORBIDDEN = "permissions violation"
+_CREDS_JWT, _CREDS_SEED = "NATS USER JWT", "USER NKEY SEED"
+_CREDS_BEGIN = re.compile(r"-{3,}\s*BEGIN (.+?)\s*-{3,}")
 
 
 class ConnectionOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -62,7 +71,7 @@ class ConnectionOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
 class Credentials:
     """The secrets of ``ConnectionOptions``, read once (at config check and at start)."""
 
-    __slots__ = ("creds", "nkey_seed", "password", "token")
+    __slots__ = ("creds", "creds_key", "nkey_seed", "password", "token")
 
     def __init__(self, options: ConnectionOptions) -> None:
         self.token = opts.secret("token", options.token, options.token_env, options.token_file)
@@ -71,6 +80,8 @@ class Credentials:
         self.nkey_seed = opts.secret("nkey_seed", options.nkey_seed, options.nkey_seed_env,
                                      options.nkey_seed_file)
         self.creds = opts.secret("creds", options.creds, options.creds_env, options.creds_file)
+        self.creds_key = next((key for key in ("creds", "creds_env", "creds_file")
+                               if getattr(options, key)), "creds")
         if self.password and not options.user:
             raise ValueError("`options.password` is set without `options.user`")
         if sum(map(bool, (self.token, options.user, self.nkey_seed, self.creds))) > 1:
@@ -104,7 +115,60 @@ def check(options: ConnectionOptions, kind: str) -> Credentials:
     credentials = Credentials(options)
     if credentials.nkey_seed or credentials.creds:
         opts.require("nkeys", "nkeys", kind)
+    if credentials.creds:
+        credentials.creds = read_creds(credentials.creds, credentials.creds_key)
     return credentials
+
+
+def read_creds(text: str, key: str) -> str:
+    """A ``.creds`` text in the layout ``nsc`` writes, once its user JWT and seed are found and
+    the seed is the one the JWT is for; a ValueError naming ``options.<key>`` if not (it never
+    repeats the secret). Its lines may be indented (an inline TOML string) or end in CRLF."""
+    import nkeys  # type: ignore[import-untyped]
+
+    found: dict[str, str] = {}
+    lines = [line.strip() for line in text.splitlines()]
+    for i, line in enumerate(lines):
+        begin = _CREDS_BEGIN.fullmatch(line)
+        if begin is not None and begin.group(1) in (_CREDS_JWT, _CREDS_SEED):
+            found.setdefault(begin.group(1), next((v for v in lines[i + 1:] if v), ""))
+    where = f"`options.{key}`: not a NATS .creds file"
+    for block in (_CREDS_JWT, _CREDS_SEED):
+        if not found.get(block) or found[block].startswith("-"):
+            raise ValueError(f"{where}: no {block} block (-----BEGIN {block}----- and a line after it)")
+    jwt, seed = found[_CREDS_JWT], found[_CREDS_SEED]
+    try:
+        pair = nkeys.from_seed(bytearray(seed.encode()))
+        public = pair.public_key.decode()
+        pair.wipe()
+    except Exception:  # nkeys raises its own errors, and others on a short or garbled seed
+        raise ValueError(f"{where}: its USER NKEY SEED is not an NKey seed") from None
+    if not public.startswith("U"):
+        raise ValueError(f"{where}: its USER NKEY SEED is not a user seed (it makes {public[:1]}... keys)")
+    claims = _jwt_claims(jwt)
+    if claims is None:
+        raise ValueError(f"{where}: its NATS USER JWT is not a JWT")
+    nats = claims.get("nats")
+    kind = nats.get("type") if isinstance(nats, dict) else claims.get("type")
+    if kind != "user":
+        raise ValueError(f"{where}: its NATS USER JWT is not a user JWT (type {kind!r})")
+    if claims.get("sub") != public:
+        raise ValueError(f"{where}: its USER NKEY SEED is not the JWT's (the JWT is for "
+                         f"{claims.get('sub')!r}, the seed makes {public!r})")
+    return (f"-----BEGIN {_CREDS_JWT}-----\n{jwt}\n------END {_CREDS_JWT}------\n\n"
+            f"-----BEGIN {_CREDS_SEED}-----\n{seed}\n------END {_CREDS_SEED}------\n")
+
+
+def _jwt_claims(jwt: str) -> dict[str, Any] | None:
+    """The claims of a JWT (its signature is the server's to check), None when it is not one."""
+    parts = jwt.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (binascii.Error, ValueError):
+        return None
+    return claims if isinstance(claims, dict) else None
 
 
 def denied(text: str) -> bool:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import sqlite3
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 from relay.errors import ConfigError
 from tests.conftest import make_config
 from tests.support.forwarding import FAST, duplicates, post_events, post_to, wait_until
+from tests.support.nats_jwt import Account, Operator, User
 from tests.support.nats_server import stream_count, stream_messages
 
 pytest_plugins = ["tests.support.fixtures"]
@@ -242,3 +244,123 @@ def test_config_errors_name_the_key(tmp_path):
     assert "options.servers[0]" in check(servers=["http://127.0.0.1:4222"])
     assert "options.token" in check(token="a", token_file=str(tmp_path / "t"))
     assert "must not carry credentials" in check(servers=["nats://u:secret@127.0.0.1:4222"])
+
+
+# --- .creds: decentralised auth (operator, accounts and users as JWTs, trusted by the server) ---
+
+class Trust:
+    """A nats-server in operator mode: account EDGE (JetStream on) with the users the tests need."""
+
+    def __init__(self, tmp_path: Any, nats_server: Any) -> None:
+        self.operator = Operator()
+        self.account = self.operator.account("EDGE")
+        self.folder = tmp_path
+        # debug: the server logs why it refused a login (the account it looked up, ...)
+        self.server = nats_server(extra=self.operator.server_config() + "\ndebug: true")
+        self.reader = self.account.user("reader").write_creds(tmp_path / "reader.creds")
+
+    def creds(self, user: User, name: str = "relay.creds", **kwargs: Any) -> Any:
+        return user.write_creds(self.folder / name, **kwargs)
+
+    async def messages(self) -> list[Any]:
+        return await stream_messages(self.server.url, STREAM, user_credentials=str(self.reader))
+
+    async def has(self, count: int) -> bool:
+        try:
+            return await stream_count(self.server.url, STREAM, user_credentials=str(self.reader)) >= count
+        except Exception:  # no stream yet
+            return False
+
+
+def load_toml(tmp_path: Any, text: str, environ: dict[str, str] | None = None) -> Any:
+    from relay import config
+
+    path = tmp_path / "relay.toml"
+    path.write_text(text)
+    return config.load(path, environ=environ or {})
+
+
+@pytest.mark.parametrize("given", ["creds_file", "creds_file from ${VAR}", "creds from ${file:...}",
+                                   "creds_env", "creds_file with CRLF line ends", "creds inline, indented"])
+async def test_a_creds_file_publishes_into_the_stream_and_progress_follows_the_pubacks(
+        tmp_path, nats_server, start_relay, monkeypatch, given):
+    trust = Trust(tmp_path, nats_server)
+    user = trust.account.user("edge-relay")
+    path = trust.creds(user)
+    environ: dict[str, str] = {}
+    if given == "creds_file":
+        options: dict[str, Any] = {"creds_file": str(path)}
+    elif given == "creds_file from ${VAR}":
+        environ["NATS_CREDS_PATH"] = str(path)
+        options = {"creds_file": "${NATS_CREDS_PATH}"}
+    elif given == "creds from ${file:...}":
+        options = {"creds": f"${{file:{path}}}"}
+    elif given == "creds_env":
+        monkeypatch.setenv("TEST_NATS_CREDS", path.read_text())
+        options = {"creds_env": "TEST_NATS_CREDS"}
+    elif given == "creds_file with CRLF line ends":  # through an editor or a tool writing \r\n
+        path.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))
+        options = {"creds_file": str(path)}
+    else:  # pasted into relay.toml under its key, indented with it
+        options = {"creds": "\n".join(f"    {line}" for line in path.read_text().splitlines())}
+    loaded = load_toml(tmp_path, nats_toml(tmp_path, trust.server.url, max_events=2, **options), environ)
+    relay = await start_relay(loaded)
+    ids = [f"j{i}" for i in range(5)]
+    await post_events(relay, ids)
+    await wait_until(lambda: _delivered(relay, 5), timeout=30, what="5 events delivered")
+    messages = await trust.messages()
+    assert ids_of(messages) == [f"wk:{i}" for i in ids]  # each once, in order: progress only past a PubAck
+    status = (await relay.relay.status()).to_builtins()["destinations"][0]
+    assert status["state"] != "paused" and status["dead_lettered"] == 0
+    assert user.key.seed not in repr(loaded)  # the seed, wherever it came from, is never shown
+
+
+@pytest.mark.parametrize("wrong", ["user of an unknown account", "expired user JWT",
+                                   "publish to the subject denied"])
+async def test_unauthorised_creds_pause_the_destination_and_keep_its_events(
+        tmp_path, nats_server, start_relay, wrong):
+    trust = Trust(tmp_path, nats_server)
+    if wrong == "user of an unknown account":  # signed by the trusted operator, not in the resolver
+        rogue = Account("ROGUE", trust.operator.key)
+        user = rogue.user("edge-relay")
+        said, server_said = "authorization violation", f"Account [{rogue.key.public}] fetch"
+    elif wrong == "expired user JWT":
+        user = trust.account.user("edge-relay", expires=int(time.time()) - 60)
+        said, server_said = "authorization violation", "User JWT no longer valid: &{Issues:[claim is expired"
+    else:  # a user of the right account, but not on the relay's subjects (the stream it may make)
+        user = trust.account.user("edge-relay", pub={"deny": ["segment.>"]})
+        said = "permissions violation"
+        server_said = f'jwt:{user.key.public}" - Publish Violation - Subject "segment.wk.track"'
+    dest = nats_dest(trust.server.url, creds_file=str(trust.creds(user)))
+    relay = await start_relay(make_config(tmp_path, destinations=[dest]))
+    await post_events(relay, ["a1", "a2"])
+    await wait_until(lambda: _state(relay, "paused"), timeout=30, what="the destination paused")
+    status = (await relay.relay.status()).to_builtins()["destinations"][0]
+    assert status["pending"] == 2 and status["dead_lettered"] == 0
+    assert said in status["last_error"].lower(), status["last_error"]
+    assert relay.dead_letters() == []
+    assert server_said in trust.server.log.read_text()  # the relay logged in with that user's JWT
+    assert not await trust.has(1)  # nothing reached the stream
+
+
+def test_creds_that_cannot_be_read_are_a_config_error_naming_the_key(tmp_path):
+    operator = Operator()
+    user, other = (operator.account("EDGE").user(name) for name in ("relay", "other"))
+    path = tmp_path / "relay.creds"
+
+    def check(text: str) -> str:
+        path.write_text(text)
+        with pytest.raises(ConfigError) as caught:
+            load_toml(tmp_path, nats_toml(tmp_path, "nats://127.0.0.1:4222", creds_file=str(path)))
+        message = str(caught.value)
+        assert "options.creds_file" in message and user.key.seed not in message, message
+        return message
+
+    assert "no NATS USER JWT" in check(user.key.seed + "\n")  # an NKey seed file given as .creds
+    assert "no USER NKEY SEED" in check(
+        f"-----BEGIN NATS USER JWT-----\n{user.jwt}\n------END NATS USER JWT------\n")
+    # the seed block alone: nats-py would loop forever, on the event loop, looking for the JWT
+    assert "no NATS USER JWT" in check(user.creds().split("\n\n", 1)[1])
+    assert "not a user JWT" in check(user.creds(jwt=operator.account("X").jwt))
+    assert "not the JWT's" in check(user.creds(seed=other.key.seed))  # the seed of another user
+    assert "not a user seed" in check(user.creds(seed=operator.key.seed))

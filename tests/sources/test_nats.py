@@ -12,6 +12,7 @@ import pytest
 from tests.conftest import make_config
 from tests.sinks.test_nats import STREAM, nats_dest
 from tests.support.forwarding import FAST, dest, post_events, wait_until
+from tests.support.nats_jwt import Operator
 from tests.support.nats_server import connect
 
 pytest_plugins = ["tests.support.fixtures", "tests.support.forwarding_fixtures"]
@@ -26,29 +27,29 @@ def source(url: str, **options: Any) -> dict[str, Any]:
                         "ack_wait": 2.0, **options}}
 
 
-async def consumer_info(url: str) -> Any:
-    nc = await connect(url)
+async def consumer_info(url: str, **options: Any) -> Any:
+    nc = await connect(url, **options)
     try:
         return await nc.jetstream(timeout=5).consumer_info(STREAM, DURABLE)
     finally:
         await nc.close()
 
 
-async def _all_acked(url: str) -> bool:
+async def _all_acked(url: str, **options: Any) -> bool:
     from nats.js.errors import NotFoundError
 
     try:
-        info = await consumer_info(url)
+        info = await consumer_info(url, **options)
     except NotFoundError:  # no relay has made the consumer yet
         return False
     return bool(info.num_pending == 0 and info.num_ack_pending == 0)
 
 
-async def publish(url: str, messages: list[tuple[bytes, dict[str, str]]]) -> None:
+async def publish(url: str, messages: list[tuple[bytes, dict[str, str]]], **options: Any) -> None:
     """Publish as an edge relay does, into a stream made the way the nats destination makes it."""
     from nats.js.api import StreamConfig
 
-    nc = await connect(url)
+    nc = await connect(url, **options)
     try:
         js = nc.jetstream(timeout=5)
         await js.add_stream(StreamConfig(name=STREAM, subjects=["segment.>"], duplicate_window=120.0))
@@ -157,3 +158,22 @@ def test_source_config_errors_name_the_key(tmp_path):
     assert "`durable`" in check('type = "nats"\noptions = { stream = "S" }')
     assert "unknown source type 'kafka'" in check('type = "kafka"')
     assert "`options.batch`" in check('type = "nats"\noptions = { stream = "S", durable = "d", batch = 0 }')
+
+
+async def test_a_source_with_a_creds_file_takes_and_acks_every_message(tmp_path, nats_server, start_relay):
+    # decentralised auth: an operator's account with JetStream; the central relay's user may
+    # consume (the JetStream API and acks) but not publish to the events' subjects
+    operator = Operator()
+    account = operator.account("FLEET")
+    server = nats_server(extra=operator.server_config())
+    edge = str(account.user("edge").write_creds(tmp_path / "edge.creds"))
+    central_user = account.user("central", pub={"deny": ["segment.>"]})
+    ids = [f"c{i:02d}" for i in range(30)]
+    await publish(server.url, [event(i) for i in ids], user_credentials=edge)
+    central = await start_relay(make_config(tmp_path, sources=[
+        source(server.url, batch=10, creds_file=str(central_user.write_creds(tmp_path / "central.creds")))]))
+    await wait_until(lambda: _all_acked(server.url, user_credentials=edge), timeout=30,
+                     what="every message acked")
+    assert [e["messageId"] for e in central.events()] == ids
+    assert central.relay.sources[0].taken == len(ids)
+    assert (await consumer_info(server.url, user_credentials=edge)).num_redelivered == 0

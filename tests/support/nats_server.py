@@ -86,13 +86,14 @@ async def connect(url: str, **options: Any) -> Any:
     return await nats.connect(url, max_reconnect_attempts=0, connect_timeout=5, **options)
 
 
-async def stream_messages(url: str, stream: str, timeout: float = 20.0) -> list[Any]:
-    """Every message of ``stream``, in stream order (read with an ephemeral pull consumer)."""
+async def stream_messages(url: str, stream: str, timeout: float = 20.0, **options: Any) -> list[Any]:
+    """Every message of ``stream``, in stream order (read with an ephemeral pull consumer);
+    ``options`` go to the connection (credentials)."""
     import asyncio
 
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-    nc = await connect(url)
+    nc = await connect(url, **options)
     try:
         js = nc.jetstream(timeout=10)
         count = (await js.stream_info(stream)).state.messages
@@ -108,8 +109,8 @@ async def stream_messages(url: str, stream: str, timeout: float = 20.0) -> list[
         await nc.close()
 
 
-async def stream_count(url: str, stream: str) -> int:
-    nc = await connect(url)
+async def stream_count(url: str, stream: str, **options: Any) -> int:
+    nc = await connect(url, **options)
     try:
         return int((await nc.jetstream(timeout=5).stream_info(stream)).state.messages)
     finally:
