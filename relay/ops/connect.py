@@ -2,20 +2,22 @@
 real credentials, and asked something that changes nothing upstream (as ``vector validate``
 runs each sink's healthcheck).
 
-| type       | what is sent                                       | what proves the credentials      |
-|------------|----------------------------------------------------|----------------------------------|
-| segment    | ``POST /v1/batch`` ``{"batch": []}`` (Basic auth);  | 401/403 refuses; 2xx does not    |
-|            | on another 4xx, ``GET /v1/projects/<key>/settings`` | refuse (a relay answers that GET)|
-| webhook    | ``HEAD`` of the URL with the configured headers     | 401/403 refuses                  |
-|            | (and ``X-Signature`` of the empty body)             |                                  |
-| amplitude  | ``POST /2/httpapi`` ``{"api_key", "events": []}``   | 400 "Invalid API key", 401/403   |
-| posthog    | ``POST /batch/`` ``{"api_key", "batch": []}``       | 401/403 refuses                  |
-| nats       | a connection with the credentials, then JetStream's | the login; the stream's info or  |
-|            | stream info (``stream`` set) or account info         | account info                     |
-| kafka      | a connection (TLS, SASL) and a metadata request for | the SASL login                   |
-|            | all topics (never one topic: that may create it)    |                                  |
-| postgres   | a login, then ``SELECT 1``                          | the login                        |
-| duckdb, parquet, file | nothing: the path must be writable       |                                  |
+| type            | what is sent                                      | refused when                   |
+|-----------------|---------------------------------------------------|--------------------------------|
+| segment         | ``POST /v1/batch`` ``{"batch": [], "writeKey"}``, | 401/403; after another 4xx,    |
+|                 | Basic auth; after another 4xx (a relay's 400),    | that GET's 401/403 (200 says   |
+|                 | ``GET /v1/projects/<key>/settings``               | accepted)                      |
+| webhook         | ``HEAD`` of the URL with the configured headers   | 401/403                        |
+|                 | (and ``X-Signature`` of the empty body)           |                                |
+| amplitude       | ``POST /2/httpapi`` ``{"api_key", "events": []}`` | 400 "Invalid API key", 401/403 |
+| posthog         | ``POST /batch/`` ``{"api_key", "batch": []}``     | 401/403                        |
+| nats            | a login, then JetStream's stream info (``stream`` | the login is refused, or       |
+|                 | set) or account info                              | JetStream's request forbidden  |
+| kafka           | a connection (TLS, SASL), then a metadata request | the SASL login fails           |
+|                 | for all topics (naming one may create it)         |                                |
+| postgres        | a login, then ``SELECT 1``                        | the login fails                |
+| duckdb, parquet | nothing on the network: the path is checked for   |                                |
+| and file        | writing                                           |                                |
 
 No request carries an event: every list sent is empty, HEAD has no body. An answer is one of
 ``reachable`` (with what proved it), ``credentials refused``, ``unreachable``, ``TLS failed``
