@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SERVER = "nats://127.0.0.1:4222"
 RECONNECT_WAIT = 0.5  # seconds between two tries of one server
+CHECK_RETRY_WAIT = 0.1  # the same, for a connection that is not kept (``arguments(reconnect=False)``)
 PROBE_TIMEOUT = 1.0
 PENDING_BYTES = 8 * 1024 * 1024  # what nats-py buffers while reconnecting
 _DENIED = ("authorization violation", "authentication")
@@ -246,7 +247,7 @@ class Connection:
 
     async def _connect(self, client: Client) -> None:
         try:
-            await client.connect(**self._arguments())
+            await client.connect(**self.arguments())
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bad option nats-py found: remembered and reported per send
@@ -257,20 +258,24 @@ class Connection:
         log.info("connected to NATS", extra={"connection": self.name,
                                              "server": opts.shown(str(client.connected_url or ""))})
 
-    def _arguments(self) -> dict[str, Any]:
+    def arguments(self, reconnect: bool = True) -> dict[str, Any]:
+        """nats-py's ``connect`` arguments: the servers, credentials and TLS; with ``reconnect``
+        False, a server is given up after a second attempt and there are no callbacks (``relay
+        check --connect`` sets its own). nats-py keeps trying a server that refuses TCP
+        connections for ever when ``max_reconnect_attempts`` is 0, so it is 1 there."""
         options, secrets = self.options, self._credentials
         arguments: dict[str, Any] = {
             "servers": list(options.servers),
             "name": options.client_name or f"relay {self.name}",
             "connect_timeout": options.connect_timeout,
-            "reconnect_time_wait": RECONNECT_WAIT,
-            "max_reconnect_attempts": -1,
-            "allow_reconnect": True,
+            "reconnect_time_wait": RECONNECT_WAIT if reconnect else CHECK_RETRY_WAIT,
+            "max_reconnect_attempts": -1 if reconnect else 1,
+            "allow_reconnect": reconnect,
             "pending_size": PENDING_BYTES,
-            "error_cb": self._on_error,
-            "disconnected_cb": self._on_disconnected,
-            "reconnected_cb": self._on_reconnected,
         }
+        if reconnect:
+            arguments.update(error_cb=self._on_error, disconnected_cb=self._on_disconnected,
+                             reconnected_cb=self._on_reconnected)
         if secrets.token:
             arguments["token"] = secrets.token
         if options.user:

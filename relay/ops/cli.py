@@ -84,71 +84,34 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """What ``relay run`` would do short of listening: the config, every plugin loaded and
-    unloaded, and with ``--connect`` each destination's upstream reached."""
+    unloaded, and with ``--connect`` each destination opened with its credentials
+    (``relay.ops.connect``)."""
     import asyncio
 
+    from relay.ops import connect
     from relay.plugins.pipeline import Pipeline
 
     cfg = load_config(args.config)
     pipeline = Pipeline.from_config(cfg)  # plugins are found and take their options
 
-    async def prove() -> list[tuple[str, str | None]]:
+    async def prove() -> list[connect.Reached]:
         await pipeline.start()  # each plugin's load(), as at start-up; a failure names it
         await pipeline.stop()
         if not args.connect:
             return []
-        return list(await asyncio.gather(*(reach(d, args.connect_timeout) for d in cfg.destinations)))
+        return await connect.reach_all(cfg.destinations, args.connect_timeout)
 
     reached = asyncio.run(prove())
     print(json.dumps(config.masked(cfg), indent=2))
-    failed = [(name, problem) for name, problem in reached if problem]
-    for name, problem in reached:
-        print(f"destination {name}: {problem or 'reachable'}", file=sys.stderr)
+    for result in reached:
+        print(result.line(), file=sys.stderr)
+    failed = [r.name for r in reached if not r.ok]
     if failed:
-        print(f"relay: {len(failed)} of {len(reached)} destinations cannot be reached", file=sys.stderr)
+        print(f"relay: {len(failed)} of {len(reached)} destinations failed the connection check: "
+              f"{', '.join(failed)}", file=sys.stderr)
         return 1
     print(f"config OK ({_config_path(args.config) or 'embedded defaults'})", file=sys.stderr)
     return 0
-
-
-async def reach(destination: config.DestinationConfig, timeout: float) -> tuple[str, str | None]:
-    """Open what the destination sends to: a TCP connection (with the TLS handshake for
-    https) to its upstream, or its folder for the ``file`` type; None when that works."""
-    import asyncio
-    import ssl
-    from urllib.parse import urlsplit
-
-    from relay.sinks.options import shown
-
-    name = destination.name
-    if destination.type == "file":
-        folder = Path(destination.path)
-        existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
-        writable = os.access(existing, os.W_OK | os.X_OK)
-        return name, None if writable else f"cannot write in {existing}"
-    url = destination.endpoint or str(destination.options.get("url", ""))
-    if not url:
-        url = {"amplitude": "https://api2.amplitude.com", "posthog": "https://us.i.posthog.com"}.get(
-            destination.type, "")
-    split = urlsplit(url)
-    if not split.hostname:
-        return name, "no upstream address to reach"
-    tls = split.scheme == "https"
-    port = split.port or (443 if tls else 80)
-    try:
-        async with asyncio.timeout(timeout):
-            _, writer = await asyncio.open_connection(
-                split.hostname, port, ssl=ssl.create_default_context() if tls else None)
-    except TimeoutError:
-        return name, f"{shown(url)}: no answer within {timeout:g} s"
-    except (OSError, ssl.SSLError) as exc:
-        return name, f"{shown(url)}: {exc.strerror or exc}"
-    writer.close()
-    try:
-        await writer.wait_closed()
-    except OSError:
-        pass
-    return name, None
 
 
 def status_report(cfg: config.Config) -> StatusReport:
@@ -440,7 +403,8 @@ def parser() -> argparse.ArgumentParser:
     p = command(sub, "check", cmd_check, "validate the config (loading and unloading every plugin) "
                 "and print it, secrets masked")
     p.add_argument("--connect", action="store_true",
-                   help="also reach each destination's upstream (TCP, and TLS for https)")
+                   help="also open each destination with its credentials: TCP and TLS, then a request "
+                   "that changes nothing upstream (see the README's `relay check`)")
     p.add_argument("--connect-timeout", type=float, default=5.0, help="seconds per destination")
     command(sub, "status", cmd_status, "report the queue file's state", json_flag=True)
     command(sub, "reload", cmd_reload, "validate the config, then tell the running relay to reload it")

@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from relay import config
 from relay.errors import ConfigError
-from relay.ops import cli
+from relay.ops import cli, connect
+from tests.ops.checking import GOOD_KEY, AuthUpstream
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -56,22 +58,24 @@ async def _listener() -> tuple[asyncio.Server, int]:
 
 
 async def test_connect_reaches_each_destination_and_names_the_one_that_is_down(tmp_path: Path) -> None:
-    server, port = await _listener()
+    upstream = await AuthUpstream().start()
     closed, dead_port = await _listener()
     closed.close()
     await closed.wait_closed()
-    path = _write(tmp_path, f'[[destinations]]\nname = "up"\ntype = "segment"\nendpoint = "http://127.0.0.1:{port}"\n'
+    path = _write(tmp_path, f'[[destinations]]\nname = "up"\ntype = "segment"\nendpoint = "{upstream.url}"\n'
+                            f'write_key = "{GOOD_KEY}"\n'
                             f'[[destinations]]\nname = "down"\ntype = "webhook"\n'
                             f'options = {{ url = "http://127.0.0.1:{dead_port}/in" }}\n'
                             f'[[destinations]]\nname = "files"\ntype = "file"\npath = "{tmp_path}/out"\n')
     try:
         cfg = config.load(path, {})
-        results = dict(await asyncio.gather(*(cli.reach(d, 5.0) for d in cfg.destinations)))
+        results = {r.name: r for r in await connect.reach_all(cfg.destinations, 5.0)}
     finally:
-        server.close()
-        await server.wait_closed()
-    assert results["up"] is None and results["files"] is None
-    assert results["down"] is not None and str(dead_port) in results["down"]
+        await upstream.stop()
+    assert results["up"].ok and results["files"].ok
+    assert not results["down"].ok and results["down"].verdict == connect.UNREACHABLE
+    assert str(dead_port) in results["down"].detail and "Connection refused" in results["down"].detail
+    assert upstream.events_sent() == []
 
 
 def test_check_connect_exits_non_zero_when_an_upstream_is_down(
@@ -81,7 +85,9 @@ def test_check_connect_exits_non_zero_when_an_upstream_is_down(
     path = _write(tmp_path, f'[[destinations]]\nname = "down"\ntype = "segment"\n'
                             f'endpoint = "http://127.0.0.1:{dead_port}"\n')
     assert cli.main(["check", "--connect", "--config", str(path)]) == 1
-    assert "destination down:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "destination down (segment): unreachable:" in err
+    assert "1 of 1 destinations failed the connection check: down" in err
 
 
 async def _listener_closed() -> tuple[None, int]:
@@ -89,6 +95,41 @@ async def _listener_closed() -> tuple[None, int]:
     server.close()
     await server.wait_closed()
     return None, port
+
+
+async def test_folders_are_checked_for_writing_without_the_network(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    path = _write(tmp_path, "".join(
+        f'[[destinations]]\nname = "{name}"\ntype = "{kind}"\n{where}\n'
+        for name, kind, where in (
+            ("files", "file", f'path = "{tmp_path}/out"'),
+            ("files-blocked", "file", f'path = "{blocker}/out"'),
+            ("lake", "parquet", f'options = {{ path = "{tmp_path}/lake" }}'),
+            ("lake-blocked", "parquet", f'options = {{ path = "{blocker}/lake" }}'),
+            ("db", "duckdb", f'options = {{ path = "{tmp_path}/w/events.duckdb" }}'),
+            ("db-blocked", "duckdb", f'options = {{ path = "{blocker}/events.duckdb" }}'),
+            ("db-a-folder", "duckdb", f'options = {{ path = "{tmp_path}" }}'),
+        )))
+    cfg = config.load(path, {})
+    results = {r.name: r for r in await connect.reach_all(cfg.destinations, 5.0)}
+    assert [n for n, r in results.items() if r.ok] == ["files", "lake", "db"]
+    for name in ("files-blocked", "lake-blocked", "db-blocked", "db-a-folder"):
+        assert results[name].verdict == connect.CANNOT_WRITE, results[name]
+    assert f"{blocker} is not a folder" in results["files-blocked"].detail
+    assert not (tmp_path / "out").exists() and not (tmp_path / "w").exists()  # nothing was made
+
+
+async def test_a_type_without_a_check_of_its_own_is_opened_over_tcp(tmp_path: Path) -> None:
+    server, port = await _listener()
+    try:
+        destination = msgspec.convert({"name": "other", "type": "custom",
+                                       "endpoint": f"http://127.0.0.1:{port}"}, config.DestinationConfig)
+        result = await connect.reach(destination, 5.0)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert result.ok and "accepts connections (no credentials checked)" in result.detail
 
 
 def test_an_enum_option_of_a_destination_lists_its_allowed_values(tmp_path: Path) -> None:
