@@ -36,7 +36,7 @@ REFUSED = frozenset({"MessageSizeTooLargeError", "RecordTooLargeError", "Invalid
                      "RecordListTooLargeError", "CorruptRecordException", "InvalidRequestError",
                      "UnsupportedForMessageFormatError", "PolicyViolationError"})
 DENIED = frozenset({"AuthenticationFailedError", "AuthenticationMethodNotSupported",
-                    "UnsupportedSaslMechanismError", "IllegalSaslStateError",
+                    "UnsupportedSaslMechanismError", "IllegalSaslStateError", "SaslAuthenticationFailed",
                     "TopicAuthorizationFailedError", "ClusterAuthorizationFailedError"})
 
 

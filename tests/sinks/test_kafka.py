@@ -111,3 +111,22 @@ async def test_idempotent_producer_on_a_broker_that_refuses_it_keeps_the_events_
     status = await _status(relay)
     assert status["pending"] == 1 and status["delivered"] == 0 and relay.dead_letters() == []
     assert "cannot reach the brokers" in status["last_error"]  # InitProducerId refused at start
+
+
+@pytest.mark.parametrize(("error", "status"), [
+    ("SaslAuthenticationFailed", 401),  # a wrong SASL password pauses, as 401 does
+    ("AuthenticationFailedError", 401),
+    ("TopicAuthorizationFailedError", 403),
+    ("MessageSizeTooLargeError", 400),  # refused for good: dead-lettered
+    ("KafkaConnectionError", None),  # anything else: retried
+    ("RequestTimedOutError", None),
+])
+def test_an_aiokafka_error_maps_to_the_answer_the_retry_policy_reads(error: str, status: int | None) -> None:
+    import aiokafka.errors
+
+    from relay.sinks.kafka import _answer
+
+    exc = getattr(aiokafka.errors, error)("from the broker")
+    answer = _answer(exc, "send")
+    assert answer.status == status
+    assert error in (answer.body or answer.error or "")
