@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import sqlite3
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from tests.support import queuefile
 
 ROUNDS = 6
 CLIENTS = 8
@@ -34,7 +35,7 @@ def _config(tmp_path: Path) -> str:
 
 
 def _stored_ids(db_path: Path) -> set[str]:
-    conn = sqlite3.connect(db_path, timeout=10)
+    conn = queuefile.connect(db_path)
     try:
         return {mid for (mid,) in conn.execute("SELECT message_id FROM events")}
     finally:
