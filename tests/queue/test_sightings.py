@@ -96,7 +96,7 @@ def test_rotation_moves_the_log_into_the_old_generation_and_lookups_follow(conn:
 def test_a_version_1_files_sightings_are_still_caught_until_they_age_out(tmp_path: Path) -> None:
     """An upgrade keeps dedup: a version 1 file's sightings (hashed with blake2b, in its old
     generation and its log) are looked up until the window has passed, then dropped."""
-    path = v1queue.build(tmp_path / "v1.db", [], seen=[("wk", "old-gen", NOW)],
+    path = v1queue.build(tmp_path / "v1.db", [], seen=[("wk", "old-gen", NOW), ("wk", "aged", NOW)],
                          logged=[("wk", "in-log", NOW + 1)])
     conn = sqlite3.connect(str(path), isolation_level=None)
     store.prepare(conn, "fsync", 1 << 30)
@@ -105,10 +105,10 @@ def test_a_version_1_files_sightings_are_still_caught_until_they_age_out(tmp_pat
     memory.load(conn)
     assert memory.legacy
     assert see(conn, memory, ["old-gen", "in-log", "new"], now=NOW + 2) == [False, False, True]
-    assert memory.forget_before(conn, NOW + 1.5, chunk=100) == 2  # the two version 1 sightings
+    assert memory.forget_before(conn, NOW + 1.5, chunk=100) == 3  # the three version 1 sightings
     assert not memory.legacy
     assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'seen'").fetchone() is None
-    assert see(conn, memory, ["old-gen", "new"], now=NOW + 3) == [True, False]
+    assert see(conn, memory, ["aged", "new"], now=NOW + 3) == [True, False]
     conn.close()
 
 
