@@ -39,11 +39,11 @@ _local = threading.local()
 class Packed(NamedTuple):
     """One row to insert, every column but ``first`` (given by the queue when it inserts)."""
 
-    count: int
+    events: int
     received_at: float
     write_key: str
     target: str | None
-    index: bytes
+    ids: bytes
     body: bytes
     codec: int
     raw_bytes: int  # the bodies' size before compression

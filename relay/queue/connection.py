@@ -157,7 +157,7 @@ class Connection:
                     break
                 if item:
                     left.append(item)
-            for fn, args, call_loop, future in left:
+            for _fn, _args, call_loop, future in left:
                 try:
                     call_loop.call_soon_threadsafe(_resolve, future, None, QueueClosed("the queue is closed"))
                 except RuntimeError:

@@ -32,7 +32,7 @@ from relay.config import QueueConfig
 from relay.errors import QueueClosed, QueueError, QueueFull
 from relay.queue import batches, salvage, sightings, store
 from relay.queue.batches import Packed
-from relay.queue.connection import FULL_RETRY_AFTER, BUSY_TIMEOUT_MS, Connection, mapped
+from relay.queue.connection import BUSY_TIMEOUT_MS, FULL_RETRY_AFTER, Connection
 from relay.queue.lock import QueueLock
 from relay.queue.reserve import Reserve
 from relay.types import AppendResult, DeadLetter, Event, Live, StatusReport
@@ -81,7 +81,8 @@ def pack_events(events: Sequence[Event]) -> list[Packed]:
         head = events[start]
         end = start + 1
         limit = min(count, start + batches.MAX_EVENTS)
-        while end < limit and events[end].write_key == head.write_key and events[end].received_at == head.received_at:
+        while (end < limit and events[end].write_key == head.write_key
+               and events[end].received_at == head.received_at):
             end += 1
         run = events[start:end]
         out.append(batches.pack(head.received_at, head.write_key, [e.message_id for e in run],
@@ -293,7 +294,7 @@ class Queue:
             used = self._used_bytes
             accepted: list[_Pending] = []
             for pending in group:
-                need = sum(len(r.body) + len(r.index) + ROW_OVERHEAD for r in pending.rows)
+                need = sum(len(r.body) + len(r.ids) + ROW_OVERHEAD for r in pending.rows)
                 need += sum(len(d.body) + ROW_OVERHEAD for d in pending.dead)
                 if used + need > cap and self.config.dedup_window:
                     used -= self._shrink_dedup(conn, used + need - cap)

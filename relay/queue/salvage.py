@@ -96,7 +96,8 @@ def _is_schema(r: pages.Record) -> bool:
 def _is_batch(r: pages.Record) -> bool:
     """first (the rowid: NULL in the record), count, received_at, write_key, target, codec, ids, body."""
     return (len(r) == 8 and r[0] is None and isinstance(r[1], int) and r[1] > 0
-            and isinstance(r[2], int | float) and isinstance(r[3], str) and (r[4] is None or isinstance(r[4], str))
+            and isinstance(r[2], int | float) and isinstance(r[3], str)
+            and (r[4] is None or isinstance(r[4], str))
             and isinstance(r[5], int) and isinstance(r[6], bytes) and isinstance(r[7], bytes))
 
 

@@ -199,9 +199,9 @@ class Sightings:
                 if merged >= chunk:
                     break
             conn.executemany(
-                "INSERT INTO sightings (h, at) VALUES (?, ?) ON CONFLICT(h) DO UPDATE SET at = max(at, excluded.at)",
-                sorted(pairs.items()))
-            if not rows or len(rows) < ROTATE_ROWS_PER_STEP and merged < chunk:
+                "INSERT INTO sightings (h, at) VALUES (?, ?)"
+                " ON CONFLICT(h) DO UPDATE SET at = max(at, excluded.at)", sorted(pairs.items()))
+            if not rows or (len(rows) < ROTATE_ROWS_PER_STEP and merged < chunk):
                 through = self._frozen_through
             conn.execute("DELETE FROM sightings_log WHERE rowid > ?1 AND rowid <= ?2",
                          (self._merged_through, through))
@@ -232,7 +232,8 @@ class Sightings:
                 (count - forgotten,)).rowcount)
         if forgotten < count:
             dropped = 0
-            for rowid, blob in conn.execute("SELECT rowid, hashes FROM sightings_log ORDER BY rowid").fetchall():
+            rows = conn.execute("SELECT rowid, hashes FROM sightings_log ORDER BY rowid").fetchall()
+            for rowid, blob in rows:
                 conn.execute("DELETE FROM sightings_log WHERE rowid = ?", (rowid,))
                 dropped += len(blob) // 8
                 if forgotten + dropped >= count:
@@ -245,7 +246,7 @@ class Sightings:
         """Drop sightings older than ``cutoff`` (the old generations in chunks, by their time
         index; a version 1 file's ``seen`` dropped once empty)."""
         total = 0
-        for _, blob in conn.execute("SELECT rowid, hashes FROM sightings_log WHERE at < ?", (cutoff,)).fetchall():
+        for (blob,) in conn.execute("SELECT hashes FROM sightings_log WHERE at < ?", (cutoff,)):
             total += len(blob) // 8
         if total:
             conn.execute("DELETE FROM sightings_log WHERE at < ?", (cutoff,))
@@ -287,8 +288,8 @@ class Sightings:
         if self.legacy and any(unseen):
             in_legacy = _seen_in_legacy(conn, keys, unseen, float("-inf"))
             unseen = [new and not found for new, found in zip(unseen, in_legacy, strict=True)]
-        conn.executemany("INSERT INTO sightings (h, at) VALUES (?, ?)"
-                         " ON CONFLICT(h) DO UPDATE SET at = max(at, excluded.at)", [(h, now) for h in hashes])
+        conn.executemany("INSERT INTO sightings (h, at) VALUES (?, ?) ON CONFLICT(h)"
+                         " DO UPDATE SET at = max(at, excluded.at)", [(h, now) for h in hashes])
         return _first_in_group(hashes, unseen)
 
 

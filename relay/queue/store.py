@@ -188,18 +188,18 @@ def insert_batches(conn: sqlite3.Connection, rows: Sequence[Packed]) -> list[int
     values = []
     for r in rows:
         firsts.append(at)
-        values.append((at, r.count, r.received_at, r.write_key, r.target, r.codec, r.index, r.body))
-        at += r.count
+        values.append((at, r.events, r.received_at, r.write_key, r.target, r.codec, r.ids, r.body))
+        at += r.events
     conn.executemany(f"INSERT INTO batches ({BATCH_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", values)
-    conn.execute("INSERT INTO meta VALUES ('last_event_id', ?1) ON CONFLICT(key) DO UPDATE SET value = ?1",
-                 (at - 1,))
+    conn.execute("INSERT INTO meta VALUES ('last_event_id', ?1)"
+                 " ON CONFLICT(key) DO UPDATE SET value = ?1", (at - 1,))
     return firsts
 
 
 def insert_events(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -> int:
     """Events one by one (recovered or replayed ones): (received_at, write_key, message_id,
-    type, body[, target]), target NULL (every destination) when left out. Consecutive events that share their arrival and target share a
-    row. Returns how many were inserted."""
+    type, body[, target]), target NULL (every destination) when left out. Consecutive
+    events that share their arrival and target share a row. Returns how many were inserted."""
     packed: list[Packed] = []
     run: list[tuple[Any, ...]] = []
 
@@ -387,7 +387,8 @@ def _read(conn: sqlite3.Connection, destination: str | None, after: int, limit: 
         for first, received_at, write_key, target, codec, ids, body in chunk:
             if destination is not None and target is not None and target != destination:
                 continue
-            events += batches.unpack(first, received_at, write_key, ids, body, codec, after, limit - len(events))
+            events += batches.unpack(first, received_at, write_key, ids, body, codec, after,
+                                     limit - len(events))
             if len(events) >= limit:
                 break
     rows.close()
@@ -534,8 +535,8 @@ def migrate(conn: sqlite3.Connection) -> int:
     sequence = int(seq_row[0]) if seq_row else 0
     while True:
         with transaction(conn):
-            rows = conn.execute("SELECT id, received_at, write_key, message_id, type, body, target FROM events"
-                                " ORDER BY id LIMIT ?", (MIGRATE_CHUNK,)).fetchall()
+            rows = conn.execute("SELECT id, received_at, write_key, message_id, type, body, target"
+                                " FROM events ORDER BY id LIMIT ?", (MIGRATE_CHUNK,)).fetchall()
             if not rows:
                 last = max(sequence, meta_int(conn, "last_event_id"))
                 conn.execute("INSERT INTO meta VALUES ('last_event_id', ?1)"
@@ -550,8 +551,8 @@ def migrate(conn: sqlite3.Connection) -> int:
                 first, received_at, write_key, *_, target = run[0]
                 packed = batches.pack(received_at, write_key, [r[3] for r in run], [r[4] for r in run],
                                       [bytes(r[5]) for r in run], target)
-                values.append((first, packed.count, received_at, write_key, target, packed.codec, packed.index,
-                               packed.body))
+                values.append((first, packed.events, received_at, write_key, target, packed.codec,
+                               packed.ids, packed.body))
             conn.executemany(f"INSERT INTO batches ({BATCH_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", values)
             conn.execute("DELETE FROM events WHERE id <= ?", (rows[-1][0],))
             moved += len(rows)

@@ -74,7 +74,8 @@ def build(path: Path, events: Sequence[tuple[float, str, str, str, bytes, str | 
     conn.executemany("INSERT INTO events (received_at, write_key, message_id, type, body, target)"
                      " VALUES (?,?,?,?,?,?)", events)
     for name, cursor in (cursors or {}).items():
-        conn.execute("INSERT INTO progress (destination, cursor, updated_at) VALUES (?, ?, 0)", (name, cursor))
+        conn.execute("INSERT INTO progress (destination, cursor, updated_at) VALUES (?, ?, 0)",
+                     (name, cursor))
     conn.executemany("INSERT INTO seen VALUES (?, ?)", [(legacy_hash(k, m), at) for k, m, at in seen])
     conn.executemany("INSERT INTO seen_log VALUES (?, ?)", [(legacy_hash(k, m), at) for k, m, at in logged])
     conn.execute("COMMIT")
