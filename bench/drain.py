@@ -19,7 +19,9 @@ For each mode (gzip on, gzip off) it:
    posts 100-event batches for `--ingest-duration` seconds: the ingest events/s and the
    drain events/s while both run.
 
-Targets (issue 3): at least 100,000 events/s drained on one core, peak RSS under 100 MB.
+Targets (issue 3, kept by issue 15): at least 100,000 events/s drained on one core, peak RSS
+under 100 MB. The last line printed says whether each is met: the slowest drain without ingest
+against the first, the largest peak RSS of all runs against the second.
 """
 
 from __future__ import annotations
@@ -202,12 +204,15 @@ def main(argv: list[str] | None = None) -> int:
                      f"{r['ingest_p99_ms']:.1f} ms), drain "
                      f"{r['drain_events_per_s_during_ingest']:,.0f} events/s")
         print(line)
+    # Issue 3's targets, which issue 15 keeps: judged on the drains without ingest (the slowest
+    # of them) and on the largest peak RSS of every run, ingest running or not.
     drains = [r["events_per_s"] for r in results if "ingest_events_per_s" not in r]
     rss = [r["peak_rss_mib"] for r in results if r["peak_rss_mib"] is not None]
     drain_met = "met" if min(drains) >= DRAIN_TARGET_EVENTS else "NOT met"
-    rss_met = "met" if max(rss) < RSS_TARGET_MIB else "NOT met"
-    print(f"targets: drain >= {DRAIN_TARGET_EVENTS:,} events/s: {drain_met}; "
-          f"peak RSS < {RSS_TARGET_MIB} MB: {rss_met}")
+    rss_shown = f"largest {max(rss):.0f} MiB" if rss else "not read"
+    rss_met = "met" if rss and max(rss) < RSS_TARGET_MIB else "NOT met"
+    print(f"targets: drain >= {DRAIN_TARGET_EVENTS:,} events/s: slowest {min(drains):,.0f} -> {drain_met}; "
+          f"peak RSS < {RSS_TARGET_MIB} MB: {rss_shown} -> {rss_met}")
     return 0
 
 
