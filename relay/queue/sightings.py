@@ -189,18 +189,21 @@ class Sightings:
             rows = conn.execute(
                 "SELECT rowid, at, hashes FROM sightings_log WHERE rowid > ?1 AND rowid <= ?2 ORDER BY rowid"
                 " LIMIT ?3", (self._merged_through, self._frozen_through, ROTATE_ROWS_PER_STEP)).fetchall()
-            pairs: dict[int, float] = {}
+            hashes: list[int] = []
+            newest = 0.0
             through = self._frozen_through
             for rowid, at, blob in rows:
-                for h in _unpack(blob):
-                    pairs[h] = max(at, pairs.get(h, at))
-                merged += len(blob) // 8
+                hashes += _unpack(blob)
+                newest = max(newest, at)
                 through = int(rowid)
-                if merged >= chunk:
+                if len(hashes) >= chunk:
                     break
-            conn.executemany(
-                "INSERT INTO sightings (h, at) VALUES (?, ?)"
-                " ON CONFLICT(h) DO UPDATE SET at = max(at, excluded.at)", sorted(pairs.items()))
+            merged = len(hashes)
+            # one statement for the step, in key order; every hash of it takes the step's
+            # newest time (a few seconds later at most: the window is not shortened)
+            conn.execute("INSERT INTO sightings (h, at) SELECT value, ?1 FROM json_each(?2) WHERE true"
+                         " ORDER BY value ON CONFLICT(h) DO UPDATE SET at = max(at, excluded.at)",
+                         (newest, _json_array(sorted(set(hashes)))))
             if not rows or (len(rows) < ROTATE_ROWS_PER_STEP and merged < chunk):
                 through = self._frozen_through
             conn.execute("DELETE FROM sightings_log WHERE rowid > ?1 AND rowid <= ?2",
