@@ -61,6 +61,9 @@ EVENT = {
 }
 
 
+REQUEST_EVENTS = 100
+
+
 def fill(path: Path, count: int) -> int:
     """Write ``count`` queued events, normalised exactly as ingest stores them; return the
     bytes of their bodies."""
@@ -79,7 +82,8 @@ def fill(path: Path, count: int) -> int:
             rows.append((event.received_at, event.write_key, event.message_id, event.type, body))
             total += len(body)
         conn.execute("BEGIN")
-        store.insert_events(conn, rows)
+        for at in range(0, len(rows), REQUEST_EVENTS):  # a row per 100-event request, as ingest stores them
+            store.insert_events(conn, rows[at:at + REQUEST_EVENTS])
         conn.execute("COMMIT")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()

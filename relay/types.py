@@ -2,7 +2,6 @@
 
     Arrival      what one request says about all of its messages
     Event        one accepted message, normalised, on its way into the queue
-    Row          an event as the queue stores it
     Stored       an event read back from the queue
     DeadLetter   a message refused at ingest or by a destination, with the reason
     AppendResult what one request's append to the queue became
@@ -80,10 +79,6 @@ class Arrival:
             except InvalidMessage:
                 return
             self.batch_sent_iso = timestamps.canonical(sent_at, self.batch_sent_at)
-
-
-Row = tuple[float, str, str, str, bytes]
-"""An event to store: (received_at, write_key, message_id, type, body)."""
 
 
 class Stored(NamedTuple):

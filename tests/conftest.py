@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import pytest
 
 from relay.app import Relay
 from relay.config import Config
+from tests.support import queuefile
 
 
 def free_port() -> int:
@@ -53,7 +53,8 @@ class Running:
         return self.relay.config.queue.path
 
     def rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-        conn = sqlite3.connect(self.db_path)
+        """``sql`` against the queue file, with its events as a table (``queuefile``)."""
+        conn = queuefile.connect(self.db_path)
         try:
             return conn.execute(sql, params).fetchall()
         finally:

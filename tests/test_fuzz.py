@@ -8,7 +8,6 @@ import gzip
 import http.client
 import json
 import socket
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import RelayProcess
+from tests.support import queuefile
 
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
 ROUTES = ["/v1/track", "/v1/identify", "/v1/batch", "/v1/import", "/v1/t", "/v1/b", "/v1/page", "/v1/alias"]
@@ -79,7 +79,7 @@ def send(port: int, method: str, path: str, body: bytes = b"", headers: dict[str
 def assert_alive_and_clean(port: int, db: Path, proc: RelayProcess) -> None:
     assert proc.proc is not None and proc.proc.poll() is None, "the relay died"
     assert send(port, "POST", "/v1/track", json.dumps({"userId": "probe", "event": "alive"}).encode()) == 200
-    conn = sqlite3.connect(db)
+    conn = queuefile.connect(db)
     try:
         for (body,) in conn.execute("SELECT body FROM events"):
             event = json.loads(body)

@@ -15,6 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.support import queuefile
+
 LOAD_CLIENTS = 6
 HELD_REQUESTS = 3
 MAX_REQUESTS_PER_CLIENT = 2000
@@ -80,7 +82,7 @@ async def _held_request(url: str, ids: list[str], release: asyncio.Event | None 
 
 
 def _stored(db_path: Path) -> set[str]:
-    conn = sqlite3.connect(db_path, timeout=10)
+    conn = queuefile.connect(db_path)
     try:
         return {mid for (mid,) in conn.execute("SELECT message_id FROM events")}
     finally:

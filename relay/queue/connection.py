@@ -1,7 +1,10 @@
 """One SQLite connection owned by one thread, and where sqlite3's errors become the relay's.
 
 Calls are marshalled to the connection's own thread through a queue and answered on the
-event loop, as aiosqlite does; a call after ``close`` is refused with QueueClosed. Every
+event loop, as aiosqlite does; a call after ``close`` is refused with QueueClosed.
+``staged`` is the one exception, for the queue's writer: its first part runs on the calling
+thread while the connection is idle, and its second on the connection's thread before any
+other call (the thread holds ``_lock`` while it runs anything, so the two never overlap). Every
 ``sqlite3.Error`` raised by a call is mapped here, once: a full disk or the queue's page cap
 to QueueFull, a closed connection to QueueClosed, anything else to QueueError (the original
 error is kept as ``__cause__``). Nothing outside ``relay.queue`` sees a sqlite3 exception.
@@ -10,6 +13,7 @@ error is kept as ``__cause__``). Nothing outside ``relay.queue`` sees a sqlite3 
 from __future__ import annotations
 
 import asyncio
+import collections
 import queue
 import sqlite3
 import threading
@@ -20,8 +24,11 @@ from relay.errors import QueueClosed, QueueError, QueueFull
 
 T = TypeVar("T")
 FULL_RETRY_AFTER = 5  # seconds a client is told to wait when the queue is full
+BUSY_TIMEOUT_MS = 5000  # how long a statement waits for another process's lock
+_WAKE: tuple[()] = ()  # queued to make the thread run what ``staged`` left for it
 
 _Call = tuple[Callable[..., Any], tuple[Any, ...], asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
+S = TypeVar("S")
 
 
 def mapped(exc: sqlite3.Error) -> QueueError:
@@ -49,9 +56,12 @@ class Connection:
     def __init__(self, path: str, name: str = "relay-queue") -> None:
         self.path = path
         self.name = name
-        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._calls: queue.SimpleQueue[_Call | tuple[()] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._closed = True
+        self._lock = threading.Lock()
+        self._next: collections.deque[_Call] = collections.deque()
+        self._conn: sqlite3.Connection | None = None
 
     @property
     def is_open(self) -> bool:
@@ -83,6 +93,33 @@ class Connection:
         self._calls.put((fn, args, loop, future))
         return await future
 
+    async def staged(self, here: Callable[..., S | None], there: Callable[[sqlite3.Connection, S], T],
+                     *args: Any) -> T | None:
+        """``here(connection, *args)`` on the calling thread, at once, if the connection is
+        idle; then ``there(connection, its result)`` on the connection's thread before any
+        other call. None, with nothing run, when the connection is busy; None too when
+        ``here`` returns None (it declined, leaving nothing open)."""
+        if self._closed:
+            raise QueueClosed("the queue is closed")
+        conn = self._conn
+        if conn is None or not self._lock.acquire(blocking=False):
+            return None
+        try:
+            try:
+                state = here(conn, *args)
+            except sqlite3.Error as exc:
+                error = mapped(exc)
+                raise error from exc
+            if state is None:
+                return None
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[T] = loop.create_future()
+            self._next.append((there, (state,), loop, future))
+            self._calls.put(_WAKE)
+        finally:
+            self._lock.release()
+        return await future
+
     async def close(self) -> None:
         """Let the calls already queued finish, then close the connection and its thread."""
         if self._thread is None:
@@ -98,28 +135,46 @@ class Connection:
         except sqlite3.Error as exc:
             loop.call_soon_threadsafe(_resolve, opened, None, mapped(exc))
             return
+        self._conn = conn
         loop.call_soon_threadsafe(_resolve, opened, None, None)
         try:
             while (item := self._calls.get()) is not None:
-                fn, args, call_loop, future = item
-                error: BaseException | None
-                try:
-                    result, error = fn(conn, *args), None
-                except sqlite3.Error as exc:
-                    result, error = None, mapped(exc)
-                    error.__cause__ = exc
-                except BaseException as exc:  # handed to the caller as it is
-                    result, error = None, exc
-                try:
-                    call_loop.call_soon_threadsafe(_resolve, future, result, error)
-                except RuntimeError:  # the caller's loop is closed: nobody waits for this answer
-                    pass
+                with self._lock:
+                    while self._next:
+                        _run(conn, self._next.popleft())
+                    if item:
+                        _run(conn, item)
         finally:
-            conn.close()
+            with self._lock:
+                self._conn = None
+                conn.close()
+                left = list(self._next)
+                self._next.clear()
             while True:  # calls queued behind the close: refused
                 try:
                     item = self._calls.get_nowait()
                 except queue.Empty:
                     break
-                if item is not None:
-                    item[2].call_soon_threadsafe(_resolve, item[3], None, QueueClosed("the queue is closed"))
+                if item:
+                    left.append(item)
+            for _fn, _args, call_loop, future in left:
+                try:
+                    call_loop.call_soon_threadsafe(_resolve, future, None, QueueClosed("the queue is closed"))
+                except RuntimeError:
+                    pass
+
+
+def _run(conn: sqlite3.Connection, item: _Call) -> None:
+    fn, args, call_loop, future = item
+    error: BaseException | None
+    try:
+        result, error = fn(conn, *args), None
+    except sqlite3.Error as exc:
+        result, error = None, mapped(exc)
+        error.__cause__ = exc
+    except BaseException as exc:  # handed to the caller as it is
+        result, error = None, exc
+    try:
+        call_loop.call_soon_threadsafe(_resolve, future, result, error)
+    except RuntimeError:  # the caller's loop is closed: nobody waits for this answer
+        pass

@@ -133,10 +133,7 @@ def replay(conn: sqlite3.Connection, flt: DeadLetterFilter, admit: Admit,
                 if event_rows is None:
                     result.still_invalid += 1
                     continue
-                conn.executemany(
-                    "INSERT INTO events (received_at, write_key, message_id, type, body, target)"
-                    " VALUES (?,?,?,?,?,?)", event_rows,
-                )
+                store.insert_events(conn, event_rows)
                 conn.execute("DELETE FROM dead_letters WHERE id = ?", (letter_id,))
                 result.queued += 1
         if progress:

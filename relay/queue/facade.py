@@ -1,9 +1,18 @@
 """The durable write-ahead queue: the only owner of the SQLite connection.
 
 Requests hand their events to ``append`` and wait. One writer task takes everything that
-is waiting, writes it in one transaction on the connection's own thread, commits with
-the configured durability, and only then resolves each request's future: concurrent
-requests share a commit (group commit), so fsync is paid once per group, not per event.
+is waiting, writes it in one transaction, commits with the configured durability, and
+only then resolves each request's future: concurrent requests share a commit (group
+commit), so fsync is paid once per group, not per event. A request's events become one
+row (``relay.queue.batches``), compressed on the event loop before the transaction.
+
+The transaction is written on the event loop itself and only its COMMIT (the fsync) runs
+on the connection's thread (``Connection.staged``): a thread that ran every statement
+would wait for the interpreter lock after each of them while the loop is busy, which
+stretched commits and kept groups small. When the loop finds the connection busy, or
+another process holding the write lock, the whole group is written on the thread instead.
+A writer woken by a lone request waits up to ``GROUP_WAIT`` for others to join it while
+requests keep arriving.
 """
 
 from __future__ import annotations
@@ -21,8 +30,9 @@ from typing import TypeVar
 from relay import types
 from relay.config import QueueConfig
 from relay.errors import QueueClosed, QueueError, QueueFull
-from relay.queue import salvage, sightings, store
-from relay.queue.connection import FULL_RETRY_AFTER, Connection
+from relay.queue import batches, salvage, sightings, store
+from relay.queue.batches import Packed
+from relay.queue.connection import BUSY_TIMEOUT_MS, FULL_RETRY_AFTER, Connection
 from relay.queue.lock import QueueLock
 from relay.queue.reserve import Reserve
 from relay.types import AppendResult, DeadLetter, Event, Live, StatusReport
@@ -38,10 +48,18 @@ CHECKPOINT_INTERVAL = 0.5
 DELETE_CHUNK = 10_000  # finished events deleted at once (sooner when the queue is caught up)
 DEDUP_ROTATE_ROWS = 32_768  # recent sightings merged into the old generation past this many
 DEDUP_ROTATE_STEP = 8_192  # rows merged between two commits while a rotation runs
-# Estimated bytes on disk per stored event beyond its body (row header, index entries).
+# Estimated bytes on disk per stored row beyond its body and index (row header, index entries).
 ROW_OVERHEAD = 96
+GROUP_WAIT = 0.002  # seconds a writer woken by few requests waits for more to join the group
+GROUP_ENOUGH = 8  # requests that make a group without waiting
 # Estimated bytes on disk per dedup entry (row and index entry).
 DEDUP_ROW_BYTES = 40
+
+
+@dataclass(slots=True)
+class _Staged:
+    outcomes: list[AppendResult | QueueError]
+    used: int
 
 
 @dataclass(slots=True)
@@ -49,8 +67,28 @@ class _Pending:
     events: Sequence[Event]
     dead: Sequence[DeadLetter]
     future: asyncio.Future[AppendResult]
-    rows: list[types.Row] = field(default_factory=list)
+    rows: list[Packed] = field(default_factory=list)
     outcome: AppendResult | QueueError | None = None
+
+
+def pack_events(events: Sequence[Event]) -> list[Packed]:
+    """A request's events as rows: one, unless its events differ in arrival or exceed a
+    row's size (a stream source's batch)."""
+    out: list[Packed] = []
+    start = 0
+    count = len(events)
+    while start < count:
+        head = events[start]
+        end = start + 1
+        limit = min(count, start + batches.MAX_EVENTS)
+        while (end < limit and events[end].write_key == head.write_key
+               and events[end].received_at == head.received_at):
+            end += 1
+        run = events[start:end]
+        out.append(batches.pack(head.received_at, head.write_key, [e.message_id for e in run],
+                                [e.type for e in run], [e.data or e.encode() for e in run]))
+        start = end
+    return out
 
 
 class Queue:
@@ -81,6 +119,7 @@ class Queue:
         self._committed = asyncio.Event()
         self._cursors: dict[str, int] = {}
         self._deleted_through = 0
+        self._last_commit = 0.0
 
     @property
     def path(self) -> str:
@@ -163,15 +202,14 @@ class Queue:
             # One turn of the loop first: requests whose bytes have already arrived reach
             # ``append`` and join this group, so a commit carries more of them.
             await asyncio.sleep(0)
+            await self._let_group_fill()
             while self._pending:
                 group = self._take_group()
                 for pending in group:
-                    pending.rows = [
-                        (e.received_at, e.write_key, e.message_id, e.type, e.data or e.encode())
-                        for e in pending.events
-                    ]
+                    pending.rows = pack_events(pending.events)
+                now = time.time()
                 try:
-                    outcomes = await self._db.call(self._commit, group, time.time())
+                    outcomes = await self._write(group, now)
                 except QueueError as exc:
                     outcomes = [self._failed(exc)] * len(group)
                 except Exception as exc:  # never let the writer die: every waiter gets an answer
@@ -192,6 +230,130 @@ class Queue:
                     await self._rotate_sightings()  # a step, after answering
             if self._closing:
                 return
+
+    async def _let_group_fill(self) -> None:
+        """A short, bounded wait while few requests wait and more keep arriving: a commit
+        costs an fsync whatever it carries."""
+        if self._closing or len(self._pending) >= GROUP_ENOUGH or not self._busy_recently():
+            return
+        deadline = time.monotonic() + GROUP_WAIT
+        while len(self._pending) < GROUP_ENOUGH and not self._closing:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            before = len(self._pending)
+            await asyncio.sleep(min(left, GROUP_WAIT / 4))
+            if len(self._pending) == before:
+                return  # nobody joined meanwhile: do not wait for nothing
+
+    def _busy_recently(self) -> bool:
+        """Whether the last commit came less than a few waits ago (requests are arriving)."""
+        now = time.monotonic()
+        busy = now - self._last_commit < GROUP_WAIT * 4
+        self._last_commit = now
+        return busy
+
+    async def _write(self, group: list[_Pending], now: float) -> list[AppendResult | QueueError]:
+        """The group's transaction, written here on the loop and committed on the
+        connection's thread; on the thread altogether when the loop cannot have the
+        connection or the write lock at once."""
+        staged = await self._db.staged(self._stage, self._finish, group, now)
+        if staged is None:
+            return await self._db.call(self._commit, group, now)
+        return staged
+
+    def _commit(
+        self, conn: sqlite3.Connection, group: list[_Pending], now: float
+    ) -> list[AppendResult | QueueError]:
+        """One transaction for the whole group, on the connection thread."""
+        conn.execute("BEGIN IMMEDIATE")
+        return self._finish(conn, self._fill(conn, group, now))
+
+    def _stage(self, conn: sqlite3.Connection, group: list[_Pending],
+               now: float) -> _Staged | None:
+        """On the loop: BEGIN without waiting for a lock (None when another writer holds
+        it), then the group's statements; the COMMIT is left to ``_finish``."""
+        conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                return None
+            raise
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        return self._fill(conn, group, now)
+
+    def _fill(self, conn: sqlite3.Connection, group: list[_Pending], now: float) -> _Staged:
+        """Inside the open transaction: the cap checked request by request, in arrival
+        order, before anything of the group is written; then the accepted requests'
+        events deduplicated and inserted together: a few statements per commit rather than
+        per request. Rolled back on any error."""
+        cap = self.config.max_bytes
+        try:
+            used = self._used_bytes
+            accepted: list[_Pending] = []
+            for pending in group:
+                need = sum(len(r.body) + len(r.ids) + ROW_OVERHEAD for r in pending.rows)
+                need += sum(len(d.body) + ROW_OVERHEAD for d in pending.dead)
+                if used + need > cap and self.config.dedup_window:
+                    used -= self._shrink_dedup(conn, used + need - cap)
+                if used + need > cap:
+                    if self.config.when_full == "reject" or need > cap:
+                        pending.outcome = QueueFull("the queue is at its byte cap", FULL_RETRY_AFTER)
+                        continue
+                    evicted, freed = store.evict_oldest(conn, used + need - cap)
+                    log.warning("queue at its cap: evicted the %d oldest events", evicted)
+                    used -= freed + ROW_OVERHEAD * evicted
+                used += need
+                accepted.append(pending)
+            firsts: list[bool] = []
+            if self.config.dedup_window and accepted:
+                keys = [(e.write_key, e.message_id) for pending in accepted for e in pending.events]
+                if keys:
+                    firsts = self.sightings.first_sightings(conn, keys, now, self.config.dedup_window)
+            rows: list[Packed] = []
+            start = 0
+            for pending in accepted:
+                count = len(pending.events)
+                kept = firsts[start:start + count] if firsts else []
+                stored = sum(kept) if firsts else count
+                start += count
+                if stored == count:
+                    rows += pending.rows
+                elif stored:
+                    rows += pack_events([e for e, first in zip(pending.events, kept, strict=True) if first])
+                pending.outcome = AppendResult(stored, count - stored, len(pending.dead),
+                                               tuple(kept) if stored != count else None)
+            store.insert_batches(conn, rows)
+            dead = [d for pending in accepted for d in pending.dead]
+            if dead:
+                store.insert_dead_letters(conn, dead, now)
+            outcomes = [pending.outcome or QueueError("the event was not written") for pending in group]
+            return _Staged(outcomes, store.used_bytes(conn))
+        except BaseException:
+            self.sightings.rolled_back()  # first: even a failed ROLLBACK must not leave them staged
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _finish(self, conn: sqlite3.Connection, staged: _Staged) -> list[AppendResult | QueueError]:
+        """COMMIT (on the connection's thread: the fsync), then what it means."""
+        try:
+            conn.execute("COMMIT")
+        except BaseException:
+            self.sightings.rolled_back()
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        self.sightings.committed()
+        self._used_bytes = staged.used
+        outcomes = staged.outcomes
+        if self.full_since is not None and not any(isinstance(o, QueueFull) for o in outcomes):
+            self.full_since = None
+        elif any(isinstance(o, QueueFull) for o in outcomes):
+            self.full_since = self.full_since or time.time()
+        return outcomes
 
     def _take_group(self) -> list[_Pending]:
         count = 0
@@ -227,68 +389,6 @@ class Queue:
         else:
             log.error("queue write failed: %s", exc)
         return exc
-
-    def _commit(
-        self, conn: sqlite3.Connection, group: list[_Pending], now: float
-    ) -> list[AppendResult | QueueError]:
-        """One transaction for the whole group (runs on the connection thread)."""
-        cap = self.config.max_bytes
-        outcomes: list[AppendResult | QueueError] = []
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            # The cap is checked request by request, in arrival order, before anything of
-            # the group is written; then the accepted requests' events are deduplicated and
-            # inserted together: a few statements per commit rather than per request.
-            used = self._used_bytes
-            accepted: list[_Pending] = []
-            for pending in group:
-                rows = pending.rows
-                need = sum(len(r[4]) for r in rows) + ROW_OVERHEAD * len(rows)
-                need += sum(len(d.body) + ROW_OVERHEAD for d in pending.dead)
-                if used + need > cap and self.config.dedup_window:
-                    used -= self._shrink_dedup(conn, used + need - cap)
-                if used + need > cap:
-                    if self.config.when_full == "reject" or need > cap:
-                        pending.outcome = QueueFull("the queue is at its byte cap", FULL_RETRY_AFTER)
-                        continue
-                    evicted, freed = store.evict_oldest(conn, used + need - cap)
-                    log.warning("queue at its cap: evicted the %d oldest events", evicted)
-                    used -= freed + ROW_OVERHEAD * evicted
-                used += need
-                accepted.append(pending)
-            rows = [row for pending in accepted for row in pending.rows]
-            firsts: list[bool] = []
-            if self.config.dedup_window and rows:
-                firsts = self.sightings.first_sightings(conn, [(r[1], r[2]) for r in rows], now,
-                                                        self.config.dedup_window)
-                rows = [r for r, first in zip(rows, firsts, strict=True) if first]
-            store.insert_events(conn, rows)
-            dead = [d for pending in accepted for d in pending.dead]
-            if dead:
-                store.insert_dead_letters(conn, dead, now)
-            start = 0
-            for pending in accepted:
-                count = len(pending.rows)
-                stored = sum(firsts[start:start + count]) if firsts else count
-                kept = tuple(firsts[start:start + count]) if stored != count else None
-                start += count
-                pending.outcome = AppendResult(stored, count - stored, len(pending.dead), kept)
-            outcomes = [pending.outcome or QueueError("the event was not written")
-                        for pending in group]
-            used = store.used_bytes(conn)
-            conn.execute("COMMIT")
-        except BaseException:
-            self.sightings.rolled_back()  # first: even a failed ROLLBACK must not leave them staged
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        self.sightings.committed()
-        self._used_bytes = used
-        if self.full_since is not None and not any(isinstance(o, QueueFull) for o in outcomes):
-            self.full_since = None
-        elif any(isinstance(o, QueueFull) for o in outcomes):
-            self.full_since = self.full_since or now
-        return outcomes
 
     def _announce(self) -> None:
         self.commit_seq += 1
@@ -350,7 +450,7 @@ class Queue:
             through = 0  # not a full chunk and more events follow: delete later
         try:
             store.record_progress(conn, destination, cursor, delivered, dead, through, time.time())
-            if through and conn.execute("SELECT 1 FROM events LIMIT 1").fetchone() is None:
+            if through and store.is_empty(conn):
                 store.reclaim_space(conn)
         finally:
             if relaxed:

@@ -32,7 +32,7 @@ from typing import Any
 
 import msgspec
 
-from relay.queue import pages, sightings, store
+from relay.queue import batches, pages, sightings, store
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,18 @@ def _is_done_range(r: pages.Record) -> bool:
 
 def _is_schema(r: pages.Record) -> bool:
     return len(r) == 5 and isinstance(r[1], str) and isinstance(r[3], int)
+
+
+def _is_batch(r: pages.Record) -> bool:
+    """first (the rowid: NULL in the record), count, received_at, write_key, target, codec, ids, body."""
+    return (len(r) == 8 and r[0] is None and isinstance(r[1], int) and r[1] > 0
+            and isinstance(r[2], int | float) and isinstance(r[3], str)
+            and (r[4] is None or isinstance(r[4], str))
+            and isinstance(r[5], int) and isinstance(r[6], bytes) and isinstance(r[7], bytes))
+
+
+def _is_meta(r: pages.Record) -> bool:
+    return len(r) == 2 and isinstance(r[0], str)
 
 
 def _is_sequence(r: pages.Record) -> bool:
@@ -157,6 +169,7 @@ class OldQueue:
         self.delivered = self._delivered()
         self.sequence = self._sequence()
         self.damaged_dead_letters = False
+        self.lost_batches = 0
         self._events: pages.Tree | None = None
 
     def _tree(self, name: str, accept: Callable[[pages.Record], bool]) -> pages.Tree | None:
@@ -195,17 +208,52 @@ class OldQueue:
         return Delivered(cursors, done)
 
     def _sequence(self) -> int | None:
+        """The last event id the old file gave, when it can be read."""
+        if "batches" in self.roots:
+            meta = self._tree("meta", _is_meta)
+            rows = self._all(meta)
+            if meta is None or meta.broken:
+                return None
+            return next((int(r[1]) for r in rows if r[0] == "last_event_id" and isinstance(r[1], int)), None)
         tree = self._tree("sqlite_sequence", _is_sequence)
         rows = self._all(tree)
         return next((int(r[1]) for r in rows if r[0] == "events"), None) if tree and not tree.broken else None
+
+    @property
+    def by_request(self) -> bool:
+        """A version 2 file: a row per request (``batches``), not per event."""
+        return "events" not in self.roots
 
     def _fenced(self) -> set[int]:
         return self.claimed | self.image.free_pages()
 
     def events(self) -> Iterator[tuple[int, pages.Record]]:
-        """(id, row) of every event that could be read: the table's tree in id order, then
-        rows of orphaned leaves that fall where its tree was broken."""
-        tree = self._tree("events", _is_event)
+        """(id, row) of every event that could be read, in the version 1 row's shape
+        (None, received_at, write_key, message_id, type, body, target): a version 2 file's
+        rows are split into their events (a row whose body cannot be read counts its
+        events as unreadable), a version 1 file's read as they are."""
+        if "events" in self.roots:
+            yield from self._event_rows()
+            return
+        for first, row in self._rows("batches", _is_batch):
+            _, count, received_at, write_key, target, codec, index, body = row
+            try:
+                events = batches.unpack(first, received_at, write_key, index, body, codec)
+            except Exception:  # a damaged row: each of its events is counted as unreadable
+                self.lost_batches += 1
+                for event_id in range(first, first + count):
+                    yield event_id, (None, received_at, write_key, "", "track", b"", target)
+                continue
+            for e in events:
+                yield e.id, (None, e.received_at, e.write_key, e.message_id, e.type, e.body, target)
+
+    def _event_rows(self) -> Iterator[tuple[int, pages.Record]]:
+        yield from self._rows("events", _is_event)
+
+    def _rows(self, name: str, accept: Callable[[pages.Record], bool]) -> Iterator[tuple[int, pages.Record]]:
+        """(key, row) of a table's tree in key order, then rows of orphaned leaves that
+        fall where its tree was broken."""
+        tree = self._tree(name, accept)
         self._events = tree
         ranges: list[pages.Range] = [(None, None)]
         if tree is not None:
@@ -215,7 +263,7 @@ class OldQueue:
             self.claimed |= tree.visited
             ranges = tree.broken
         seen: set[int] = set()
-        for key, row in pages.orphans(self.image, self._fenced(), ranges, _is_event):
+        for key, row in pages.orphans(self.image, self._fenced(), ranges, accept):
             if key not in seen:
                 seen.add(key)
                 yield key, row
@@ -248,6 +296,35 @@ class Span:
         self.rows += 1
         self.low = key if self.low is None else min(self.low, key)
         self.high = key if self.high is None else max(self.high, key)
+
+    def unreadable_by_request(self, tree: pages.Tree | None, sequence: int | None) -> tuple[int, bool]:
+        """``unreadable`` for a file with a row per request: a lost cell is a lost row of
+        unknown size. Ids are contiguous, so what lies between the first and last event
+        read is exact, and so is what lies after the last one when the file's last id
+        could be read; rows lost before the first read make the count a lower bound."""
+        leaves = [leaf for _, leaf in tree.leaves] if tree is not None else []
+        lost_cells = sum(len(leaf.lost) for leaf in leaves)
+        if self.low is None or self.high is None:
+            return lost_cells, tree is not None and not tree.broken and lost_cells == 0
+        before = 0
+        for leaf in leaves:
+            if len(leaf.lost) < leaf.cells:
+                before += _leading(leaf.lost)
+                break
+            before += leaf.cells
+        after_cells = 0
+        for leaf in reversed(leaves):
+            if len(leaf.lost) < leaf.cells:
+                after_cells += _leading([leaf.cells - 1 - i for i in reversed(leaf.lost)])
+                break
+            after_cells += leaf.cells
+        inside = self.high - self.low + 1 - self.rows
+        after = max(0, sequence - self.high) if sequence is not None else after_cells
+        broken = tree.broken if tree is not None else [(None, None)]
+        exact = (before == 0 and not any(lo is None or lo < self.low - 1 for lo, _ in broken)
+                 and (sequence is not None
+                      or (after_cells == 0 and not any(hi is None or hi > self.high for _, hi in broken))))
+        return before + inside + after, exact
 
     def unreadable(self, tree: pages.Tree | None, sequence: int | None) -> tuple[int, bool]:
         """(rows that could not be read, whether that count is exact)."""
@@ -393,7 +470,8 @@ def recover(source: str, live: sqlite3.Connection, destinations: Sequence[str],
                 batch = []
         if batch:
             writer.write(batch)
-        unreadable, exact = span.unreadable(old.events_tree, old.sequence)
+        unreadable, exact = (span.unreadable_by_request(old.events_tree, old.sequence) if old.by_request
+                             else span.unreadable(old.events_tree, old.sequence))
         result.unreadable = unreadable + (span.rows - result.read)
         result.unreadable_exact = exact
         _copy_dead_letters(source, old, live, result, chunk)

@@ -1,23 +1,31 @@
 """The queue file: its schema and the synchronous statements run against it.
 
 These functions take a ``sqlite3.Connection``. Inside the relay they run only on the
-queue's own connection thread (see ``relay.queue``); the CLI runs the read-only ones
-on a connection of its own to inspect a queue file, whether or not a relay has it open.
+queue's own connection (see ``relay.queue``); the CLI runs the read-only ones on a
+connection of its own to inspect a queue file, whether or not a relay has it open.
 
-Schema:
-- ``events``: the write-ahead queue, in arrival order (``id``, never reused); body is
-  compact JSON; ``target`` is NULL (every destination) or the one destination a replayed
-  dead letter is for.
+Schema (version 2):
+- ``batches``: the write-ahead queue, one row per request (``relay.queue.batches``): its
+  events' bodies stored once, compressed when that pays, and their index. The row's key
+  ``first`` is the id of its first event; its events are ``first`` .. ``first + count -
+  1``. Event ids are never reused (the last one given is also kept in ``meta``) and rows
+  are deleted only from the front, so the ids in the table are contiguous. ``target`` is
+  NULL (every destination) or the one destination a replayed dead letter is for.
 - ``progress``: one row per destination; ``cursor`` is the last event id it has finished
-  (delivered or dead-lettered). An event is deleted once every configured destination's
-  cursor has passed it.
+  (delivered or dead-lettered). A row is deleted once every configured destination's
+  cursor has passed its last event.
 - ``dead_letters``: events that were rejected at ingest (``destination`` is NULL) or
   permanently refused by a destination, with the reason and the upstream's answer.
-- ``seen_log`` and ``seen``: dedup memory in two generations (see ``relay.queue.sightings``).
+- ``sightings_log`` and ``sightings``: dedup memory in two generations (see
+  ``relay.queue.sightings``); ``seen`` is the old generation of a version 1 file, read
+  until it ages out.
 - ``done_ranges``: batches a destination finished beyond its cursor when a clean stop came
   while an earlier batch was still unfinished (``concurrency > 1``); skipped after a
   restart, and forgotten once the cursor passes them.
-- ``meta``: counters that outlive restarts (evictions, recoveries).
+- ``meta``: counters that outlive restarts (evictions, recoveries, the last event id).
+
+A version 1 file (one ``events`` row per event) is migrated on open (``migrate``): its
+events keep their ids, so every cursor stays valid.
 """
 
 from __future__ import annotations
@@ -29,6 +37,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from relay.queue import batches
+from relay.queue.batches import Packed
 from relay.types import (
     DESTINATION_STATES,
     DeadLetter,
@@ -36,25 +46,26 @@ from relay.types import (
     DestinationStatus,
     Live,
     QueueFigures,
-    Row,
     StatusReport,
     Stored,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+MIGRATE_CHUNK = 20_000  # version 1 events moved per transaction
 HEADROOM_PAGES = 256
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
 PAGE_CACHE_KIB = 4 * 1024
 WAL_BACKSTOP_PAGES = 16384
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+CREATE TABLE IF NOT EXISTS batches (
+    first INTEGER PRIMARY KEY,
+    count INTEGER NOT NULL,
     received_at REAL NOT NULL,
     write_key TEXT NOT NULL,
-    message_id TEXT NOT NULL,
-    type TEXT NOT NULL,
-    body BLOB NOT NULL,
-    target TEXT
+    target TEXT,
+    codec INTEGER NOT NULL,
+    ids BLOB NOT NULL,
+    body BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS progress (
     destination TEXT PRIMARY KEY,
@@ -78,11 +89,11 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     message_id TEXT,
     body BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS events_target ON events(target) WHERE target IS NOT NULL;
+CREATE INDEX IF NOT EXISTS batches_target ON batches(target) WHERE target IS NOT NULL;
 CREATE INDEX IF NOT EXISTS dead_letters_destination ON dead_letters(destination, id);
-CREATE TABLE IF NOT EXISTS seen (h INTEGER PRIMARY KEY, at REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS seen_at ON seen(at);
-CREATE TABLE IF NOT EXISTS seen_log (h INTEGER NOT NULL, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS sightings (h INTEGER PRIMARY KEY, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS sightings_at ON sightings(at);
+CREATE TABLE IF NOT EXISTS sightings_log (at REAL NOT NULL, hashes BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS done_ranges (
     destination TEXT NOT NULL,
@@ -91,6 +102,8 @@ CREATE TABLE IF NOT EXISTS done_ranges (
     PRIMARY KEY (destination, first_id)
 ) WITHOUT ROWID;
 """
+BATCH_COLUMNS = "first, count, received_at, write_key, target, codec, ids, body"
+
 
 @contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[None]:
@@ -128,6 +141,7 @@ def prepare(conn: sqlite3.Connection, durability: str, max_bytes: int) -> None:
     conn.execute(f"PRAGMA cache_size = -{PAGE_CACHE_KIB}")
     conn.executescript(SCHEMA)
     conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+    migrate(conn)
     page_size = conn.execute("PRAGMA page_size").fetchone()[0]
     # The hard stop: SQLite itself refuses to grow the file past the cap (plus room for
     # the bookkeeping that lets a full queue still record progress and drain).
@@ -156,20 +170,63 @@ def integrity_problem(conn: sqlite3.Connection) -> str | None:
     return None if rows == ["ok"] else "; ".join(rows[:5])
 
 
-def insert_events(conn: sqlite3.Connection, rows: Iterable[Row]) -> None:
-    conn.executemany(
-        "INSERT INTO events (received_at, write_key, message_id, type, body) VALUES (?,?,?,?,?)",
-        rows,
-    )
+def last_event_id(conn: sqlite3.Connection) -> int:
+    """The last event id ever given in this file (0 for none): the newest row's last event,
+    or what ``meta`` remembers once every row has been deleted."""
+    row = conn.execute("SELECT first + count - 1 FROM batches"
+                       " WHERE first = (SELECT max(first) FROM batches)").fetchone()
+    return max(int(row[0]) if row else 0, meta_int(conn, "last_event_id"))
+
+
+def insert_batches(conn: sqlite3.Connection, rows: Sequence[Packed]) -> list[int]:
+    """Insert rows (inside the caller's transaction), giving their events the next ids;
+    return each row's first id."""
+    if not rows:
+        return []
+    at = last_event_id(conn) + 1
+    firsts: list[int] = []
+    values = []
+    for r in rows:
+        firsts.append(at)
+        values.append((at, r.events, r.received_at, r.write_key, r.target, r.codec, r.ids, r.body))
+        at += r.events
+    conn.executemany(f"INSERT INTO batches ({BATCH_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", values)
+    conn.execute("INSERT INTO meta VALUES ('last_event_id', ?1)"
+                 " ON CONFLICT(key) DO UPDATE SET value = ?1", (at - 1,))
+    return firsts
+
+
+def insert_events(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -> int:
+    """Events one by one (recovered or replayed ones): (received_at, write_key, message_id,
+    type, body[, target]), target NULL (every destination) when left out. Consecutive
+    events that share their arrival and target share a row. Returns how many were inserted."""
+    packed: list[Packed] = []
+    run: list[tuple[Any, ...]] = []
+
+    def flush() -> None:
+        if run:
+            received_at, write_key, *_, target = run[0]
+            packed.append(batches.pack(received_at, write_key, [r[2] for r in run], [r[3] for r in run],
+                                       [bytes(r[4]) for r in run], target))
+            run.clear()
+
+    count = 0
+    for given in rows:
+        row = tuple(given) if len(given) > 5 else (*given, None)
+        count += 1
+        if run and ((row[0], row[1], row[5]) != (run[0][0], run[0][1], run[0][5])
+                    or len(run) >= batches.MAX_EVENTS):
+            flush()
+        run.append(row)
+    flush()
+    insert_batches(conn, packed)
+    return count
 
 
 def insert_recovered(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -> None:
     """Events salvaged from a damaged file: (received_at, write_key, message_id, type, body,
     target), target NULL for every destination."""
-    conn.executemany(
-        "INSERT INTO events (received_at, write_key, message_id, type, body, target) VALUES (?,?,?,?,?,?)",
-        rows,
-    )
+    insert_events(conn, rows)
 
 
 def insert_dead_letter_rows(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -> None:
@@ -194,19 +251,29 @@ def insert_dead_letters(conn: sqlite3.Connection, letters: Iterable[DeadLetter],
 
 
 def evict_oldest(conn: sqlite3.Connection, need: int) -> tuple[int, int]:
-    """Delete the oldest events until ``need`` bytes are freed; return (events, bytes)."""
+    """Delete the oldest rows until ``need`` bytes are freed; return (events, bytes)."""
     freed = count = 0
-    last_id = None
-    for event_id, size in conn.execute("SELECT id, length(body) FROM events ORDER BY id"):
-        last_id = event_id
+    last_first = None
+    for first, events, size in conn.execute(
+            "SELECT first, count, length(body) + length(ids) FROM batches ORDER BY first"):
+        last_first = first
         freed += size
-        count += 1
+        count += events
         if freed >= need:
             break
-    if last_id is not None:
-        conn.execute("DELETE FROM events WHERE id <= ?", (last_id,))
+    if last_first is not None:
+        conn.execute("DELETE FROM batches WHERE first <= ?", (last_first,))
         bump_meta(conn, "evicted_events", count)
     return count, freed
+
+
+def delete_through(conn: sqlite3.Connection, through: int) -> None:
+    """Delete the rows whose every event has an id at most ``through``."""
+    conn.execute("DELETE FROM batches WHERE first <= ?1 AND first + count - 1 <= ?1", (through,))
+
+
+def is_empty(conn: sqlite3.Connection) -> bool:
+    return conn.execute("SELECT 1 FROM batches LIMIT 1").fetchone() is None
 
 
 def bump_meta(conn: sqlite3.Connection, key: str, by: int) -> None:
@@ -226,18 +293,28 @@ def meta_int(conn: sqlite3.Connection, key: str) -> int:
 
 
 def id_range(conn: sqlite3.Connection) -> tuple[int, int]:
-    """(first, last) id in the events table, (0, 0) when empty. Events are only ever
-    appended (ids from AUTOINCREMENT) and deleted from the front, so the ids in the table
-    are contiguous and the count is ``last - first + 1``: no scan, whatever the backlog."""
-    # one aggregate a query: SQLite answers a lone min() or max() from the index end, both
-    # together with a scan
-    first, last = conn.execute("SELECT (SELECT min(id) FROM events), (SELECT max(id) FROM events)").fetchone()
-    return (first or 0, last or 0)
+    """(first, last) event id in the queue, (0, 0) when empty. Ids are contiguous (rows are
+    only ever appended and deleted from the front), so the count is ``last - first + 1``:
+    no scan, whatever the backlog."""
+    row = conn.execute("SELECT (SELECT min(first) FROM batches), (SELECT first + count - 1 FROM batches"
+                       " WHERE first = (SELECT max(first) FROM batches))").fetchone()
+    return (row[0] or 0, row[1] or 0)
+
+
+def _row_with(conn: sqlite3.Connection, event_id: int, columns: str) -> tuple[Any, ...] | None:
+    """The row that holds ``event_id`` or, when none does, the first row after it."""
+    row = conn.execute(f"SELECT first, count, {columns} FROM batches WHERE first <= ?"
+                       " ORDER BY first DESC LIMIT 1", (event_id,)).fetchone()
+    if row is not None and row[0] + row[1] - 1 >= event_id:
+        return tuple(row)
+    row = conn.execute(f"SELECT first, count, {columns} FROM batches WHERE first > ?"
+                       " ORDER BY first LIMIT 1", (event_id,)).fetchone()
+    return tuple(row) if row is not None else None
 
 
 def _received_after(conn: sqlite3.Connection, after: int) -> float | None:
-    row = conn.execute("SELECT received_at FROM events WHERE id > ? ORDER BY id LIMIT 1", (after,)).fetchone()
-    return float(row[0]) if row else None
+    row = _row_with(conn, after + 1, "received_at")
+    return float(row[2]) if row else None
 
 
 def report(conn: sqlite3.Connection, destinations: Sequence[Live], path: str, max_bytes: int,
@@ -273,10 +350,8 @@ def _age(now: float, then: float | None) -> float:
 
 def register_destinations(conn: sqlite3.Connection, names: Sequence[str], now: float) -> dict[str, int]:
     """Give each new destination a cursor just before the oldest queued event; return all cursors."""
-    start = conn.execute(
-        "SELECT coalesce((SELECT min(id) FROM events) - 1,"
-        " (SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)"
-    ).fetchone()[0]
+    first = conn.execute("SELECT min(first) FROM batches").fetchone()[0]
+    start = first - 1 if first is not None else last_event_id(conn)
     for name in names:
         conn.execute(
             "INSERT OR IGNORE INTO progress (destination, cursor, updated_at) VALUES (?, ?, ?)",
@@ -292,9 +367,32 @@ def read_after(conn: sqlite3.Connection, destination: str, after: int, limit: in
 
 def read_all_after(conn: sqlite3.Connection, after: int, limit: int) -> list[Stored]:
     """Up to ``limit`` queued events after ``after``, whoever they are for."""
-    rows = conn.execute("SELECT id, received_at, write_key, message_id, type, body FROM events WHERE id > ?"
-                        " ORDER BY id LIMIT ?", (after, limit)).fetchall()
-    return [Stored(*row) for row in rows]
+    return _read(conn, None, after, limit, last_event_id(conn))
+
+
+def _read(conn: sqlite3.Connection, destination: str | None, after: int, limit: int,
+          top: int) -> list[Stored]:
+    """Events after ``after`` up to ``top`` (for ``destination`` only, when named)."""
+    start = _row_with(conn, after + 1, "first")
+    if start is None:
+        return []
+    events: list[Stored] = []
+    rows = conn.execute(
+        "SELECT first, received_at, write_key, target, codec, ids, body FROM batches"
+        " WHERE first >= ? AND first <= ? ORDER BY first", (start[0], top))
+    while len(events) < limit:
+        chunk = rows.fetchmany(64)
+        if not chunk:
+            break
+        for first, received_at, write_key, target, codec, ids, body in chunk:
+            if destination is not None and target is not None and target != destination:
+                continue
+            events += batches.unpack(first, received_at, write_key, ids, body, codec, after,
+                                     limit - len(events))
+            if len(events) >= limit:
+                break
+    rows.close()
+    return [e for e in events if e.id <= top]
 
 
 def cursor_of(conn: sqlite3.Connection, destination: str) -> int | None:
@@ -308,13 +406,8 @@ def read_for(conn: sqlite3.Connection, destination: str, after: int,
     read through: the last one returned, or, when fewer came back, the newest event at the
     time of reading (what lies between is only for other destinations: replayed dead
     letters), so that its cursor can pass events it will never read."""
-    top = conn.execute("SELECT max(id) FROM events").fetchone()[0] or 0
-    rows = conn.execute(
-        "SELECT id, received_at, write_key, message_id, type, body FROM events"
-        " WHERE id > ?1 AND id <= ?2 AND (target IS NULL OR target = ?3) ORDER BY id LIMIT ?4",
-        (after, top, destination, limit),
-    ).fetchall()
-    events = [Stored(*row) for row in rows]
+    top = last_event_id(conn)
+    events = _read(conn, destination, after, limit, top)
     through = events[-1].id if len(events) == limit else max(top, after)
     return events, through
 
@@ -325,15 +418,15 @@ def record_progress(
     cursor: int,
     delivered: int,
     dead: Sequence[DeadLetter],
-    delete_through: int,
+    through: int,
     now: float,
 ) -> None:
     """One transaction: the destination's dead letters, its cursor and counts, and the
     deletion of events every configured destination has finished."""
     with transaction(conn):
         _count_finished(conn, destination, delivered, dead, now, cursor)
-        if delete_through > 0:
-            conn.execute("DELETE FROM events WHERE id <= ?", (delete_through,))
+        if through > 0:
+            delete_through(conn, through)
         conn.execute("DELETE FROM done_ranges WHERE destination = ? AND last_id <= ?", (destination, cursor))
 
 
@@ -386,8 +479,8 @@ def destination_status(conn: sqlite3.Connection, live: Live, now: float) -> Dest
     # events replayed for other destinations only: read from the partial index on target,
     # never by walking the backlog after the cursor
     others = conn.execute(
-        "SELECT count(*) FROM events INDEXED BY events_target"
-        " WHERE target IS NOT NULL AND target != ? AND id > ?", (live.name, cursor)
+        "SELECT coalesce(sum(count), 0) FROM batches INDEXED BY batches_target"
+        " WHERE target IS NOT NULL AND target != ? AND first > ?", (live.name, cursor)
     ).fetchone()[0]
     pending = max(0, last - cursor - others)
     oldest = _received_after(conn, cursor) if pending else None
@@ -424,3 +517,72 @@ def checkpoint(conn: sqlite3.Connection) -> None:
 def note_corrupt_file(conn: sqlite3.Connection, moved: str) -> None:
     bump_meta(conn, "corrupt_files", 1)
     conn.execute("INSERT OR REPLACE INTO meta VALUES ('last_corrupt_file', ?)", (moved,))
+
+
+# --- a version 1 file -----------------------------------------------------------------------
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Move a version 1 file's events (one row each) into ``batches``, keeping their ids,
+    so that every destination's cursor, done range and dead letter still means what it
+    meant. Runs in transactions of ``MIGRATE_CHUNK`` events: a migration cut short by a
+    crash goes on from where it stopped at the next start. Its dedup memory is kept as
+    the legacy generation (``seen``). Returns the events moved."""
+    if not _has_table(conn, "events"):
+        return 0
+    moved = 0
+    seq_row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+    sequence = int(seq_row[0]) if seq_row else 0
+    while True:
+        with transaction(conn):
+            rows = conn.execute("SELECT id, received_at, write_key, message_id, type, body, target"
+                                " FROM events ORDER BY id LIMIT ?", (MIGRATE_CHUNK,)).fetchall()
+            if not rows:
+                last = max(sequence, meta_int(conn, "last_event_id"))
+                conn.execute("INSERT INTO meta VALUES ('last_event_id', ?1)"
+                             " ON CONFLICT(key) DO UPDATE SET value = max(value, ?1)", (last,))
+                conn.execute("DROP TABLE events")
+                _fold_legacy_sightings(conn)
+                conn.execute("INSERT INTO meta VALUES ('schema_version', ?1)"
+                             " ON CONFLICT(key) DO UPDATE SET value = ?1", (SCHEMA_VERSION,))
+                return moved
+            values = []
+            for run in _runs(rows):
+                first, received_at, write_key, *_, target = run[0]
+                packed = batches.pack(received_at, write_key, [r[3] for r in run], [r[4] for r in run],
+                                      [bytes(r[5]) for r in run], target)
+                values.append((first, packed.events, received_at, write_key, target, packed.codec,
+                               packed.ids, packed.body))
+            conn.executemany(f"INSERT INTO batches ({BATCH_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", values)
+            conn.execute("DELETE FROM events WHERE id <= ?", (rows[-1][0],))
+            moved += len(rows)
+
+
+def _runs(rows: Sequence[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
+    """Consecutive version 1 events with contiguous ids and the same arrival and target."""
+    run: list[tuple[Any, ...]] = []
+    for row in rows:
+        if run and (row[0] != run[-1][0] + 1 or (row[1], row[2], row[6]) != (run[0][1], run[0][2], run[0][6])
+                    or len(run) >= batches.MAX_EVENTS):
+            yield run
+            run = []
+        run.append(row)
+    if run:
+        yield run
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                        (name,)).fetchone() is not None
+
+
+def _fold_legacy_sightings(conn: sqlite3.Connection) -> None:
+    """A version 1 file's dedup memory, all of it into its ``seen`` table (hashed as version
+    1 hashed), which the relay keeps reading until its entries age out of the window."""
+    if not _has_table(conn, "seen"):
+        return
+    for name in ("seen_log", "seen_recent"):
+        if _has_table(conn, name):
+            conn.execute(f"INSERT INTO seen (h, at) SELECT h, at FROM {name} WHERE true ORDER BY h"
+                         " ON CONFLICT(h) DO UPDATE SET at = max(at, excluded.at)")
+            conn.execute(f"DROP TABLE {name}")

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from relay.queue import store
 from tests.support.forwarding import (
     dest,
     destination_report,
@@ -381,8 +382,7 @@ async def test_an_event_the_destination_cannot_encode_is_dead_lettered_once_and_
     conn = sqlite3.connect(relay.db_path)
     try:
         with conn:
-            conn.execute("INSERT INTO events (received_at, write_key, message_id, type, body)"
-                         " VALUES (?, 'wk', 'damaged', 'track', ?)", (time.time(), b"[not an object"))
+            store.insert_events(conn, [(time.time(), "wk", "damaged", "track", b"[not an object")])
     finally:
         conn.close()
     await post_events(relay, ["u2", "u3", "u4", "u5"])

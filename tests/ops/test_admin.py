@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import time
 from typing import Any
 
@@ -103,7 +104,7 @@ async def test_unready_with_a_reason_while_the_ingest_listener_is_not_bound(tmp_
 
 async def test_unready_with_a_reason_when_the_queue_is_full(start_relay):
     relay = await start_relay(queue={"max_bytes": 1 << 20, "when_full": "reject"})
-    padding = "x" * 30_000
+    padding = secrets.token_hex(15_000)  # random: the queue cannot compress it
     for i in range(200):  # 1 MiB of 30 KB events: full after about 35
         status, body, headers = await relay.post("/v1/track", track(f"m{i}", properties={"p": padding}))
         if status != 200:
@@ -281,7 +282,7 @@ async def test_ready_again_once_deliveries_make_room_without_another_write(start
     relay = await start_relay(queue={"max_bytes": 1 << 20, "when_full": "reject"}, destinations=[{
         "name": "up", "type": "segment", "endpoint": f"http://127.0.0.1:{port}", "flush_interval": 0.01,
         "retry_initial": 0.05, "retry_max": 0.2}])
-    padding = "x" * 30_000
+    padding = secrets.token_hex(15_000)  # random: the queue cannot compress it
     accepted = 0
     for i in range(200):
         status, _, _ = await relay.post("/v1/track", track(f"m{i}", properties={"p": padding}))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -19,6 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from relay.queue import batches
 from tests.support.forwarding import FAST, dest, wait_requests, wait_until
 from tests.support.upstream import FakeUpstream
 
@@ -188,9 +190,17 @@ def dead(relay: Any) -> list[tuple[Any, str, Any, dict[str, Any]]]:
 
 
 def queue_bytes(relay: Any) -> bytes:
-    """Every byte of the queue file and its write-ahead log."""
+    """Every byte of the queue file and its write-ahead log, and every queued row's bodies
+    decompressed (the queue compresses what it stores, which would hide a clear value)."""
     base = Path(relay.db_path)
-    return b"".join(p.read_bytes() for p in (base, base.with_name(base.name + "-wal")) if p.exists())
+    files = b"".join(p.read_bytes() for p in (base, base.with_name(base.name + "-wal")) if p.exists())
+    conn = sqlite3.connect(base)
+    try:
+        bodies = b"".join(batches.body_bytes(body, codec)
+                          for codec, body in conn.execute("SELECT codec, body FROM batches"))
+    finally:
+        conn.close()
+    return files + bodies
 
 
 async def plugin_error_metrics(relay: Any) -> dict[str, float]:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from relay.queue import salvage
+from relay.queue import batches, salvage
 from tests.conftest import make_config
 
 
@@ -46,11 +46,11 @@ def readable_ids(path: Path, count: int) -> list[str]:
     found = []
     for rowid in range(1, count + 1):
         try:
-            row = conn.execute("SELECT message_id FROM events WHERE id = ?", (rowid,)).fetchone()
+            row = conn.execute("SELECT ids FROM batches WHERE first = ?", (rowid,)).fetchone()
         except sqlite3.DatabaseError:
             continue
         if row:
-            found.append(row[0])
+            found += batches.index_of(row[0])[0]
     conn.close()
     return found
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
+import secrets
 import subprocess
 import sys
 import threading
@@ -21,6 +21,7 @@ from relay.errors import QueueClosed
 from relay.queue import Queue
 from relay.types import Event
 from tests.conftest import make_config
+from tests.support import queuefile
 
 MIB = 1 << 20
 CONCURRENT = 200
@@ -32,7 +33,7 @@ def _event(mid: str, write_key: str = "k", size: int = 0) -> Event:
 
 
 def _stored(db: str | Path) -> list[tuple[str, str]]:
-    conn = sqlite3.connect(db, timeout=10)
+    conn = queuefile.connect(db)
     try:
         return conn.execute("SELECT write_key, message_id FROM events ORDER BY id").fetchall()
     finally:
@@ -40,7 +41,10 @@ def _stored(db: str | Path) -> list[tuple[str, str]]:
 
 
 def _track(mid: str, pad: int = 0) -> dict[str, Any]:
-    return {"userId": "u1", "event": "Cap Test", "messageId": mid, "properties": {"pad": "x" * pad}}
+    """A track event with ``pad`` characters of random text: the queue compresses what it
+    stores, and the byte-cap tests need events whose size it cannot shrink."""
+    return {"userId": "u1", "event": "Cap Test", "messageId": mid,
+            "properties": {"pad": secrets.token_hex(pad // 2 + 1)[:pad]}}
 
 
 # --- group commit ------------------------------------------------------------------------------
@@ -260,13 +264,13 @@ async def test_a_repeat_is_caught_in_either_dedup_generation_and_rotation_keeps_
     first = {"type": "track", "userId": "u", "event": "E", "messageId": "gen-1"}
     assert (await relay.post("/v1/batch", {"batch": [first]}))[1]["accepted"] == 1
     assert await queue._db.call(queue.sightings.rotate) == 1  # gen-1 now lives in the old generation
-    assert relay.rows("SELECT count(*) FROM seen_log") == [(0,)]
+    assert relay.rows("SELECT count(*) FROM sightings_log") == [(0,)]
     assert queue.sightings.recent == {}
     again = await relay.post("/v1/batch", {"batch": [first, {**first, "messageId": "gen-2"}]})
     assert (again[1]["accepted"], again[1]["duplicates"]) == (1, 1)
     # both generations age out by their own times: an hour and a bit later, gen-1 is new again
     await queue._db.call(queue.sightings.rotate)
-    await queue._db.call(lambda conn: conn.execute("UPDATE seen SET at = at - 4000"))
+    await queue._db.call(lambda conn: conn.execute("UPDATE sightings SET at = at - 4000"))
     later = await relay.post("/v1/batch", {"batch": [first]})
     assert (later[1]["accepted"], later[1]["duplicates"]) == (1, 0)
     assert [e["messageId"] for e in relay.events()] == ["gen-1", "gen-2", "gen-1"]

@@ -18,6 +18,7 @@ from relay.queue import salvage, store
 from relay.queue.files import QueueFile
 from relay.queue.salvage import EVERY, Delivered, route
 from tests.conftest import make_config
+from tests.support import queuefile
 
 
 def body(i: int) -> bytes:
@@ -52,7 +53,7 @@ def recover(tmp_path: Path, source: Path, destinations: list[str]) -> tuple[salv
 
 def queued_for(live: Path, destination: str) -> list[int]:
     """Old ids (from the messageId) the live queue holds for ``destination``, in queue order."""
-    conn = sqlite3.connect(live)
+    conn = queuefile.connect(live)
     try:
         rows = conn.execute("SELECT message_id FROM events WHERE target IS NULL OR target = ? ORDER BY id",
                             (destination,)).fetchall()
@@ -151,7 +152,7 @@ def test_recover_from_a_file_whose_header_is_zeroed_reads_every_row(tmp_path: Pa
     with source.open("r+b") as f:
         f.write(b"\0" * 100)
     with pytest.raises(sqlite3.DatabaseError):  # SQLite itself gives up on it
-        sqlite3.connect(source).execute("SELECT count(*) FROM events").fetchone()
+        queuefile.connect(source).execute("SELECT count(*) FROM events").fetchone()
     result, live = recover(tmp_path, source, ["out"])
     assert queued_for(live, "out") == list(range(2001, 5001))  # progress read too
     assert (result.read, result.unreadable, result.already_delivered) == (5000, 0, 2000)

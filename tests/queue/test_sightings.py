@@ -10,6 +10,8 @@ import pytest
 
 from relay.queue import sightings, store
 from relay.queue.sightings import Sightings
+from relay.queue.sightings import _unpack as unpack
+from tests.support import v1queue
 
 NOW = 1_700_000_000.0
 WINDOW = 3600.0
@@ -45,7 +47,8 @@ def test_a_repeat_is_caught_in_memory_inside_a_group_and_across_write_keys(conn:
     assert memory.first_sightings(conn, [("other-key", "a")], NOW, WINDOW) == [True]
     conn.execute("ROLLBACK")
     memory.rolled_back()
-    assert conn.execute("SELECT count(*) FROM seen_log").fetchone()[0] == 5  # every sighting, repeats too
+    # one log row per commit, holding every sighting, repeats too
+    assert conn.execute("SELECT count(*), sum(length(hashes)) / 8 FROM sightings_log").fetchone() == (2, 5)
     assert memory.logged == 5
 
 
@@ -85,18 +88,28 @@ def test_rotation_moves_the_log_into_the_old_generation_and_lookups_follow(conn:
     see(conn, memory, ["o1"], now=NOW + 10)
     assert memory.rotate(conn) == 3  # log rows merged, the repeat included
     assert (memory.recent, memory.logged) == ({}, 0)
-    times = dict(conn.execute("SELECT h, at FROM seen").fetchall())
+    times = dict(conn.execute("SELECT h, at FROM sightings").fetchall())
     assert times[sightings.dedup_hash("wk", "o1")] == NOW + 10  # the latest time is kept
     assert see(conn, memory, ["o1", "o2", "o3"], now=NOW + 20) == [False, False, True]
 
 
-def test_an_older_queue_files_recent_generation_is_merged_on_load(conn: sqlite3.Connection) -> None:
-    conn.execute("CREATE TABLE seen_recent (h INTEGER PRIMARY KEY, at REAL NOT NULL)")
-    conn.execute("INSERT INTO seen_recent VALUES (?, ?)", (sightings.dedup_hash("wk", "legacy"), NOW))
+def test_a_version_1_files_sightings_are_still_caught_until_they_age_out(tmp_path: Path) -> None:
+    """An upgrade keeps dedup: a version 1 file's sightings (hashed with blake2b, in its old
+    generation and its log) are looked up until the window has passed, then dropped."""
+    path = v1queue.build(tmp_path / "v1.db", [], seen=[("wk", "old-gen", NOW), ("wk", "aged", NOW)],
+                         logged=[("wk", "in-log", NOW + 1)])
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    store.prepare(conn, "fsync", 1 << 30)
+    assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'seen_log'").fetchone() is None
     memory = Sightings()
     memory.load(conn)
-    assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'seen_recent'").fetchone() is None
-    assert see(conn, memory, ["legacy", "new"], now=NOW + 1) == [False, True]
+    assert memory.legacy
+    assert see(conn, memory, ["old-gen", "in-log", "new"], now=NOW + 2) == [False, False, True]
+    assert memory.forget_before(conn, NOW + 1.5, chunk=100) == 3  # the three version 1 sightings
+    assert not memory.legacy
+    assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'seen'").fetchone() is None
+    assert see(conn, memory, ["aged", "new"], now=NOW + 3) == [True, False]
+    conn.close()
 
 
 def test_another_process_records_where_the_running_relay_looks(conn: sqlite3.Connection) -> None:
@@ -137,7 +150,7 @@ def test_pruning_drops_old_sightings_from_memory_and_disk(conn: sqlite3.Connecti
     assert memory.forget_before(conn, NOW + 50, chunk=1) == 2
     assert memory.logged == 1
     assert list(memory.recent.values()) == [NOW + 100]
-    assert conn.execute("SELECT count(*) FROM seen").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM sightings").fetchone()[0] == 0
 
 
 def test_a_rotation_in_steps_keeps_every_sighting_visible_and_new_ones_apart(
@@ -145,7 +158,8 @@ def test_a_rotation_in_steps_keeps_every_sighting_visible_and_new_ones_apart(
 ) -> None:
     memory = Sightings()
     memory.load(conn)
-    see(conn, memory, [f"s{i}" for i in range(10)], now=NOW)
+    for i in range(10):  # ten commits: ten rows of the log
+        see(conn, memory, [f"s{i}"], now=NOW)
     assert memory.rotate_step(conn, 4) == 4  # frozen: s0..s9; four of them merged
     assert memory.rotating
     see(conn, memory, ["new"], now=NOW + 1)  # lands in the fresh generation
@@ -153,9 +167,9 @@ def test_a_rotation_in_steps_keeps_every_sighting_visible_and_new_ones_apart(
     while memory.rotating:
         memory.rotate_step(conn, 4)
     assert set(memory.frozen) == set()
-    merged = {h for (h,) in conn.execute("SELECT h FROM seen")}
+    merged = {h for (h,) in conn.execute("SELECT h FROM sightings")}
     assert {sightings.dedup_hash("wk", f"s{i}") for i in range(10)} <= merged
-    logged = [h for (h,) in conn.execute("SELECT h FROM seen_log")]
+    logged = [h for (blob,) in conn.execute("SELECT hashes FROM sightings_log") for h in unpack(blob)]
     assert sightings.dedup_hash("wk", "new") in logged and len(logged) == memory.logged
     after_restart = Sightings()
     after_restart.load(conn)
