@@ -128,7 +128,7 @@ def payloads(db: Path) -> list[tuple[str, bytes, dict[str, str]]]:
     """What the relay publishes for each queued event: subject, body, headers."""
     conn = store.open_read_only(str(db))
     try:
-        rows = conn.execute("SELECT write_key, message_id, type, body FROM events ORDER BY id").fetchall()
+        rows = [(e.write_key, e.message_id, e.type, e.body) for e in store.read_all_after(conn, 0, 1 << 62)]
     finally:
         conn.close()
     return [(f"relay.{key}.{kind}", as_sent(body),
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         bare_central = n / asyncio.run(bare_consume(server.url, n))
         central_db = workdir / "central.db"
         central = start(procs, relay_toml(workdir, server.url, edge=False), relay_cpu)
-        central_s = wait_for(central_db, "SELECT count(*) FROM events", n, central)
+        central_s = wait_for(central_db, "SELECT coalesce(sum(count), 0) FROM batches", n, central)
         central_rss = common.peak_rss_bytes(central.proc.pid) or 0
         procs.stop(central.proc)
     finally:

@@ -304,7 +304,7 @@ class Queue:
                         continue
                     evicted, freed = store.evict_oldest(conn, used + need - cap)
                     log.warning("queue at its cap: evicted the %d oldest events", evicted)
-                    used -= freed + ROW_OVERHEAD * evicted
+                    used -= freed  # the rows' bodies and indexes; used_bytes corrects it at the end
                 used += need
                 accepted.append(pending)
             firsts: list[bool] = []
