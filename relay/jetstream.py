@@ -255,8 +255,9 @@ class Connection:
             log.error("NATS connection failed", extra={"connection": self.name, "error": self.error})
             return
         self.error = self.denied = None
+        url = client.connected_url  # a urllib ParseResult
         log.info("connected to NATS", extra={"connection": self.name,
-                                             "server": opts.shown(str(client.connected_url or ""))})
+                                             "server": opts.shown(url.geturl() if url else "")})
 
     def arguments(self, reconnect: bool = True) -> dict[str, Any]:
         """nats-py's ``connect`` arguments: the servers, credentials and TLS; with ``reconnect``
