@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -29,7 +29,6 @@ SEEN_IDS = 20_000  # messageIds a filtered viewer remembers, to pass their outco
 KINDS = ("event", "refused", "dropped", "outcome")
 OUTCOMES = ("delivered", "retrying", "dead_lettered")
 _encode = msgspec.json.Encoder().encode
-_decode = msgspec.json.Decoder(dict[str, Any]).decode
 
 
 def mask_key(key: str) -> str:
@@ -46,6 +45,34 @@ def event_name(body: Mapping[str, Any]) -> str | None:
     return name if isinstance(name, str) else None
 
 
+class Fields(msgspec.Struct, gc=False):
+    """The few fields of a body a filter reads. Decoded from the body's bytes into this,
+    every other field is skipped without being built."""
+
+    type: Any = None
+    event: Any = None
+    name: Any = None
+    userId: Any = None  # the message's own field names
+    anonymousId: Any = None
+
+    @property
+    def event_name(self) -> str | None:
+        name = self.event if self.type == "track" else self.name
+        return name if isinstance(name, str) else None
+
+
+_NO_FIELDS = Fields()
+_decode_fields = msgspec.json.Decoder(Fields).decode
+
+
+def fields_of(data: bytes) -> Fields:
+    """A body's filter fields, from its encoded bytes (none when they are not a JSON object)."""
+    try:
+        return _decode_fields(data)
+    except msgspec.DecodeError:
+        return _NO_FIELDS
+
+
 @dataclass(frozen=True, slots=True)
 class Filter:
     """Which records a viewer wants; a field left None matches everything."""
@@ -57,6 +84,12 @@ class Filter:
     destination: str | None = None
     outcome: str | None = None
     outcomes: bool = True  # destination outcomes at all
+    # The event name and user as they appear in a body encoded without escapes (computed).
+    _needles: tuple[bytes, ...] = field(default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        needles = (_encode(v) for v in (self.event, self.user) if v is not None)
+        object.__setattr__(self, "_needles", tuple(n for n in needles if b"\\" not in n))
 
     @classmethod
     def from_query(cls, query: Mapping[str, str]) -> Filter:
@@ -81,6 +114,37 @@ class Filter:
         if self.user is not None and self.user not in (body.get("userId"), body.get("anonymousId")):
             return False
         return self.write_key is None or self.write_key in (write_key, mask_key(write_key))
+
+    def wants_event(self, event: Event) -> bool:
+        """``wants_message`` for an event as stored: the envelope (type, write key) first; the
+        body only when the filter names an event or a user, read from its encoded bytes."""
+        if self.type is not None and event.type != self.type:
+            return False
+        if self.write_key is not None and self.write_key not in (event.write_key, _masked(event.write_key)):
+            return False
+        return (self.event is None and self.user is None) or self._wants_data(event.encode(), False)
+
+    def wants_letter(self, letter: DeadLetter) -> bool:
+        """``wants_message`` for a message refused at ingest (its body's bytes, as received)."""
+        if self.write_key is not None and self.write_key not in (letter.write_key, _masked(letter.write_key)):
+            return False
+        return (self.type is None and self.event is None and self.user is None) or self._wants_data(
+            letter.body, self.type is not None)
+
+    def _wants_data(self, data: bytes, check_type: bool) -> bool:
+        """The body's part of the filter, on its bytes. Where they hold no escape, a string
+        value can only appear as its plain encoding: one missing means no match, without
+        decoding. Otherwise only the filter's few fields are decoded."""
+        if self._needles and b"\\" not in data:
+            for needle in self._needles:
+                if needle not in data:
+                    return False
+        found = fields_of(data)
+        if check_type and found.type != self.type:
+            return False
+        if self.event is not None and found.event_name != self.event:
+            return False
+        return self.user is None or self.user in (found.userId, found.anonymousId)
 
 
 class Viewer:
@@ -184,7 +248,7 @@ class Tap:
                         viewer.offer(("event", event))
                 continue
             for event in events:
-                if flt.wants_message(event.write_key, event.body):
+                if flt.wants_event(event):
                     viewer.saw(event.message_id)
                     if show:
                         viewer.offer(("event", event))
@@ -195,7 +259,7 @@ class Tap:
             show = flt.outcome in (None, "stored")
             for event in events:
                 if flt.on_messages:
-                    if not flt.wants_message(event.write_key, event.body):
+                    if not flt.wants_event(event):
                         continue
                     viewer.saw(event.message_id)
                 if show:
@@ -204,16 +268,12 @@ class Tap:
     def refused(self, letters: Sequence[DeadLetter]) -> None:
         """Messages dead-lettered at ingest (the protocol's checks, or a plugin's refusal)."""
         for letter in letters:
-            body: Mapping[str, Any] | None = None
             for viewer in self._viewers:
                 flt = viewer.filter
                 if flt.outcome not in (None, "refused", "dead_lettered"):
                     continue
-                if flt.on_messages:
-                    if body is None:
-                        body = _body_of(letter.body)
-                    if not flt.wants_message(letter.write_key, body):
-                        continue
+                if flt.on_messages and not flt.wants_letter(letter):
+                    continue
                 viewer.offer(("refused", letter))
 
     def dropped(self, write_key: str, received_at: float, drops: Sequence[tuple[str, str, Any]]) -> None:
@@ -245,23 +305,26 @@ class Tap:
                     viewer.offer(("outcome", destination, outcome, row, detail))
 
 
-def _body_of(data: bytes) -> Mapping[str, Any]:
-    try:
-        return _decode(data)
-    except msgspec.DecodeError:
-        return {}
+_KEYS: dict[str, tuple[str, bytes]] = {}
 
 
-_KEYS: dict[str, bytes] = {}
-
-
-def _masked_json(key: str) -> bytes:
+def _mask_of(key: str) -> tuple[str, bytes]:
+    """A write key masked, and that as JSON (the few keys a relay sees, remembered)."""
     found = _KEYS.get(key)
     if found is None:
         if len(_KEYS) > 10_000:
             _KEYS.clear()
-        found = _KEYS[key] = _encode(mask_key(key))
+        masked = mask_key(key)
+        found = _KEYS[key] = (masked, _encode(masked))
     return found
+
+
+def _masked(key: str) -> str:
+    return _mask_of(key)[0]
+
+
+def _masked_json(key: str) -> bytes:
+    return _mask_of(key)[1]
 
 
 def encode(item: tuple[Any, ...]) -> bytes:
