@@ -1,9 +1,11 @@
 """The tap encodes what was published once for every viewer that wants all of it: the bytes
 are shared, each event's body in them is the body as stored (byte for byte), a viewer whose
-buffer is full still counts what it lost, and the debugger's stream carries the same frames."""
+buffer is full still counts what it lost, the debugger's stream carries the same frames, and
+`relay tap` prints the records as the relay encoded them."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import uuid
@@ -13,6 +15,8 @@ import aiohttp
 import msgspec
 import pytest
 
+from relay.config import Config
+from relay.ops import watch
 from relay.ops.tap import EventsChunk, Filter, OutcomesChunk, Tap, mask_key
 from relay.types import DeadLetter, Event, Stored
 from tests.support.watching import wait_for_viewers
@@ -220,3 +224,25 @@ async def test_viewers_with_the_same_room_share_the_part_of_a_publish_that_fits(
     assert got_one == got_two == frames(sse_all)[:4]
     assert frames(sse_other)[1:] == got_one[:3]
     assert (one.held, two.held, other.lost, everything.lost) == (0, 0, 3, 0)
+
+
+def test_relay_tap_prints_each_record_as_the_relay_encoded_it(
+        monkeypatch: pytest.MonkeyPatch, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    event = '{"kind":"event","writeKey":"wk-s••01","receivedAt":1.5,"body":{"event":"Grüße"}}'
+    sent = [event.encode(),
+            b'{"kind":"lost","count":3}',
+            b'{"kind":"outcome","destination":"seg","outcome":"delivered","messageId":"m1","type":"track"}']
+    asked: list[dict[str, str]] = []
+
+    def lines(base: str, token: str, query: dict[str, str]) -> Any:
+        asked.append(query)
+        return iter(sent)
+
+    monkeypatch.setattr(watch, "stream_lines", lines)
+    args = argparse.Namespace(type="track", event=None, user=None, destination=None, write_key=None,
+                              outcome=None, outcomes=True, url="http://127.0.0.1:1")
+    assert watch.cmd_tap(args, Config()) == 0
+    out, err = capsysbinary.readouterr()
+    assert out == sent[0] + b"\n" + sent[2] + b"\n"
+    assert b"3 records lost so far" in err
+    assert asked == [{"outcomes": "1", "type": "track"}]
