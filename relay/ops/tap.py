@@ -112,6 +112,7 @@ class Filter:
         return any(v is not None for v in (self.type, self.event, self.user, self.write_key))
 
     def wants_message(self, write_key: str, body: Mapping[str, Any]) -> bool:
+        """For a message held as a dict (what an ingest plugin dropped, before it was stored)."""
         if self.type is not None and body.get("type") != self.type:
             return False
         if self.event is not None and event_name(body) != self.event:
