@@ -112,14 +112,11 @@ class Debugger:
         viewer = self.tap.open(flt)
         try:
             await response.write(b": relay tap\nretry: 1000\n\n")
-            while True:
-                records = await viewer.take(HEARTBEAT)
-                if records is None:
+            while True:  # one write for all that waits: frames encoded once for every viewer
+                frames = await viewer.take_sse(HEARTBEAT)
+                if frames is None:
                     break
-                if not records:
-                    await response.write(b": idle\n\n")
-                    continue
-                await response.write(b"".join(b"data: %b\n\n" % r for r in records))
+                await response.write(frames or b": idle\n\n")
         except ConnectionError:  # the viewer left
             pass
         finally:

@@ -39,13 +39,14 @@ def _request(url: str, token: str) -> urllib.request.Request:
     return urllib.request.Request(url, headers=headers)
 
 
-def stream_records(base: str, token: str, query: dict[str, str]) -> Iterator[dict[str, Any]]:
+def stream_lines(base: str, token: str, query: dict[str, str]) -> Iterator[bytes]:
+    """The stream's records, each the one line of JSON the relay sent."""
     url = f"{base}/debugger/stream?{urllib.parse.urlencode(query)}"
     with urllib.request.urlopen(_request(url, token), timeout=STREAM_TIMEOUT) as resp:
         for raw in resp:
             line = raw.rstrip(b"\r\n")
             if line.startswith(b"data: "):
-                yield json.loads(line[6:])
+                yield line[6:]
 
 
 def cmd_tap(args: argparse.Namespace, cfg: config.Config) -> int:
@@ -57,13 +58,15 @@ def cmd_tap(args: argparse.Namespace, cfg: config.Config) -> int:
             query[key] = value
     base = admin_url(cfg, args.url)
     try:
-        for record in stream_records(base, cfg.admin.token, query):
-            if record.get("kind") == "lost":
+        out = sys.stdout.buffer
+        for line in stream_lines(base, cfg.admin.token, query):
+            if line.startswith(b'{"kind":"lost"'):
+                record = json.loads(line)
                 print(f"relay tap: {record['count']} records lost so far (this reader fell behind)",
                       file=sys.stderr, flush=True)
                 continue
-            sys.stdout.write(json.dumps(record, separators=(",", ":")) + "\n")
-            sys.stdout.flush()
+            out.write(line + b"\n")  # as the relay encoded it: compact JSON, UTF-8, one line
+            out.flush()
     except KeyboardInterrupt:
         return 0
     except urllib.error.HTTPError as exc:
