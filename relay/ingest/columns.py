@@ -53,6 +53,8 @@ _MINUTES_SECONDS = ["%02d:%02d" % divmod(s, 60) for s in range(3600)]  # noqa: U
 EPOCH = timestamps.EPOCH
 MICROSECOND = timedelta(microseconds=1)
 _HOUR = 3_600_000_000  # microseconds
+_HOURS: dict[int, str] = {}  # "YYYY-MM-DDTHH:" of the hours (since the epoch) met lately
+_HOURS_KEPT = 10_000
 _FIRST_MICROS = (datetime.min.replace(tzinfo=UTC) - EPOCH) // MICROSECOND
 _LAST_MICROS = (datetime.max.replace(tzinfo=UTC) - EPOCH) // MICROSECOND
 
@@ -76,11 +78,43 @@ def normalise(messages: Sequence[Message], arrival: Arrival, type_hint: str | No
               body: bytes, max_levels: int) -> list[Event]:
     """The events the messages become (``max_levels`` is how deep a message may nest in
     ``body``, the request); InvalidMessage if any message would be refused."""
+    if len(messages) == 1:  # a single-event route: the columns' own upkeep would cost more
+        return [_one(messages[0], arrival, type_hint, batch_context, batch_integrations, body, max_levels)]
     kinds = _check(messages, type_hint)
     ids = _ids(messages)
-    server_side = _context(messages, arrival, batch_context, batch_integrations)
+    peer = Raw(_encode(arrival.peer_ip)) if arrival.peer_ip else None
+    libraries: list[tuple[Raw, bool]] = []
+    server_side = [_context(m, peer, batch_context, batch_integrations, libraries) for m in messages]
     _Times(arrival).set(messages, server_side)
     return _events(messages, kinds, ids, arrival, body, max_levels)
+
+
+def _one(m: Message, arrival: Arrival, type_hint: str | None, batch_context: Fields | None,
+         batch_integrations: Fields | None, body: bytes, max_levels: int) -> Event:
+    """``normalise`` for one message, rule by rule."""
+    kind = m.type if type_hint is None else type_hint
+    if type(kind) is not str or kind not in MESSAGE_TYPES:
+        raise InvalidMessage("type")
+    m.type = kind
+    if _no_id(m.userId) and _no_id(m.anonymousId):
+        raise InvalidMessage("message needs a userId or an anonymousId")
+    for name in REQUIRED_BY_TYPE.get(kind, ()):
+        if _no_id(getattr(m, name)):
+            raise InvalidMessage(f"{kind} needs {name}")
+    message_id = m.messageId
+    if message_id is None or message_id is UNSET or not message_id:
+        message_id = m.messageId = str(uuid.uuid4())
+    peer = Raw(_encode(arrival.peer_ip)) if arrival.peer_ip else None
+    server = _context(m, peer, batch_context, batch_integrations, [])
+    _Times(arrival).set_one(m, server)
+    data = _as_dict_path_writes(_encode(m))
+    if brackets(data) > max_levels and bodies.too_deep(body):
+        raise InvalidMessage("nesting")
+    return Event(message_id, arrival.write_key, kind, arrival.received_ts, None, data)
+
+
+def _no_id(value: object) -> bool:
+    return value is None or value is UNSET or value == ""
 
 
 def _missing(values: list[Any]) -> int:
@@ -126,52 +160,47 @@ def _ids(messages: Sequence[Message]) -> list[str]:
     return cast(list[str], ids)
 
 
-def _context(messages: Sequence[Message], arrival: Arrival, batch_context: Fields | None,
-             batch_integrations: Fields | None) -> list[bool]:
-    """context (the batch's merged in, context.ip for client-side libraries), integrations
-    (the batch's merged in), the write key removed; whether each message comes from a
-    server-side library."""
-    peer = Raw(_encode(arrival.peer_ip)) if arrival.peer_ip else None
-    libraries: list[tuple[Raw, bool]] = []  # those seen in this request: few
-    server_side = []
-    for m in messages:
-        if m.writeKey is not UNSET:
-            m.writeKey = UNSET
-        own = m.context
-        context: Fields | None
-        if own is UNSET:
-            context = None
-        else:
-            context = m.context = {} if own is None else own
-        if batch_context:
-            context = m.context = {**batch_context, **context} if context else dict(batch_context)
-        server = False
-        if context:
-            library = context.get("library")
-            if library is not None:
-                for seen, flag in libraries:
-                    if library == seen:
-                        server = flag
-                        break
-                else:
-                    server = _server_side(library)
-                    libraries.append((library, server))
-        if peer is not None and not server:
-            if context is None:
-                m.context = {"ip": peer}
+def _context(m: Message, peer: Raw | None, batch_context: Fields | None, batch_integrations: Fields | None,
+             libraries: list[tuple[Raw, bool]]) -> bool:
+    """A message's context (the batch's merged in, context.ip for client-side libraries)
+    and integrations (the batch's merged in), its write key removed; whether it comes from
+    a server-side library (``libraries``: those seen in this request, few)."""
+    if m.writeKey is not UNSET:
+        m.writeKey = UNSET
+    own = m.context
+    context: Fields | None
+    if own is UNSET:
+        context = None
+    else:
+        context = m.context = {} if own is None else own
+    if batch_context:
+        context = m.context = {**batch_context, **context} if context else dict(batch_context)
+    server = False
+    if context:
+        library = context.get("library")
+        if library is not None:
+            for seen, flag in libraries:
+                if library == seen:
+                    server = flag
+                    break
             else:
-                ip = context.get("ip")
-                if ip is None or ip == _NULL:
-                    context["ip"] = peer
-        server_side.append(server)
-        if batch_integrations or m.integrations is not UNSET:
-            given = m.integrations
-            integrations = {} if given is None or given is UNSET else given
-            if batch_integrations:
-                integrations = {**batch_integrations, **integrations}
-            if integrations or given is not UNSET:
-                m.integrations = integrations
-    return server_side
+                server = _server_side(library)
+                libraries.append((library, server))
+    if peer is not None and not server:
+        if context is None:
+            m.context = {"ip": peer}
+        else:
+            ip = context.get("ip")
+            if ip is None or ip == _NULL:
+                context["ip"] = peer
+    if batch_integrations or m.integrations is not UNSET:
+        given = m.integrations
+        integrations = {} if given is None or given is UNSET else given
+        if batch_integrations:
+            integrations = {**batch_integrations, **integrations}
+        if integrations or given is not UNSET:
+            m.integrations = integrations
+    return server
 
 
 def _server_side(library: Raw) -> bool:
@@ -192,7 +221,6 @@ class _Times:
     def __init__(self, arrival: Arrival) -> None:
         self.arrival = arrival
         self.sent: dict[str, tuple[datetime, str]] = {}
-        self.hours: dict[int, str] = {}  # "YYYY-MM-DDTHH:" of each hour since the epoch met
 
     def set(self, messages: Sequence[Message], server_side: list[bool]) -> None:
         explicit = [m.timestamp for m in messages]
@@ -252,8 +280,9 @@ class _Times:
             m.originalTimestamp, m.timestamp = value, stamp
 
     def each(self, messages: Sequence[Message], server_side: list[bool]) -> None:
+        set_one = self.set_one
         for m, server in zip(messages, server_side, strict=True):
-            self.set_one(m, server)
+            set_one(m, server)
 
     def set_one(self, m: Message, server: bool) -> None:
         """Any other shape, rule by rule as ``normalise._set_times``."""
@@ -284,8 +313,11 @@ class _Times:
             m.timestamp = (original_iso if field == "timestamp"
                            else _written(explicit, _moment(explicit, "timestamp")))
         elif sent_at is not None:
-            micros = self.micros
-            m.timestamp = self.isos([micros(arrival.received_at) - micros(sent_at) + micros(original)])[0]
+            try:
+                corrected = arrival.received_at - (sent_at - original)
+            except OverflowError:
+                raise InvalidMessage("sentAt and the event's time are too far apart to correct") from None
+            m.timestamp = _iso((corrected - EPOCH) // MICROSECOND)
         else:
             m.timestamp = original_iso
 
@@ -302,16 +334,33 @@ class _Times:
     def micros(moment: datetime) -> int:
         return (moment - EPOCH) // MICROSECOND
 
-    def isos(self, micros: list[int]) -> list[str]:
-        """``timestamps.iso`` of each time, given in microseconds since the epoch (each hour
-        formatted once); InvalidMessage when one is not a time ``datetime`` can hold."""
+    @staticmethod
+    def isos(micros: list[int]) -> list[str]:
+        """``timestamps.iso`` of each time, given in microseconds since the epoch;
+        InvalidMessage when one is not a time ``datetime`` can hold."""
         if min(micros) < _FIRST_MICROS or max(micros) > _LAST_MICROS:
             raise InvalidMessage("sentAt and the event's time are too far apart to correct")
-        hours = self.hours
-        for hour in {value // _HOUR for value in micros}.difference(hours):
-            hours[hour] = timestamps.iso(EPOCH + timedelta(microseconds=hour * _HOUR))[:14]
+        hours = _HOURS
+        missing = {value // _HOUR for value in micros}.difference(hours)
+        for hour in missing:
+            _hour(hour)
         return [hours[value // _HOUR] + _MINUTES_SECONDS[value % _HOUR // 1_000_000]
                 + _MILLIS[value % 1_000_000 // 1000] for value in micros]
+
+
+def _iso(micros: int) -> str:
+    """``timestamps.iso`` of a time ``datetime`` can hold, given in microseconds since the
+    epoch: the hour formatted once, minutes, seconds and milliseconds from tables."""
+    hour, within = divmod(micros, _HOUR)
+    prefix = _HOURS.get(hour) or _hour(hour)
+    return prefix + _MINUTES_SECONDS[within // 1_000_000] + _MILLIS[within % 1_000_000 // 1000]
+
+
+def _hour(hour: int) -> str:
+    if len(_HOURS) > _HOURS_KEPT:
+        _HOURS.clear()
+    prefix = _HOURS[hour] = timestamps.iso(EPOCH + timedelta(microseconds=hour * _HOUR))[:14]
+    return prefix
 
 
 _tzinfo = operator.attrgetter("tzinfo")
