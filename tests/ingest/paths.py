@@ -15,6 +15,7 @@ from relay.errors import InvalidMessage
 from relay.ingest import admission, bodies, routes, typed
 from relay.ingest.normalise import TIME_FIELDS
 from relay.ingest.responses import Rejection
+from relay.sinks import segment
 from relay.types import Arrival, Event
 
 RECEIVED = datetime(2024, 6, 1, 12, 0, 0, 123000, tzinfo=UTC)
@@ -113,8 +114,18 @@ def assert_same_events(fast: list[Event], slow: list[Event], made: list[bool]) -
         assert _sorted(new_body) == _sorted(old_body)
         assert new.body == _decode(new.data)  # the lazy body is the stored one
         assert list(new_body)[-len(_times(new_body)):] == _times(new_body)  # the times come last
+        new_sent, old_sent = segment.retime(new.data), segment.retime(old.encode())
+        assert (new_sent is None) == (old_sent is None)  # the segment sink rewrites both on the bytes
+        if new_sent is not None and old_sent is not None:
+            assert _sorted(_made(_decode(new_sent), was_made)) == _sorted(_made(_decode(old_sent), was_made))
         assert msgspec.json.format(new.data, indent=-1) == new.data  # stored compact
         assert len(old.encode()) * 2 <= len(new.data) * 9  # what the size check counts on
+
+
+def _made(body: dict[str, Any], was_made: bool) -> dict[str, Any]:
+    if was_made:
+        body["messageId"] = "made"
+    return body
 
 
 def _times(body: dict[str, Any]) -> list[str]:
