@@ -1,6 +1,6 @@
 """CPU per event of ingest admission: the dict path against the typed path, on one core.
 
-    .venv/bin/python bench/admission.py              # 3 bodies, 7 interleaved rounds
+    .venv/bin/python bench/admission.py              # 4 bodies, 7 interleaved rounds
     .venv/bin/python bench/admission.py --rounds 15
 
 No HTTP, no queue: each request's body bytes to the events that would be stored. The dict
@@ -9,7 +9,8 @@ batch checks, ``admission.admit``: normalise and encode each message); the typed
 ``typed.read_batch`` + ``typed.admit_batch``. Bodies of 100 events each: ``bench`` is
 bench/ingest.py's (``_event``: near-identical analytics-python tracks), ``server`` varies
 users, event names, properties and traits (analytics-python, batch sentAt), ``browser``
-the same as analytics.js sends it (each message's own sentAt: the clock-skew correction).
+the same as analytics.js sends it (each message's own sentAt: the clock-skew correction);
+``single`` is bench/ingest.py's /v1/track body, one event a request.
 
 Timing is thread CPU time (this process is pinned to one CPU when it can be), the 10th
 percentile of many short runs in each round, the median over rounds: other work on a
@@ -108,6 +109,26 @@ def dict_path(data: bytes) -> list[Any]:
     raise AssertionError("admission waited")
 
 
+def dict_single(data: bytes) -> list[Any]:
+    body = bodies.parse_json(data)
+    assert isinstance(body, dict)
+    arrival = Arrival("wk", NOW, "192.0.2.10")
+    coroutine = admission.admit([body], arrival, None, type_hint="track", strict=True)
+    try:
+        coroutine.send(None)
+    except StopIteration as stop:
+        return list(stop.value.events)
+    raise AssertionError("admission waited")
+
+
+def typed_single(data: bytes) -> list[Any]:
+    message = typed.read_single(data)
+    assert message is not None
+    events = typed.admit_single(message, "track", Arrival("wk", NOW, "192.0.2.10"), data)
+    assert events is not None
+    return events
+
+
 def typed_path(data: bytes) -> list[Any]:
     decoded = typed.read_batch(data, routes.MAX_BATCH_MESSAGES)
     assert decoded is not None
@@ -117,13 +138,14 @@ def typed_path(data: bytes) -> list[Any]:
     return events
 
 
-def per_event_us(run: Callable[[bytes], list[Any]], data: bytes, runs: int = 40, repeat: int = 5) -> float:
+def per_event_us(run: Callable[[bytes], list[Any]], data: bytes, runs: int = 40, repeat: int = 5,
+                 events: int = EVENTS) -> float:
     samples = []
     for _ in range(runs):
         start = time.thread_time_ns()
         for _ in range(repeat):
             run(data)
-        samples.append((time.thread_time_ns() - start) / repeat / EVENTS / 1000)
+        samples.append((time.thread_time_ns() - start) / repeat / events / 1000)
     samples.sort()
     return samples[len(samples) // 10]
 
@@ -138,16 +160,23 @@ def main() -> int:
         pass
     bodies_ = {"bench": bench_body(), "server": varied_body("analytics-python", 1),
                "browser": varied_body("analytics.js", 2)}
-    results: dict[str, dict[str, list[float]]] = {name: {"dict": [], "typed": []} for name in bodies_}
+    single = _event(0, with_type=False)
+    single["messageId"] = str(uuid.uuid4())
+    single_data = json.dumps(single, separators=(",", ":")).encode()
+    results: dict[str, dict[str, list[float]]] = {name: {"dict": [], "typed": []}
+                                                  for name in [*bodies_, "single"]}
     for _ in range(args.rounds):
         for name, data in bodies_.items():
             results[name]["dict"].append(per_event_us(dict_path, data))
             results[name]["typed"].append(per_event_us(typed_path, data))
-    print(f"µs of CPU per event, 100-event batches, median of {args.rounds} rounds")
+        results["single"]["dict"].append(per_event_us(dict_single, single_data, repeat=50, events=1))
+        results["single"]["typed"].append(per_event_us(typed_single, single_data, repeat=50, events=1))
+    print(f"µs of CPU per event, 100-event batches (single: a /v1/track body), median of {args.rounds}")
     print(f"{'body':8} {'bytes/event':>11} {'dict path':>10} {'typed path':>11} {'ratio':>6}")
-    for name, data in bodies_.items():
+    sizes = {**{name: len(data) // EVENTS for name, data in bodies_.items()}, "single": len(single_data)}
+    for name, size in sizes.items():
         old, new = statistics.median(results[name]["dict"]), statistics.median(results[name]["typed"])
-        print(f"{name:8} {len(data) // EVENTS:>11} {old:>10.2f} {new:>11.2f} {old / new:>6.2f}")
+        print(f"{name:8} {size:>11} {old:>10.2f} {new:>11.2f} {old / new:>6.2f}")
     return 0
 
 
