@@ -21,20 +21,44 @@ from relay import timestamps
 from relay.errors import InvalidMessage
 
 _encoder = msgspec.json.Encoder()
+_decode_body = msgspec.json.Decoder(dict[str, Any]).decode
 
 DestinationState = Literal["ok", "retrying", "paused"]
 DESTINATION_STATES: tuple[DestinationState, ...] = ("ok", "retrying", "paused")
 
 
-class Event(msgspec.Struct, gc=False):
-    """One accepted message and the facts the relay keeps beside it."""
-
+class _Envelope(msgspec.Struct, gc=False):
     message_id: str
     write_key: str
     type: str
     received_at: float
-    body: dict[str, Any]
+    body: dict[str, Any] | None = None
     data: bytes = b""  # the body as stored, encoded once by ``encode``
+
+
+_BODY = _Envelope.__dict__["body"]  # the slot that holds the body, under Event's property
+
+
+class Event(_Envelope, gc=False):
+    """One accepted message and the facts the relay keeps beside it.
+
+    Built either from the message as a dict (``body``), encoded on first ``encode``; or
+    from its final bytes (``data``, the typed ingest path), decoded on first read of
+    ``body``. Either way ``body`` is the dict and ``encode()`` the bytes. (A Struct, not a
+    slotted class: one is built for every event, and msgspec builds it three times faster;
+    the property over the field keeps ``Event(..., body=...)`` working.)"""
+
+    @property  # type: ignore[misc]  # (mypy reads a Struct as a dataclass: a property over a field)
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] | None = _BODY.__get__(self, _Envelope)
+        if body is None:
+            body = _decode_body(self.data)
+            _BODY.__set__(self, body)
+        return body
+
+    @body.setter
+    def body(self, value: dict[str, Any]) -> None:
+        _BODY.__set__(self, value)
 
     def encode(self) -> bytes:
         if not self.data:

@@ -144,8 +144,3 @@ def parse_json(data: bytes) -> object:
         raise Rejection(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
     except RecursionError:  # unbalanced brackets the nesting check left to the decoder
         raise deep_json("request body") from None
-
-
-async def read_json(request: web.Request, timeout: float = DEFAULT_BODY_TIMEOUT) -> object:
-    raw = await read_raw(request, timeout)
-    return parse_json(decompress(raw, request.headers.get("Content-Encoding", "")))

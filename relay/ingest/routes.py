@@ -15,7 +15,7 @@ from aiohttp import web
 from relay import timestamps
 from relay.config import ServerConfig
 from relay.errors import InvalidMessage, QueueClosed, QueueError, QueueFull
-from relay.ingest import admission, auth, bodies, browser, responses
+from relay.ingest import admission, auth, bodies, browser, responses, typed
 from relay.ingest.admission import Admitted
 from relay.ingest.responses import Rejection
 from relay.ops.tap import Tap
@@ -33,6 +33,25 @@ SINGLE_ROUTES = {
 }
 BATCH_ROUTES = ("batch", "import", "b")
 _encode = msgspec.json.Encoder().encode
+
+
+def batch_parts(body: dict[str, Any]) -> tuple[list[Any], dict[str, Any] | None, dict[str, Any] | None]:
+    """A batch body's messages, batch-level context and integrations; Rejection (400) when
+    they are not a batch's."""
+    messages = body.get("batch")
+    if not isinstance(messages, list):
+        raise Rejection(400, "invalid_batch", "body needs a `batch` array of messages")
+    if not messages:
+        raise Rejection(400, "invalid_batch", "batch is empty")
+    if len(messages) > MAX_BATCH_MESSAGES:
+        raise Rejection(400, "batch_too_large",
+                        f"batch has {len(messages)} messages; the limit is {MAX_BATCH_MESSAGES}")
+    context, integrations = body.get("context"), body.get("integrations")
+    if context is not None and not isinstance(context, dict):
+        raise Rejection(400, "invalid_batch", "batch-level context must be an object")
+    if integrations is not None and not isinstance(integrations, dict):
+        raise Rejection(400, "invalid_batch", "batch-level integrations must be an object")
+    return messages, context, integrations
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +102,17 @@ class Ingest:
 
     def _single(self, kind: str) -> Callable[[web.Request], Any]:
         async def handler(request: web.Request) -> web.StreamResponse:
-            body = await self._body(request)
-            arrival = self._arrival(request, body)
+            data = await self._data(request)
+            if self._typed():
+                message = typed.read_single(data)
+                if message is not None:
+                    arrival = self._arrival(request, message.writeKey)
+                    events = typed.admit_single(message, kind, arrival, data)
+                    if events is not None:
+                        result = await self._store(events, ())
+                        return responses.ok({"duplicate": True} if result.duplicates else None)
+            body = self._parse(data)
+            arrival = self._arrival(request, body.get("writeKey"))
             admitted = await self._admit([body], arrival, type_hint=kind, strict=True)
             result = await self._store(admitted.events, admitted.dead, admitted.changes)
             if admitted.errors:  # a plugin refused it: dead-lettered, so nothing to retry
@@ -100,25 +128,27 @@ class Ingest:
         return await self.batch(request, request.query.get("writeKey"))
 
     async def batch(self, request: web.Request, query_key: str | None = None) -> web.StreamResponse:
-        body = await self._body(request)
+        data = await self._data(request)
+        if self._typed():
+            decoded = typed.read_batch(data, MAX_BATCH_MESSAGES)
+            if decoded is not None:
+                key = decoded.writeKey if not query_key or decoded.writeKey else query_key
+                arrival = self._arrival(request, key, batch=(None, None, decoded.sentAt))
+                events = typed.admit_batch(decoded, arrival, data)
+                if events is not None:
+                    result = await self._store(events, ())
+                    return responses.ok({"accepted": result.stored, "duplicates": result.duplicates,
+                                         "rejected": result.dead_lettered})
+        body = self._parse(data)
         if query_key and not body.get("writeKey"):
             body["writeKey"] = query_key
-        messages = body.get("batch")
-        if not isinstance(messages, list):
-            raise self._reject(400, "invalid_batch", "body needs a `batch` array of messages")
-        if not messages:
-            raise self._reject(400, "invalid_batch", "batch is empty")
-        if len(messages) > MAX_BATCH_MESSAGES:
-            raise self._reject(
-                400, "batch_too_large",
-                f"batch has {len(messages)} messages; the limit is {MAX_BATCH_MESSAGES}",
-            )
-        context, integrations = body.get("context"), body.get("integrations")
-        if context is not None and not isinstance(context, dict):
-            raise self._reject(400, "invalid_batch", "batch-level context must be an object")
-        if integrations is not None and not isinstance(integrations, dict):
-            raise self._reject(400, "invalid_batch", "batch-level integrations must be an object")
-        arrival = self._arrival(request, body, batch=(context, integrations, body.get("sentAt")))
+        try:
+            messages, context, integrations = batch_parts(body)
+        except Rejection as exc:
+            self._count(exc.code)
+            raise
+        arrival = self._arrival(request, body.get("writeKey"),
+                                batch=(context, integrations, body.get("sentAt")))
         admitted = await self._admit(messages, arrival, indexed=True)
         result = await self._store(admitted.events, admitted.dead, admitted.changes)
         answer: dict[str, Any] = {
@@ -164,8 +194,8 @@ class Ingest:
         else:
             problem = None
         try:
-            arrival = self._arrival(request, message if problem is None
-                                    else {"writeKey": request.query.get("writeKey")})
+            arrival = self._arrival(request, message.get("writeKey") if problem is None
+                                    else request.query.get("writeKey"))
         except Rejection as exc:
             # A pixel always answers its image (a mail client shows nothing else); an
             # unauthorised one is not stored, not even as a dead letter.
@@ -216,9 +246,19 @@ class Ingest:
 
     # --- steps shared by the handlers ------------------------------------------------------
 
-    async def _body(self, request: web.Request) -> dict[str, Any]:
+    async def _data(self, request: web.Request) -> bytes:
+        """The body as sent, decompressed."""
         try:
-            body = await bodies.read_json(request, self.config.body_timeout)
+            raw = await bodies.read_raw(request, self.config.body_timeout)
+            return bodies.decompress(raw, request.headers.get("Content-Encoding", ""))
+        except Rejection as exc:
+            self._count(exc.code)
+            raise
+
+    def _parse(self, data: bytes) -> dict[str, Any]:
+        """The body as a dict, for the dict path."""
+        try:
+            body = bodies.parse_json(data)
         except Rejection as exc:
             self._count(exc.code)
             raise
@@ -226,15 +266,21 @@ class Ingest:
             raise self._reject(400, "invalid_json", "request body must be a JSON object")
         return body
 
+    def _typed(self) -> bool:
+        """Whether a request may take the typed path: no ingest plugin is there to run."""
+        pipeline = self.pipeline
+        return pipeline is None or not pipeline.runs_at_ingest
+
     def _arrival(
         self,
         request: web.Request,
-        body: dict[str, Any],
+        body_key: object,
         batch: tuple[dict[str, Any] | None, dict[str, Any] | None, object] | None = None,
     ) -> Arrival:
-        """The request's facts; ``batch`` carries batch-level (context, integrations, sentAt)."""
+        """The request's facts (``body_key`` is the body's ``writeKey``); ``batch`` carries
+        batch-level (context, integrations, sentAt)."""
         header_key = auth.basic_username(request.headers.get("Authorization"))
-        key = auth.write_key(header_key, body.get("writeKey"))
+        key = auth.write_key(header_key, body_key)
         settings = self.snapshot  # keys and proxies from one snapshot
         write_key = self._authorise(key, settings)
         received_at, received_iso = self._clock()
