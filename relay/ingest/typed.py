@@ -90,16 +90,19 @@ _encode = msgspec.json.Encoder().encode
 
 # Numbers msgspec refuses as out of range (1e400, 400 digits): a raw part is not decoded,
 # so they are looked for in the bytes, on a copy where each byte stands for its class:
-# digits and "." -> 0; e, E and + -> e; what may end a number -> ","; all else -> x. An
-# exponent of 3 digits or more then reads "e000,", a mantissa that could overflow with a
-# shorter one a run of 200 zeros. Inside a string these rarely occur; when they do, the
-# request takes the dict path, which decides.
+# digits and "." -> 0; "-" -> m; e, E and + -> e; what may come before or after a number
+# (":", "[", ",", "}", "]", a space) -> ","; all else -> x. A number with a positive exponent
+# of 3 digits or more then reads ",m0...e000," (a negative one only underflows to 0, as
+# the dict path reads it too), a mantissa that could overflow with a shorter one a run of
+# 200 zeros. Inside a string these rarely occur (an iPhone's user agent, "Mobile/15E148
+# Safari", does not: its number follows a "/"); when they do, the request takes the dict
+# path, which decides.
 _CLASSES = bytes(
-    ord("0") if chr(c) in "0123456789." else ord("e") if chr(c) in "eE+"
-    else ord(",") if chr(c) in ",}] \t" else ord("x")
+    ord("0") if chr(c) in "0123456789." else ord("m") if c == ord("-") else ord("e") if chr(c) in "eE+"
+    else ord(",") if chr(c) in ":[,}] \t" else ord("x")
     for c in range(256)
 )
-_BIG_EXPONENT = re.compile(rb"e000+,")
+_BIG_EXPONENT = re.compile(rb",m?0+e+000+,")
 _LONG_MANTISSA = b"0" * 200
 
 

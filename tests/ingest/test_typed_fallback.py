@@ -61,6 +61,9 @@ HANDED_ON: list[tuple[str, bytes, str, tuple[str, ...]]] = [
     ("a number out of range inside properties",
      raw_batch(b'{"type":"track","userId":"u","event":"E","properties":{"a":1e400}}'), "batch",
      ("refused", "invalid_json")),
+    ("a negative one, with a signed exponent, in a list",
+     raw_batch(b'{"type":"track","userId":"u","event":"E","properties":{"a":[1,-2.5E+400]}}'), "batch",
+     ("refused", "invalid_json")),
     ("a mantissa of 320 digits inside properties",
      raw_batch(b'{"type":"track","userId":"u","event":"E","properties":{"a":' + b"1" * 320 + b".5}}"),
      "batch", ("refused", "invalid_json")),
@@ -141,6 +144,10 @@ TAKEN: list[tuple[str, bytes, str]] = [
     ("numbers the dict path writes otherwise (1e15, 1.10, -0)",
      raw_batch(b'{"type":"track","userId":"u","event":"E",'
                b'"properties":{"a":1e15,"b":1.10,"c":-0,"d":1E2}}'), "batch"),
+    ("an iPhone's user agent (Mobile/15E148): a string, not a number out of range",
+     batch(track(context={"userAgent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) "
+                                        "AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4.1 "
+                                        "Mobile/15E148 Safari/604.1"})), "batch"),
     ("a key given twice in a raw part: the dict path keeps the later value, so does decoding it",
      raw_batch(b'{"type":"track","userId":"u","event":"E","properties":{"a":1,"a":2}}'), "batch"),
     ("a message field given twice: the later value, as in the dict path",
