@@ -126,7 +126,9 @@ def plain(data: bytes) -> bytes | None:
         except UnicodeDecodeError:
             return None
     mapped = data.translate(_CLASSES)
-    if _BIG_EXPONENT.search(mapped) is not None or _LONG_MANTISSA in mapped:
+    # the regular expression is slow on a large body: it runs only when a long exponent
+    # appears at all (a substring search, at memchr speed)
+    if (b"e000" in mapped and _BIG_EXPONENT.search(mapped) is not None) or _LONG_MANTISSA in mapped:
         return None
     return data
 

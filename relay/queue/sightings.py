@@ -202,8 +202,8 @@ class Sightings:
             # one statement for the step, in key order; every hash of it takes the step's
             # newest time (a few seconds later at most: the window is not shortened)
             conn.execute("INSERT INTO sightings (h, at) SELECT value, ?1 FROM json_each(?2) WHERE true"
-                         " ORDER BY value ON CONFLICT(h) DO UPDATE SET at = max(at, excluded.at)",
-                         (newest, _json_array(sorted(set(hashes)))))
+                         " ON CONFLICT(h) DO UPDATE SET at = max(at, excluded.at)",
+                         (newest, _json_array(sorted(set(hashes)))))  # in key order already
             if not rows or (len(rows) < ROTATE_ROWS_PER_STEP and merged < chunk):
                 through = self._frozen_through
             conn.execute("DELETE FROM sightings_log WHERE rowid > ?1 AND rowid <= ?2",
