@@ -20,7 +20,7 @@ from relay.config import DestinationConfig
 from relay.forward.retry import Answer
 from relay.sinks import options as opts
 from relay.sinks.warehouse import arrow, base, sql
-from relay.sinks.warehouse.load import Catalog, plan
+from relay.sinks.warehouse.load import Catalog
 from relay.sinks.warehouse.schema import Kind
 from relay.types import Stored
 
@@ -86,7 +86,7 @@ class DuckDBSink(base.WarehouseSink):
             loaded_at = base.now()
             con.execute("BEGIN TRANSACTION")
             for batch in batches:
-                load = plan(self.mapped(batch), catalog, loaded_at)
+                load = self.plan(batch, catalog, loaded_at)
                 for name in load.new_schemas:
                     con.execute(f"CREATE SCHEMA IF NOT EXISTS {sql.quote(name)}")
                 for table in load.tables:

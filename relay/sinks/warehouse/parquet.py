@@ -31,7 +31,7 @@ from relay.forward.retry import Answer
 from relay.sinks import options as opts
 from relay.sinks.file import fsync_folder
 from relay.sinks.warehouse import arrow, base
-from relay.sinks.warehouse.load import Catalog, TableLoad, plan
+from relay.sinks.warehouse.load import Catalog, TableLoad
 from relay.sinks.warehouse.schema import Kind
 from relay.types import Stored
 
@@ -93,7 +93,7 @@ class ParquetSink(base.WarehouseSink):
         try:
             for batch in batches:
                 try:
-                    load = plan(self.mapped(batch), catalog, loaded_at)
+                    load = self.plan(batch, catalog, loaded_at)
                 except base.Unmappable as exc:
                     files.discard()
                     return Answer(400, body=str(exc))
