@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
+import msgspec
+
 from relay.config import DestinationConfig
 from relay.forward.retry import Answer
 from relay.sinks import options as opts
@@ -99,11 +101,8 @@ class ParquetSink(base.WarehouseSink):
                     return Answer(400, body=str(exc))
                 for table in load.tables:
                     columns = {**catalog.tables.get((table.schema, table.table), {}), **table.add}
-                    partitions = _partitions(table)
-                    whole = len(partitions) == 1  # the common case: no rows to pick
-                    for partition, rows in partitions.items():
-                        files.write(table.schema, table.table, partition,
-                                    arrow.table(table, columns, None if whole else rows))
+                    for partition, rows in _partitions(table).items():
+                        files.write(table.schema, table.table, partition, arrow.table(table, columns, rows))
                 load.apply(catalog)
             files.close()
             ids = [[self.schema_for(e.write_key), e.message_id] for batch in batches for e in batch]
@@ -134,8 +133,8 @@ class ParquetSink(base.WarehouseSink):
         kept.reverse()
         self.journal_path.parent.mkdir(parents=True, exist_ok=True)
         temp = self.journal_path.with_suffix(".tmp")
-        with temp.open("w", encoding="utf-8") as file:
-            json.dump({"loads": kept}, file, separators=(",", ":"))
+        with temp.open("wb") as file:
+            file.write(msgspec.json.encode({"loads": kept}))
             file.flush()
             os.fsync(file.fileno())
         os.replace(temp, self.journal_path)
@@ -226,17 +225,19 @@ class _LoadFiles:
             temp.unlink(missing_ok=True)
 
 
-def _partitions(table: TableLoad) -> dict[str, list[int]]:
-    """Row numbers by ``day=YYYY-MM-DD/hr=HH`` of their ``received_at``."""
+def _partitions(table: TableLoad) -> dict[str, list[int] | None]:
+    """Row numbers by ``day=YYYY-MM-DD/hr=HH`` of their ``received_at`` (None: all the rows, the
+    common case of a load within one hour)."""
     received = table.data[table.columns.index("received_at")]
-    parts: dict[str, list[int]] = {}
-    names: dict[Any, str] = {}  # rows share their times (one request's receivedAt)
+    names = {moment: (f"day={moment:%Y-%m-%d}/hr={moment:%H}" if moment is not None
+                      else "day=unknown/hr=unknown") for moment in set(received)}  # rows share their times
+    if len(set(names.values())) == 1:
+        return {next(iter(names.values())): None}
+    parts: dict[str, list[int] | None] = {}
     for i, moment in enumerate(received):
-        key = names.get(moment)
-        if key is None:
-            key = names[moment] = (f"day={moment:%Y-%m-%d}/hr={moment:%H}" if moment is not None
-                                   else "day=unknown/hr=unknown")
-        parts.setdefault(key, []).append(i)
+        rows = parts.setdefault(names[moment], [])
+        assert rows is not None
+        rows.append(i)
     return parts
 
 
