@@ -56,4 +56,4 @@ def _times(values: list[Any]) -> Any:
     for moment in set(values):
         if moment is not None:
             micros[moment] = (moment - _EPOCH) // _MICROSECOND
-    return pa.array(list(map(micros.__getitem__, values)), pa.int64()).cast(arrow_type("timestamp"))
+    return pa.array(list(map(micros.__getitem__, values)), pa.int64()).view(arrow_type("timestamp"))

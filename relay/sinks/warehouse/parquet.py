@@ -38,6 +38,7 @@ from relay.sinks.warehouse.schema import Kind
 from relay.types import Stored
 
 JOURNAL_DIR = ".relay"
+ARROW_POOL = "ARROW_DEFAULT_MEMORY_POOL"
 TEMP_PREFIX = ".part-"
 TEMP_SUFFIX = ".parquet.tmp"
 
@@ -53,6 +54,12 @@ class ParquetSink(base.WarehouseSink):
     def __init__(self, config: DestinationConfig) -> None:
         options = opts.parse(config.options, ParquetOptions)
         base.require("pyarrow", type_name=self.type_name)
+        # Arrow's buffers from the C library's allocator, unless the environment says otherwise:
+        # Arrow's default, mimalloc, keeps the pages a load freed in a heap per thread, and loads
+        # run on the executor's threads (the benchmark's peak RSS: 175 MB, against 155 MB). Arrow
+        # reads the variable once, when pyarrow first allocates: a type created after pyarrow
+        # allocated in this process leaves its allocator as it is.
+        os.environ.setdefault(ARROW_POOL, "system")
         if not options.path.strip():
             raise ValueError("`options.path`: expected the lake's root folder")
         super().__init__(config, options)
