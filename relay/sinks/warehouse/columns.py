@@ -169,67 +169,79 @@ class Builder:
         get = message.get
         self._track(schema_name, get("messageId"), get("anonymousId"), get("userId"),
                     get("receivedAt") or received_at, get("sentAt"), get("timestamp"),
-                    get("originalTimestamp"), lambda: _context_of(get("context")), get("event"),
-                    get("properties"))
+                    get("originalTimestamp"), get("context"), False, get("event"), get("properties"))
 
     def add_json(self, schema_name: str, body: bytes, received_at: float) -> None:
         """``add`` for a stored message's JSON text, received by the queue at ``received_at``
         (epoch seconds: the time of a message with no ``receivedAt`` of its own); a ValueError
         (a msgspec.DecodeError for bad JSON) for one that has no rows."""
         m = _decode_message(body)
-        fallback = (None if m.receivedAt is not msgspec.UNSET
-                    else timestamps.iso(timestamps.from_epoch(received_at)))
+        received = m.receivedAt
+        if received is msgspec.UNSET:
+            received = timestamps.iso(timestamps.from_epoch(received_at))
+            given = False
+        else:
+            given = True
         if m.type != "track":
             message = {f: getattr(m, f) for f in _FIELDS}
             message["context"] = _decode(m.context)
-            if fallback is None:
-                message["receivedAt"] = m.receivedAt
-            self._rows(schema_name, message, fallback)
+            if given:
+                message["receivedAt"] = received
+            self._rows(schema_name, message, None if given else received)
             return
-        self._track(schema_name, m.messageId, m.anonymousId, m.userId, m.receivedAt or fallback, m.sentAt,
-                    m.timestamp, m.originalTimestamp, lambda: _context_text(m.context), m.event, m.properties)
+        self._track(schema_name, m.messageId, m.anonymousId, m.userId, received or None, m.sentAt,
+                    m.timestamp, m.originalTimestamp, m.context, True, m.event, m.properties)
 
     def _rows(self, schema_name: str, message: Mapping[str, Any], received_at: Any) -> None:
         for table, row in schema.map_message(message, received_at):
             self._table(schema_name, table).add_row(row)
 
     def _track(self, schema_name: str, message_id: Any, anonymous_id: Any, user_id: Any, received_at: Any,
-               sent_at: Any, timestamp: Any, original_timestamp: Any,
-               context: Callable[[], tuple[Shape, Values] | None], event: Any, properties: Any) -> None:
-        """A track call's rows: ``tracks`` and the event's own table (its context is read only
-        after its messageId, so that the errors come in ``map_message``'s order)."""
-        message_id = _ident(message_id)
-        if message_id is None:
-            raise ValueError("the message has no messageId")
-        leaves = context()
-        if not isinstance(event, str):
+               sent_at: Any, timestamp: Any, original_timestamp: Any, context: Any, raw: bool, event: Any,
+               properties: Any) -> None:
+        """A track call's rows: ``tracks`` and the event's own table. ``context``: the object, or
+        its JSON text (``raw``), read only after the messageId so that the errors come in
+        ``map_message``'s order."""
+        if type(message_id) is not str or not message_id:
+            message_id = schema.ident(message_id)
+            if message_id is None:
+                raise ValueError("the message has no messageId")
+        leaves = _context_text(context) if raw else _context_of(context)
+        if type(event) is not str and not isinstance(event, str):
             raise ValueError("a track needs an `event` name")
-        table = _table_name(event)
+        table = _tables.get(event) or _table_name(event)
         if not table:
             properties = None  # no table: its properties are not looked at
         elif properties is not None and not isinstance(properties, dict):
             raise ValueError("`properties` is not a JSON object")
-        base: Values = (message_id, _ident(anonymous_id), _ident(user_id), received_at, sent_at, timestamp,
+        if type(anonymous_id) is not str or not anonymous_id:
+            anonymous_id = schema.ident(anonymous_id)
+        if type(user_id) is not str or not user_id:
+            user_id = schema.ident(user_id)
+        base: Values = (message_id, anonymous_id, user_id, received_at, sent_at, timestamp,
                         original_timestamp)
         if leaves is not None:
-            base_shape = _track_shape(leaves[0])
+            base_shape = _track_shapes.get(leaves[0]) or _track_shape(leaves[0])
             base += leaves[1]
         else:
             base_shape = _TRACK_SHAPE
         base += (table, event)
-        self._table(schema_name, TRACKS).add(base_shape, base)
+        tables = self.tables
+        tracks = tables.get((schema_name, TRACKS)) or self._table(schema_name, TRACKS)
+        tracks.add(base_shape, base)
         if not table:
             return
+        own = tables.get((schema_name, table)) or self._table(schema_name, table)
         if properties:
             names, values = _flat(properties, "", True)
             if names:
-                shape, pick = _joined(names, base_shape)
+                shape, pick = _joins.get((names, base_shape)) or _joined(names, base_shape)
                 joined = values + base
                 if pick is not None:
                     joined = tuple(joined[i] for i in pick)
-                self._table(schema_name, table).add(shape, joined)
+                own.add(shape, joined)
                 return
-        self._table(schema_name, table).add(base_shape, base)
+        own.add(base_shape, base)
 
 
 def _context_of(context: Any) -> tuple[Shape, Values] | None:
@@ -254,12 +266,6 @@ def _context_text(raw: msgspec.Raw) -> tuple[Shape, Values] | None:
         _contexts.clear()
     _contexts[text] = found
     return found
-
-
-def _ident(value: object) -> str | None:
-    if type(value) is str:
-        return value or None
-    return schema.ident(value)
 
 
 _tables: dict[str, str] = {}
