@@ -63,7 +63,14 @@ class DuckDBSink(base.WarehouseSink):
         self._careful = False  # merge event tables by key (a recent load met events already there)
 
     async def start(self) -> None:
-        await asyncio.to_thread(self.path.parent.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(self._prepare)
+
+    def _prepare(self) -> None:
+        """The folder made, and duckdb imported now rather than by the first load (it takes a
+        few hundred milliseconds, which a backlog waiting at start would wait for)."""
+        import duckdb  # noqa: F401
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
 
     async def probe(self) -> bool:
         """True once the file can be opened for writing (no reader holds it)."""

@@ -20,6 +20,7 @@ written twice. Readers never see a partial file.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import os
 import time
@@ -75,6 +76,9 @@ class ParquetSink(base.WarehouseSink):
 
     async def start(self) -> None:
         await asyncio.to_thread(self._recover)
+        # pyarrow imported now rather than by the first load (some 300 ms, which a backlog
+        # waiting at start would wait for)
+        await asyncio.to_thread(importlib.import_module, "pyarrow.parquet")
 
     async def probe(self) -> bool:
         return True
