@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,7 @@ class DuckDBSink(base.WarehouseSink):
         import duckdb
 
         try:
-            duckdb.connect(str(self.path), config=self._config()).close()
+            self._connect().close()
         except duckdb.Error:
             return False
         return True
@@ -91,136 +92,134 @@ class DuckDBSink(base.WarehouseSink):
     async def _load(self, batches: list[list[Stored]]) -> Answer:
         return await asyncio.to_thread(self._load_now, batches)
 
-    def _load_now(self, batches: list[list[Stored]]) -> Answer:
+    def _connect(self) -> Any:
         import duckdb
 
-        try:
-            con = duckdb.connect(str(self.path), config=self._config())
-        except duckdb.IOException as exc:
-            return Answer(None, error=f"{self.path} is held by another process; the load waits: {exc}")
-        except duckdb.Error as exc:
-            return Answer(None, error=f"cannot open {self.path}: {exc}")
+        return duckdb.connect(str(self.path), config=self._config())
+
+    def _load_now(self, batches: list[list[Stored]]) -> Answer:
+        """One load: its batches planned and their rows staged first, then the file opened for
+        the transaction only, and closed (a checkpoint) before ``send`` answers, so that the
+        file is free once the events are recorded as delivered."""
+        import duckdb
+
+        con = None
         try:
             with tempfile.TemporaryDirectory(prefix="relay-duckdb-") as folder:
+                if self._catalog is None:
+                    con = self._connect()
+                    self._catalog = read_catalog(con)
+                work = self._stage(batches, self._catalog, Path(folder))
+                if con is None:
+                    con = self._connect()
                 try:
-                    return self._load_in(con, batches, Path(folder), self._careful)
+                    self._run(con, work, self._careful)
                 except duckdb.ConstraintException:
                     if self._careful:
                         raise
-                con.execute("ROLLBACK")  # an event already there: again, merging by key
-                return self._load_in(con, batches, Path(folder), True)
+                    con.execute("ROLLBACK")  # an event already there: again, merging by key
+                    self._run(con, work, True)
+            self._catalog = work.catalog
+            return Answer(200)
         except base.Unmappable as exc:
             return Answer(400, body=str(exc))
+        except duckdb.IOException as exc:
+            if con is None:
+                return Answer(None, error=f"{self.path} is held by another process; the load waits: {exc}")
+            self._catalog = None
+            return Answer(None, error=f"DuckDB load failed: {exc}")
         except (duckdb.ConversionException, duckdb.ConstraintException, duckdb.InvalidInputException,
                 duckdb.OutOfRangeException) as exc:
             self._catalog = None
             return Answer(400, body=f"DuckDB refused the data: {exc}")
         except duckdb.Error as exc:
             self._catalog = None  # read again: the file may have changed under the relay
-            return Answer(None, error=f"DuckDB load failed: {exc}")
+            return Answer(None, error=f"DuckDB load failed: {exc}" if con is not None
+                          else f"cannot open {self.path}: {exc}")
         finally:
-            con.close()
+            if con is not None:
+                con.close()
 
-    def _load_in(self, con: Any, batches: list[list[Stored]], folder: Path, careful: bool) -> Answer:
-        """The load in one transaction; ``careful``: event tables merged by key, batch by batch."""
-        catalog = (self._catalog or read_catalog(con)).copy()
+    def _stage(self, batches: list[list[Stored]], catalog: Catalog, folder: Path) -> Work:
+        """Each batch planned against the tables as the batches before it leave them, its DDL
+        kept in order and its rows written for DuckDB to read (Unmappable for an event that
+        cannot be mapped)."""
+        work = Work(catalog.copy())
         loaded_at = base.now()
-        stages = Stages(folder)
-        try:
-            con.execute("BEGIN TRANSACTION")
-            for n, batch in enumerate(batches):
-                load = self.plan(batch, catalog, loaded_at)
-                for name in load.new_schemas:
-                    con.execute(f"CREATE SCHEMA IF NOT EXISTS {sql.quote(name)}")
-                for table in load.tables:
-                    if table.create:
-                        con.execute(sql.create_table(table, TYPES))
-                    else:
-                        for statement in sql.add_columns(table, TYPES):
-                            con.execute(statement)
-                    if table.latest or table.table == DISCARDS:  # merged in queue order, batch by batch
-                        con.execute(sql.merge(table, stages.one(table).source()))
-                    else:  # inserted once every batch's tables and columns are there
-                        stages.add(table, n if careful else 0)
-                load.apply(catalog)
-            met = False  # an event a table already held
-            for stage in stages.events.values():
-                statement = sql.merge(stage.load, stage.source()) if careful else stage.insert()
-                inserted = con.execute(statement).fetchone()
+        for n, batch in enumerate(batches):
+            load = self.plan(batch, work.catalog, loaded_at)
+            work.ddl.extend(f"CREATE SCHEMA IF NOT EXISTS {sql.quote(name)}" for name in load.new_schemas)
+            for table in load.tables:
+                work.ddl.extend([sql.create_table(table, TYPES)] if table.create
+                                else sql.add_columns(table, TYPES))
+                work.staged += 1
+                stage = Stage(folder / f"{work.staged}.ndjson", table, n)
+                if table.latest or table.table == DISCARDS:  # merged in queue order, batch by batch
+                    work.merges.append(stage)
+                else:
+                    work.events.setdefault((table.schema, table.table, *table.columns), []).append(stage)
+            load.apply(work.catalog)
+            del load
+        return work
+
+    def _run(self, con: Any, work: Work, careful: bool) -> None:
+        """The load's transaction: DDL, merges, then each event table's rows in one plain insert,
+        or, ``careful``, merged by key batch by batch (the first row of an event kept)."""
+        con.execute("BEGIN TRANSACTION")
+        for statement in work.ddl:
+            con.execute(statement)
+        for stage in work.merges:
+            con.execute(sql.merge(stage.load, _source([stage])))
+        met = False  # an event a table already held
+        if careful:
+            for stage in sorted((s for group in work.events.values() for s in group), key=lambda s: s.batch):
+                inserted = con.execute(sql.merge(stage.load, _source([stage]))).fetchone()
                 met = met or (inserted is not None and inserted[0] < stage.rows)
-            con.execute("COMMIT")
-        finally:
-            stages.close()
-        self._catalog = catalog
+        else:
+            for group in work.events.values():
+                load = group[0].load
+                names = ", ".join(sql.quote(c) for c in load.columns)
+                con.execute(f"INSERT INTO {sql.qualified(load.schema, load.table)} ({names})"
+                            f" SELECT * FROM {_source(group)}")
+        con.execute("COMMIT")
         self._careful = careful and met
-        return Answer(200)
 
 
-class Stages:
-    """The staged rows of one load, in a temporary folder: event tables' rows by table and
-    columns (and batch, when merging by key), so that a load inserts each table once."""
+@dataclass(slots=True)
+class Work:
+    """A load planned: the tables as it leaves them, its DDL, and its rows staged."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.events: dict[tuple[Any, ...], Stage] = {}
-        self._all: list[Stage] = []
-
-    def _new(self, load: TableLoad) -> Stage:
-        stage = Stage(self.folder / f"{len(self._all)}.ndjson", load)
-        self._all.append(stage)
-        return stage
-
-    def one(self, load: TableLoad) -> Stage:
-        stage = self._new(load)
-        stage.write(load)
-        return stage
-
-    def add(self, load: TableLoad, batch: int) -> None:
-        key = (load.schema, load.table, batch, *load.columns)
-        stage = self.events.get(key)
-        if stage is None:
-            stage = self.events[key] = self._new(load)
-        stage.write(load)
-
-    def close(self) -> None:
-        for stage in self._all:
-            stage.close()
+    catalog: Catalog
+    ddl: list[str] = field(default_factory=list)
+    merges: list[Stage] = field(default_factory=list)  # users, accounts, discards: batch by batch
+    events: dict[tuple[str, ...], list[Stage]] = field(default_factory=dict)  # by table and columns
+    staged: int = 0  # files written
 
 
 class Stage:
-    """Rows of a table for DuckDB to read: one JSON array per row, one row per line, the
-    values as text that DuckDB casts to the columns' types (exactly: msgspec writes floats
-    that read back the same, and times in ISO-8601 with microseconds and a zone)."""
+    """One batch's rows of a table for DuckDB to read: one JSON array per row, one row per
+    line, the values as text that DuckDB casts to the columns' types (exactly: msgspec writes
+    floats that read back the same, and times in ISO-8601 with microseconds and a zone)."""
 
-    def __init__(self, path: Path, load: TableLoad) -> None:
+    def __init__(self, path: Path, load: TableLoad, batch: int) -> None:
         self.path = path
-        self.load = load  # its columns, in the table's order (every load written here has them)
-        self.rows = 0
-        self._file = path.open("wb")
+        self.batch = batch
+        self.rows = load.rows
+        # the columns, in the table's order; the values themselves are on disk now
+        self.load = TableLoad(load.schema, load.table, load.create, load.add, load.columns, load.kinds, [],
+                              load.latest)
+        with path.open("wb") as file:
+            file.write(b"\n".join(map(_encode, zip(*load.data, strict=True))))
 
-    def write(self, load: TableLoad) -> None:
-        if self.rows:
-            self._file.write(b"\n")
-        self._file.write(b"\n".join(map(_encode, zip(*load.data, strict=True))))
-        self.rows += load.rows
 
-    def source(self) -> str:
-        """A subquery of the rows under the names of the columns, read once (the file is closed)."""
-        self._file.close()
-        named = enumerate(zip(self.load.columns, self.load.kinds, strict=True), 1)
-        picks = ", ".join(f"r[{i}]{_CASTS[kind]} AS {sql.quote(name)}" for i, (name, kind) in named)
-        path = str(self.path).replace("'", "''")
-        return (f"(SELECT {picks} FROM read_json('{path}', format = 'newline_delimited', records = 'false',"
-                f" columns = {{'r': 'VARCHAR[]'}})) AS {STAGE}")
-
-    def insert(self) -> str:
-        """A plain insert (it fails on an event the table already holds)."""
-        names = ", ".join(sql.quote(c) for c in self.load.columns)
-        target = sql.qualified(self.load.schema, self.load.table)
-        return f"INSERT INTO {target} ({names}) SELECT * FROM {self.source()}"
-
-    def close(self) -> None:
-        self._file.close()
+def _source(stages: list[Stage]) -> str:
+    """A subquery of the stages' rows under the names of their columns (which they share)."""
+    load = stages[0].load
+    named = enumerate(zip(load.columns, load.kinds, strict=True), 1)
+    picks = ", ".join(f"r[{i}]{_CASTS[kind]} AS {sql.quote(name)}" for i, (name, kind) in named)
+    paths = ", ".join("'" + str(stage.path).replace("'", "''") + "'" for stage in stages)
+    return (f"(SELECT {picks} FROM read_json([{paths}], format = 'newline_delimited', records = 'false',"
+            f" columns = {{'r': 'VARCHAR[]'}})) AS {STAGE}")
 
 
 _CASTS: dict[Kind, str] = {"varchar": "", "integer": "::BIGINT", "float": "::DOUBLE", "boolean": "::BOOLEAN",
