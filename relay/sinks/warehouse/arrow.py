@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -46,7 +47,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 
-def _times(values: list[Any]) -> Any:
+def _times(values: Sequence[Any]) -> Any:
     """Aware times as microseconds since the epoch, each distinct one computed once (rows of a
     load share most of them: one request's receivedAt and sentAt, an event's times in
     ``tracks`` and in its own table); pyarrow takes a datetime ten times slower than an int."""

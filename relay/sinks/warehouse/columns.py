@@ -12,7 +12,7 @@ the two to each other).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from operator import itemgetter
 from typing import Any, Final, cast
 
@@ -50,7 +50,7 @@ class Columns:
         # distinct tuple of names (``_canonical``), held here so that its id stays its own
         self._groups: dict[int, tuple[Shape, list[int], list[Values]]] = {}
         self._rows: list[Row] | None = [] if table in LATEST_TABLES else None
-        self._data: dict[str, list[Any]] | None = None
+        self._data: dict[str, Sequence[Any]] | None = None
 
     def add(self, shape: Shape, values: Values) -> None:
         """One row: ``values`` under the names of ``shape``, a shape from ``_canonical``."""
@@ -75,12 +75,15 @@ class Columns:
         return self._rows is not None
 
     @property
-    def data(self) -> dict[str, list[Any]]:
+    def data(self) -> dict[str, Sequence[Any]]:
         if self._data is None:
             self._data = self._columns()
         return self._data
 
-    def _columns(self) -> dict[str, list[Any]]:
+    def _columns(self) -> dict[str, Sequence[Any]]:
+        if len(self._groups) == 1:  # one shape: the columns are the rows transposed
+            ((shape, _, values),) = self._groups.values()
+            return dict(zip(shape, zip(*values, strict=True), strict=True))
         n = self.count
         out: dict[str, list[Any]] = {}
         if self._rows is not None:
@@ -90,10 +93,7 @@ class Columns:
                     if slot is None:
                         slot = out[name] = [None] * n
                     slot[i] = value
-            return out
-        if len(self._groups) == 1:  # one shape: the columns are the rows transposed
-            ((shape, _, values),) = self._groups.values()
-            return {name: list(column) for name, column in zip(shape, zip(*values, strict=True), strict=True)}
+            return dict(out)
         for shape, rows, values in self._groups.values():  # in the order of their first rows
             for name, column in zip(shape, zip(*values, strict=True), strict=True):
                 target = out.get(name)
@@ -101,7 +101,7 @@ class Columns:
                     target = out[name] = [None] * n
                 for i, value in zip(rows, column, strict=True):
                     target[i] = value
-        return out
+        return dict(out)
 
     def rows(self) -> list[Row]:
         """The rows as ``map_message`` gives them: a standard column with no value is absent."""
@@ -114,7 +114,7 @@ class Columns:
                           if value is not None or name not in _STD_SET}
         return out
 
-    def ids(self) -> list[Any]:
+    def ids(self) -> Sequence[Any]:
         if self._rows is not None:
             return [row["id"] for row in self._rows]
         return self.data["id"]

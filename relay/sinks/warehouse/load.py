@@ -52,7 +52,7 @@ class TableLoad:
     add: dict[str, Kind]
     columns: list[str]  # the columns this load writes, in the table's order
     kinds: list[Kind]
-    data: list[list[Any]]  # one list per column, one value per row
+    data: list[Sequence[Any]]  # one sequence per column, one value per row
     latest: bool  # upsert (users, accounts) rather than insert-if-new
 
     @property
@@ -186,7 +186,7 @@ def _table_load(schema_name: str, table: str, rows: list[Row], known: dict[str, 
     columns.update(add)
     written = [c for c in columns if c in present]
     kinds = [columns[c] for c in written]
-    data = []
+    data: list[Sequence[Any]] = []
     for name, kind in zip(written, kinds, strict=True):
         if name in schema.LOAD_COLUMNS:
             data.append([loaded_at] * len(rows))
@@ -222,7 +222,7 @@ def _columns_load(t: Columns, known: dict[str, Kind] | None, discards: list[Row]
     kinds = [columns[c] for c in written]
     n = t.count
     ids, received = data["id"], data.get("received_at") or [None] * n
-    fitted_columns = []
+    fitted_columns: list[Sequence[Any]] = []
     for name, kind in zip(written, kinds, strict=True):
         if name in schema.LOAD_COLUMNS:
             fitted_columns.append([loaded_at] * n)
@@ -247,8 +247,8 @@ _MISFIT = object()
 _not_none = partial(is_not, None)
 
 
-def _fit(kind: Kind, values: list[Any], times: dict[str, datetime | None]
-         ) -> tuple[list[Any], list[tuple[int, str]]]:
+def _fit(kind: Kind, values: Sequence[Any], times: dict[str, datetime | None]
+         ) -> tuple[Sequence[Any], list[tuple[int, str]]]:
     """One column's values fitted to ``kind``, and the rows whose value does not fit (with why:
     their value is NULL). The common case, every value of the column's own type, is checked
     in one pass over the types."""
@@ -274,10 +274,10 @@ def _fit(kind: Kind, values: list[Any], times: dict[str, datetime | None]
         plain = _PLAIN[kind]
         if types <= {plain}:
             if kind != "integer" or not types:
-                return list(values), []
+                return values, []
             present = list(filter(_not_none, values))
             if schema.INT_MIN <= min(present) and max(present) <= schema.INT_MAX:
-                return list(values), []
+                return values, []
         out = [v if v is None or type(v) is plain else _MISFIT for v in values]
         if kind == "integer":
             low, high = schema.INT_MIN, schema.INT_MAX
