@@ -24,6 +24,7 @@ import importlib
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -179,7 +180,7 @@ class ParquetSink(base.WarehouseSink):
 class _LoadFiles:
     """The files of one load: one per table and partition, holding the rows of all the load's
     batches (a table's columns as of the load's end: a batch's rows read NULL in a column a
-    later batch added), written and fsynced by ``close``."""
+    later batch added), written and then fsynced together by ``close``."""
 
     def __init__(self, root: Path, load_id: int, compression: str) -> None:
         self.root = root
@@ -208,16 +209,37 @@ class _LoadFiles:
             self.done.append((temp, final))
             with temp.open("wb") as file:
                 pq.write_table(data, file, compression=self.compression)
-                file.flush()
-                os.fsync(file.fileno())
             del data
         self.pending.clear()
+        _fsync_all([temp for temp, _ in self.done])
 
     def discard(self) -> None:
         """A load that did not commit: its temporary files go."""
         self.pending.clear()
         for temp, _ in self.done:
             temp.unlink(missing_ok=True)
+
+
+_SYNCS = 8  # files of a load fsynced at once
+
+
+def _fsync_all(paths: list[Path]) -> None:
+    """Each file made durable, all at once: fsyncs that overlap share the file system's journal
+    commit (on ext4 one fsync took 3 ms here, 12 ms at p90, and a load has a file per table)."""
+    if len(paths) == 1:
+        _fsync(paths[0])
+        return
+    with ThreadPoolExecutor(min(_SYNCS, len(paths)), thread_name_prefix="parquet-fsync") as syncs:
+        for _ in syncs.map(_fsync, paths):  # an error is raised here, failing the load
+            pass
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _partitions(table: TableLoad) -> dict[str, list[int] | None]:
