@@ -12,8 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import msgspec
 import pytest
 
+from relay.config import DestinationConfig
+from relay.sinks.warehouse.duckdb import DuckDBSink
+from relay.types import Stored
 from tests.sinks.warehouse import (
     WAVE_1,
     WAVE_2,
@@ -168,3 +172,30 @@ async def test_batches_loaded_together_merge_a_users_row_in_queue_order(start_re
     await wait_delivered(relay, 12)
     assert query(path, "SELECT id, step, email FROM web_prod.users") == [("u-1", 11, "first@example.com")]
     assert query(path, "SELECT count(*) FROM web_prod.identifies") == [(12,)]
+
+
+def stored(i: int, **fields: Any) -> Stored:
+    message = {"type": "track", "event": "Order Completed", "messageId": f"r-{i}", "userId": "u-1",
+               "receivedAt": "2026-12-01T10:00:00.000Z", "properties": {"n": i, **fields}}
+    return Stored(i, 1_764_583_200.0, "sdk-key", f"r-{i}", "track", msgspec.json.encode(message))
+
+
+async def test_a_load_that_meets_events_already_there_merges_by_key_and_then_inserts_again(tmp_path):
+    path = tmp_path / "wh.duckdb"
+    sink = DuckDBSink(DestinationConfig(name="wh", type="duckdb", options={
+        "path": str(path), "schemas": {"sdk-key": "web_prod"}}))
+    await sink.start()
+    first = [stored(i) for i in range(4)]
+    assert (await sink._load([first])).status == 200 and not sink._careful
+    # sent again after a crash, with new events, over two batches of one load: the plain insert
+    # fails on the primary key; the load runs again merging by key, the earlier row of each kept
+    again = [[*first[2:], stored(4)], [stored(5), stored(0, extra="later copy")]]
+    assert (await sink._load(again)).status == 200 and sink._careful
+    assert query(path, "SELECT id, n, extra FROM web_prod.order_completed ORDER BY id") == [
+        (f"r-{i}", i, None) for i in range(6)]
+    assert query(path, "SELECT count(*), count(DISTINCT id) FROM web_prod.tracks") == [(6, 6)]
+    # a careful load that meets none goes back to plain inserts
+    assert (await sink._load([[stored(6)]])).status == 200 and not sink._careful
+    assert (await sink._load([[stored(7)], [stored(7)]])).status == 200  # twice in one load: one row
+    assert query(path, "SELECT count(*), count(DISTINCT id) FROM web_prod.tracks") == [(8, 8)]
+    await sink.stop()

@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import re
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+from relay.sinks.warehouse import arrow
+from relay.sinks.warehouse.columns import Builder
+from relay.sinks.warehouse.load import Catalog, plan_columns
+from relay.sinks.warehouse.parquet import _partitions
+from tests.sinks.test_warehouse_schema import LOADED
 from tests.sinks.warehouse import (
     WAVE_1,
     WAVE_2,
@@ -80,3 +87,28 @@ async def test_sdk_events_become_a_data_lake_that_duckdb_reads_once_each(start_r
                        " (PARTITION BY id ORDER BY received_at DESC) = 1")
     assert latest == [{"id": "u-1", "plan": "pro"}]
     assert relay.dead_letters() == []
+
+
+def test_a_load_across_hours_is_split_by_the_hour_of_each_row():
+    def at(mid: str, received: str) -> dict[str, object]:
+        return {"type": "track", "event": "E", "messageId": mid, "userId": "u", "receivedAt": received}
+
+    builder = Builder()
+    for m in (at("a", "2026-12-01T09:59:59.999Z"), at("b", "2026-12-01T10:00:00.000Z"),
+              at("c", "2026-12-01T09:00:00.000Z"), at("d", "2026-12-02T00:30:00.000Z")):
+        builder.add("web_prod", m)
+    tracks = plan_columns(builder.tables.values(), Catalog(), LOADED).tables[0]
+    assert _partitions(tracks) == {"day=2026-12-01/hr=09": [0, 2], "day=2026-12-01/hr=10": [1],
+                                   "day=2026-12-02/hr=00": [3]}
+    one = Builder()
+    one.add("web_prod", at("a", "2026-12-01T09:00:00.000Z"))
+    one.add("web_prod", at("b", "2026-12-01T09:59:00.000Z"))
+    assert _partitions(plan_columns(one.tables.values(), Catalog(), LOADED).tables[0]) == {
+        "day=2026-12-01/hr=09": None}  # all the rows
+
+
+def test_times_become_arrow_timestamps_exactly():
+    times = [datetime(2026, 12, 1, 10, 0, 0, 123456, tzinfo=UTC), None, datetime(1, 1, 1, tzinfo=UTC),
+             datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+             datetime(2026, 1, 1, 5, 30, tzinfo=timezone(timedelta(hours=5, minutes=30)))]
+    assert arrow._times(times).equals(pa.array(times, pa.timestamp("us", tz="UTC")))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from relay.sinks.warehouse.load import TableLoad
@@ -41,13 +43,18 @@ def table(load: TableLoad, columns: dict[str, Kind] | None = None, rows: list[in
     return pa.Table.from_arrays(arrays, names=names)
 
 
-def _times(values: list[Any]) -> Any:
-    """Times converted once each: rows of a load share most of them (one request's receivedAt
-    and sentAt; an event's times in ``tracks`` and in its own table)."""
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _times(values: Sequence[Any]) -> Any:
+    """Aware times as microseconds since the epoch, each distinct one computed once (rows of a
+    load share most of them: one request's receivedAt and sentAt, an event's times in
+    ``tracks`` and in its own table); pyarrow takes a datetime ten times slower than an int."""
     import pyarrow as pa
 
-    index: dict[Any, int] = {}
-    positions = [index.setdefault(v, len(index)) for v in values]
-    if len(index) * 2 > len(values):
-        return pa.array(values, arrow_type("timestamp"))
-    return pa.array(list(index), arrow_type("timestamp")).take(pa.array(positions, pa.int32()))
+    micros: dict[Any, int | None] = {None: None}
+    for moment in set(values):
+        if moment is not None:
+            micros[moment] = (moment - _EPOCH) // _MICROSECOND
+    return pa.array(list(map(micros.__getitem__, values)), pa.int64()).view(arrow_type("timestamp"))

@@ -30,7 +30,8 @@ from relay.config import DestinationConfig
 from relay.forward.retry import Answer
 from relay.sinks import Outgoing
 from relay.sinks.warehouse import schema
-from relay.sinks.warehouse.load import Mapped
+from relay.sinks.warehouse.columns import Builder
+from relay.sinks.warehouse.load import Catalog, Mapped, Plan, plan_columns
 from relay.types import Stored
 
 DEFAULT_SCHEMA = "events"
@@ -68,19 +69,35 @@ class Unmappable(ValueError):
     """An event that has no warehouse rows (``properties`` not an object, a track without a name)."""
 
 
+def _received(event: Stored, message: dict[str, Any]) -> str | None:
+    """The queue's receive time for a message that has no ``receivedAt`` of its own."""
+    return None if "receivedAt" in message else timestamps.iso(timestamps.from_epoch(event.received_at))
+
+
 def mapped(events: Sequence[Stored], schema_for: Any) -> list[Mapped]:
     """The events as rows of their schemas; Unmappable names the first that cannot be mapped."""
     out = []
     for event in events:
         try:
             message = _decode(event.body)
-            received = (None if "receivedAt" in message
-                        else timestamps.iso(timestamps.from_epoch(event.received_at)))
-            rows = schema.map_message(message, received)
+            rows = schema.map_message(message, _received(event, message))
         except (ValueError, msgspec.DecodeError) as exc:
             raise Unmappable(f"event {event.message_id} cannot be loaded: {exc}") from None
         out.append(Mapped(schema_for(event.write_key), str(rows[0][1]["id"]), rows))
     return out
+
+
+def built(events: Sequence[Stored], schema_for: Any) -> Builder:
+    """The events as the columns of their schemas' tables (each body decoded once, no dict per
+    row); Unmappable names the first that cannot be mapped."""
+    builder = Builder()
+    add = builder.add_json
+    for event in events:
+        try:
+            add(schema_for(event.write_key), event.body, event.received_at)
+        except (ValueError, msgspec.DecodeError) as exc:
+            raise Unmappable(f"event {event.message_id} cannot be loaded: {exc}") from None
+    return builder
 
 
 class WarehouseSink:
@@ -103,6 +120,11 @@ class WarehouseSink:
 
     def mapped(self, events: Sequence[Stored]) -> list[Mapped]:
         return mapped(events, self.schema_for)
+
+    def plan(self, events: Sequence[Stored], catalog: Catalog, loaded_at: datetime) -> Plan:
+        """The load of these events against what the destination holds (Unmappable if one
+        cannot be mapped)."""
+        return plan_columns(built(events, self.schema_for).tables.values(), catalog, loaded_at)
 
     async def send(self, batch: Sequence[Outgoing]) -> Answer:
         items = [o.event for o in batch]

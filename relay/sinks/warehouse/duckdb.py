@@ -4,13 +4,24 @@ The file is open only while a load runs (in a thread, so the event loop goes on)
 loads any tool can open it, and ``relay sql`` queries it. A reader holding the file makes
 the next load wait: it is retried with backoff, and resumes about a second after the reader
 lets go (``probe``); it never fails. A load is one transaction: new schemas and tables, new
-columns, then each table's rows inserted from an Arrow table with ``ON CONFLICT DO NOTHING``
-on ``id`` (``users`` and ``accounts`` upserted), and ``discards``.
+columns, ``users`` and ``accounts`` upserted and ``discards`` merged batch by batch, then the
+rows of each event table, from all the load's batches at once.
+
+Rows reach DuckDB as newline-delimited JSON arrays in a temporary file (``stage``), which
+DuckDB reads and casts to the columns' types itself (``read_json``): msgspec writes them much
+faster than Python values become Arrow arrays, and pyarrow (some 45 MB) is not loaded. An
+event table's rows are inserted with a plain ``INSERT``; ``id`` is its primary key, so an
+event the table already holds (a batch sent again after a crash) fails the insert, and the
+load is then run again merging by key (``ON CONFLICT DO NOTHING``, each batch on its own, as
+an event sent twice in one load keeps its first row); loads go on that way until one meets
+no event already there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +30,15 @@ import msgspec
 from relay.config import DestinationConfig
 from relay.forward.retry import Answer
 from relay.sinks import options as opts
-from relay.sinks.warehouse import arrow, base, sql
-from relay.sinks.warehouse.load import Catalog, plan
-from relay.sinks.warehouse.schema import Kind
+from relay.sinks.warehouse import base, sql
+from relay.sinks.warehouse.load import Catalog, TableLoad
+from relay.sinks.warehouse.schema import DISCARDS, Kind
 from relay.types import Stored
 
 TYPES: dict[Kind, str] = {"varchar": "VARCHAR", "integer": "BIGINT", "float": "DOUBLE", "boolean": "BOOLEAN",
                           "timestamp": "TIMESTAMPTZ"}
 STAGE = "relay_stage"
+_encode = msgspec.json.Encoder().encode
 
 
 class DuckDBOptions(base.WarehouseOptions, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -40,7 +52,7 @@ class DuckDBSink(base.WarehouseSink):
 
     def __init__(self, config: DestinationConfig) -> None:
         options = opts.parse(config.options, DuckDBOptions)
-        base.require("duckdb", "pyarrow", type_name=self.type_name)
+        base.require("duckdb", type_name=self.type_name)
         if not options.path.strip():
             raise ValueError("`options.path`: expected the database file's path")
         if options.threads < 1:
@@ -49,9 +61,17 @@ class DuckDBSink(base.WarehouseSink):
         self.path = Path(options.path)
         self.options = options
         self._catalog: Catalog | None = None
+        self._careful = False  # merge event tables by key (a recent load met events already there)
 
     async def start(self) -> None:
-        await asyncio.to_thread(self.path.parent.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(self._prepare)
+
+    def _prepare(self) -> None:
+        """The folder made, and duckdb imported now rather than by the first load (it takes a
+        few hundred milliseconds, which a backlog waiting at start would wait for)."""
+        import duckdb  # noqa: F401
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
 
     async def probe(self) -> bool:
         """True once the file can be opened for writing (no reader holds it)."""
@@ -61,7 +81,7 @@ class DuckDBSink(base.WarehouseSink):
         import duckdb
 
         try:
-            duckdb.connect(str(self.path), config=self._config()).close()
+            self._connect().close()
         except duckdb.Error:
             return False
         return True
@@ -72,49 +92,138 @@ class DuckDBSink(base.WarehouseSink):
     async def _load(self, batches: list[list[Stored]]) -> Answer:
         return await asyncio.to_thread(self._load_now, batches)
 
-    def _load_now(self, batches: list[list[Stored]]) -> Answer:
+    def _connect(self) -> Any:
         import duckdb
 
+        return duckdb.connect(str(self.path), config=self._config())
+
+    def _load_now(self, batches: list[list[Stored]]) -> Answer:
+        """One load: its batches planned and their rows staged first, then the file opened for
+        the transaction only, and closed (a checkpoint) before ``send`` answers, so that the
+        file is free once the events are recorded as delivered."""
+        import duckdb
+
+        con = None
         try:
-            con = duckdb.connect(str(self.path), config=self._config())
-        except duckdb.IOException as exc:
-            return Answer(None, error=f"{self.path} is held by another process; the load waits: {exc}")
-        except duckdb.Error as exc:
-            return Answer(None, error=f"cannot open {self.path}: {exc}")
-        try:
-            catalog = (self._catalog or read_catalog(con)).copy()
-            loaded_at = base.now()
-            con.execute("BEGIN TRANSACTION")
-            for batch in batches:
-                load = plan(self.mapped(batch), catalog, loaded_at)
-                for name in load.new_schemas:
-                    con.execute(f"CREATE SCHEMA IF NOT EXISTS {sql.quote(name)}")
-                for table in load.tables:
-                    if table.create:
-                        con.execute(sql.create_table(table, TYPES))
-                    else:
-                        for statement in sql.add_columns(table, TYPES):
-                            con.execute(statement)
-                    con.register(STAGE, arrow.table(table))
-                    try:
-                        con.execute(sql.merge(table, STAGE))
-                    finally:
-                        con.unregister(STAGE)
-                load.apply(catalog)
-            con.execute("COMMIT")
-            self._catalog = catalog
+            with tempfile.TemporaryDirectory(prefix="relay-duckdb-") as folder:
+                if self._catalog is None:
+                    con = self._connect()
+                    self._catalog = read_catalog(con)
+                work = self._stage(batches, self._catalog, Path(folder))
+                if con is None:
+                    con = self._connect()
+                try:
+                    self._run(con, work, self._careful)
+                except duckdb.ConstraintException:
+                    if self._careful:
+                        raise
+                    con.execute("ROLLBACK")  # an event already there: again, merging by key
+                    self._run(con, work, True)
+            self._catalog = work.catalog
             return Answer(200)
         except base.Unmappable as exc:
             return Answer(400, body=str(exc))
+        except duckdb.IOException as exc:
+            if con is None:
+                return Answer(None, error=f"{self.path} is held by another process; the load waits: {exc}")
+            self._catalog = None
+            return Answer(None, error=f"DuckDB load failed: {exc}")
         except (duckdb.ConversionException, duckdb.ConstraintException, duckdb.InvalidInputException,
                 duckdb.OutOfRangeException) as exc:
             self._catalog = None
             return Answer(400, body=f"DuckDB refused the data: {exc}")
         except duckdb.Error as exc:
             self._catalog = None  # read again: the file may have changed under the relay
-            return Answer(None, error=f"DuckDB load failed: {exc}")
+            return Answer(None, error=f"DuckDB load failed: {exc}" if con is not None
+                          else f"cannot open {self.path}: {exc}")
         finally:
-            con.close()
+            if con is not None:
+                con.close()
+
+    def _stage(self, batches: list[list[Stored]], catalog: Catalog, folder: Path) -> Work:
+        """Each batch planned against the tables as the batches before it leave them, its DDL
+        kept in order and its rows written for DuckDB to read (Unmappable for an event that
+        cannot be mapped)."""
+        work = Work(catalog.copy())
+        loaded_at = base.now()
+        for n, batch in enumerate(batches):
+            load = self.plan(batch, work.catalog, loaded_at)
+            work.ddl.extend(f"CREATE SCHEMA IF NOT EXISTS {sql.quote(name)}" for name in load.new_schemas)
+            for table in load.tables:
+                work.ddl.extend([sql.create_table(table, TYPES)] if table.create
+                                else sql.add_columns(table, TYPES))
+                work.staged += 1
+                stage = Stage(folder / f"{work.staged}.ndjson", table, n)
+                if table.latest or table.table == DISCARDS:  # merged in queue order, batch by batch
+                    work.merges.append(stage)
+                else:
+                    work.events.setdefault((table.schema, table.table, *table.columns), []).append(stage)
+            load.apply(work.catalog)
+            del load
+        return work
+
+    def _run(self, con: Any, work: Work, careful: bool) -> None:
+        """The load's transaction: DDL, merges, then each event table's rows in one plain insert,
+        or, ``careful``, merged by key batch by batch (the first row of an event kept)."""
+        con.execute("BEGIN TRANSACTION")
+        for statement in work.ddl:
+            con.execute(statement)
+        for stage in work.merges:
+            con.execute(sql.merge(stage.load, _source([stage])))
+        met = False  # an event a table already held
+        if careful:
+            for stage in sorted((s for group in work.events.values() for s in group), key=lambda s: s.batch):
+                inserted = con.execute(sql.merge(stage.load, _source([stage]))).fetchone()
+                met = met or (inserted is not None and inserted[0] < stage.rows)
+        else:
+            for group in work.events.values():
+                load = group[0].load
+                names = ", ".join(sql.quote(c) for c in load.columns)
+                con.execute(f"INSERT INTO {sql.qualified(load.schema, load.table)} ({names})"
+                            f" SELECT * FROM {_source(group)}")
+        con.execute("COMMIT")
+        self._careful = careful and met
+
+
+@dataclass(slots=True)
+class Work:
+    """A load planned: the tables as it leaves them, its DDL, and its rows staged."""
+
+    catalog: Catalog
+    ddl: list[str] = field(default_factory=list)
+    merges: list[Stage] = field(default_factory=list)  # users, accounts, discards: batch by batch
+    events: dict[tuple[str, ...], list[Stage]] = field(default_factory=dict)  # by table and columns
+    staged: int = 0  # files written
+
+
+class Stage:
+    """One batch's rows of a table for DuckDB to read: one JSON array per row, one row per
+    line, the values as text that DuckDB casts to the columns' types (exactly: msgspec writes
+    floats that read back the same, and times in ISO-8601 with microseconds and a zone)."""
+
+    def __init__(self, path: Path, load: TableLoad, batch: int) -> None:
+        self.path = path
+        self.batch = batch
+        self.rows = load.rows
+        # the columns, in the table's order; the values themselves are on disk now
+        self.load = TableLoad(load.schema, load.table, load.create, load.add, load.columns, load.kinds, [],
+                              load.latest)
+        with path.open("wb") as file:
+            file.write(b"\n".join(map(_encode, zip(*load.data, strict=True))))
+
+
+def _source(stages: list[Stage]) -> str:
+    """A subquery of the stages' rows under the names of their columns (which they share)."""
+    load = stages[0].load
+    named = enumerate(zip(load.columns, load.kinds, strict=True), 1)
+    picks = ", ".join(f"r[{i}]{_CASTS[kind]} AS {sql.quote(name)}" for i, (name, kind) in named)
+    paths = ", ".join("'" + str(stage.path).replace("'", "''") + "'" for stage in stages)
+    return (f"(SELECT {picks} FROM read_json([{paths}], format = 'newline_delimited', records = 'false',"
+            f" columns = {{'r': 'VARCHAR[]'}})) AS {STAGE}")
+
+
+_CASTS: dict[Kind, str] = {"varchar": "", "integer": "::BIGINT", "float": "::DOUBLE", "boolean": "::BOOLEAN",
+                           "timestamp": "::TIMESTAMPTZ"}
 
 
 def read_catalog(con: Any) -> Catalog:

@@ -6,9 +6,9 @@ so far, and a new column appears in the files written from then on. DuckDB and p
 table's folder as one dataset (``read_parquet('.../order_completed/**/*.parquet',
 union_by_name = true)``).
 
-A load writes one file per table and partition (each of its batches a row group; a batch
-that brings new columns starts a new file), each under a hidden temporary name, and fsyncs
-them; then it commits by
+A load writes one file per table and partition, holding the rows of all its batches (so a
+file is as large as a load allows: 10,000 events of ``max_events`` 2,500 and ``concurrency``
+4), each under a hidden temporary name, and fsyncs them; then it commits by
 writing the load journal (``<path>/.relay/<destination>.json``: the files and the events of
 the latest loads) in the same way; then renames the files into place and fsyncs their
 folders. Only then does ``send`` answer, and the forwarder record progress. After a crash, the
@@ -20,22 +20,27 @@ written twice. Readers never see a partial file.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, Literal
+
+import msgspec
 
 from relay.config import DestinationConfig
 from relay.forward.retry import Answer
 from relay.sinks import options as opts
 from relay.sinks.file import fsync_folder
 from relay.sinks.warehouse import arrow, base
-from relay.sinks.warehouse.load import Catalog, TableLoad, plan
+from relay.sinks.warehouse.load import Catalog, TableLoad
 from relay.sinks.warehouse.schema import Kind
 from relay.types import Stored
 
 JOURNAL_DIR = ".relay"
+ARROW_POOL = "ARROW_DEFAULT_MEMORY_POOL"
 TEMP_PREFIX = ".part-"
 TEMP_SUFFIX = ".parquet.tmp"
 
@@ -51,6 +56,12 @@ class ParquetSink(base.WarehouseSink):
     def __init__(self, config: DestinationConfig) -> None:
         options = opts.parse(config.options, ParquetOptions)
         base.require("pyarrow", type_name=self.type_name)
+        # Arrow's buffers from the C library's allocator, unless the environment says otherwise:
+        # Arrow's default, mimalloc, keeps the pages a load freed in a heap per thread, and loads
+        # run on the executor's threads (the benchmark's peak RSS: 175 MB, against 155 MB). Arrow
+        # reads the variable once, when pyarrow first allocates: a type created after pyarrow
+        # allocated in this process leaves its allocator as it is.
+        os.environ.setdefault(ARROW_POOL, "system")
         if not options.path.strip():
             raise ValueError("`options.path`: expected the lake's root folder")
         super().__init__(config, options)
@@ -66,6 +77,9 @@ class ParquetSink(base.WarehouseSink):
 
     async def start(self) -> None:
         await asyncio.to_thread(self._recover)
+        # pyarrow imported now rather than by the first load (some 300 ms, which a backlog
+        # waiting at start would wait for)
+        await asyncio.to_thread(importlib.import_module, "pyarrow.parquet")
 
     async def probe(self) -> bool:
         return True
@@ -93,17 +107,14 @@ class ParquetSink(base.WarehouseSink):
         try:
             for batch in batches:
                 try:
-                    load = plan(self.mapped(batch), catalog, loaded_at)
+                    load = self.plan(batch, catalog, loaded_at)
                 except base.Unmappable as exc:
                     files.discard()
                     return Answer(400, body=str(exc))
                 for table in load.tables:
                     columns = {**catalog.tables.get((table.schema, table.table), {}), **table.add}
-                    partitions = _partitions(table)
-                    whole = len(partitions) == 1  # the common case: no rows to pick
-                    for partition, rows in partitions.items():
-                        files.write(table.schema, table.table, partition,
-                                    arrow.table(table, columns, None if whole else rows))
+                    for partition, rows in _partitions(table).items():
+                        files.write(table.schema, table.table, partition, arrow.table(table, columns, rows))
                 load.apply(catalog)
             files.close()
             ids = [[self.schema_for(e.write_key), e.message_id] for batch in batches for e in batch]
@@ -134,8 +145,8 @@ class ParquetSink(base.WarehouseSink):
         kept.reverse()
         self.journal_path.parent.mkdir(parents=True, exist_ok=True)
         temp = self.journal_path.with_suffix(".tmp")
-        with temp.open("w", encoding="utf-8") as file:
-            json.dump({"loads": kept}, file, separators=(",", ":"))
+        with temp.open("wb") as file:
+            file.write(msgspec.json.encode({"loads": kept}))
             file.flush()
             os.fsync(file.fileno())
         os.replace(temp, self.journal_path)
@@ -167,76 +178,83 @@ class ParquetSink(base.WarehouseSink):
 
 
 class _LoadFiles:
-    """The files of one load: one per table and partition, each batch of the load a row group;
-    a batch that brings new columns starts a new file. ``close`` fsyncs them all."""
+    """The files of one load: one per table and partition, holding the rows of all the load's
+    batches (a table's columns as of the load's end: a batch's rows read NULL in a column a
+    later batch added), written and then fsynced together by ``close``."""
 
     def __init__(self, root: Path, load_id: int, compression: str) -> None:
         self.root = root
         self.load_id = load_id
         self.compression = None if compression == "none" else compression
-        self.open: dict[tuple[str, str, str], tuple[Any, BinaryIO, Path, Path]] = {}
+        self.pending: dict[tuple[str, str, str], list[Any]] = {}  # Arrow tables, by file
         self.done: list[tuple[Path, Path]] = []  # (temporary, final) names, closed and fsynced
 
     def write(self, schema_name: str, table: str, partition: str, data: Any) -> None:
+        self.pending.setdefault((schema_name, table, partition), []).append(data)
+
+    def close(self) -> None:
+        import pyarrow as pa  # type: ignore[import-untyped]
         import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
-        key = (schema_name, table, partition)
-        current = self.open.get(key)
-        if current is not None and current[0].schema.names != data.schema.names:
-            self._close(key)
-            current = None
-        if current is None:
+        for (schema_name, table, partition), parts in self.pending.items():
+            data = parts[0] if len(parts) == 1 else pa.concat_tables(parts, promote_options="default")
+            parts.clear()  # the load's Arrow buffers go as each file is written
             folder = self.root / schema_name / table / partition
-            final = folder / f"part-{self.load_id:020d}-{len(self.done) + len(self.open):04d}.parquet"
+            final = folder / f"part-{self.load_id:020d}-{len(self.done):04d}.parquet"
             temp = folder / f"{TEMP_PREFIX}{final.name[len('part-'):]}{TEMP_SUFFIX}"
             new = [p for p in (folder, *folder.parents) if not p.exists()]
             folder.mkdir(parents=True, exist_ok=True)
             for made in reversed(new):  # a new folder's entry is made durable in its parent
                 fsync_folder(made.parent)
-            file = temp.open("wb")
-            current = self.open[key] = (pq.ParquetWriter(file, data.schema, compression=self.compression),
-                                        file, temp, final)
-        current[0].write_table(data)
-
-    def _close(self, key: tuple[str, str, str]) -> None:
-        writer, file, temp, final = self.open.pop(key)
-        try:
-            writer.close()
-            file.flush()
-            os.fsync(file.fileno())
-        finally:
-            file.close()
-        self.done.append((temp, final))
-
-    def close(self) -> None:
-        for key in list(self.open):
-            self._close(key)
+            self.done.append((temp, final))
+            with temp.open("wb") as file:
+                pq.write_table(data, file, compression=self.compression)
+            del data
+        self.pending.clear()
+        _fsync_all([temp for temp, _ in self.done])
 
     def discard(self) -> None:
         """A load that did not commit: its temporary files go."""
-        for key in list(self.open):
-            writer, file, temp, _ = self.open.pop(key)
-            try:
-                writer.close()
-            except Exception:  # the file is removed whatever state it is in
-                pass
-            file.close()
-            temp.unlink(missing_ok=True)
+        self.pending.clear()
         for temp, _ in self.done:
             temp.unlink(missing_ok=True)
 
 
-def _partitions(table: TableLoad) -> dict[str, list[int]]:
-    """Row numbers by ``day=YYYY-MM-DD/hr=HH`` of their ``received_at``."""
+_SYNCS = 8  # files of a load fsynced at once
+
+
+def _fsync_all(paths: list[Path]) -> None:
+    """Each file made durable, all at once: fsyncs that overlap share the file system's journal
+    commit (on ext4 one fsync took 3 ms here, 12 ms at p90, and a load has a file per table)."""
+    if len(paths) == 1:
+        _fsync(paths[0])
+        return
+    with ThreadPoolExecutor(min(_SYNCS, len(paths)), thread_name_prefix="parquet-fsync") as syncs:
+        for _ in syncs.map(_fsync, paths):  # an error is raised here, failing the load
+            pass
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _partitions(table: TableLoad) -> dict[str, list[int] | None]:
+    """Row numbers by ``day=YYYY-MM-DD/hr=HH`` of their ``received_at`` (None: all the rows, the
+    common case of a load within one hour)."""
     received = table.data[table.columns.index("received_at")]
-    parts: dict[str, list[int]] = {}
-    names: dict[Any, str] = {}  # rows share their times (one request's receivedAt)
+    names = {moment: (f"day={moment:%Y-%m-%d}/hr={moment:%H}" if moment is not None
+                      else "day=unknown/hr=unknown") for moment in set(received)}  # rows share their times
+    if len(set(names.values())) == 1:
+        return {next(iter(names.values())): None}
+    parts: dict[str, list[int] | None] = {}
     for i, moment in enumerate(received):
-        key = names.get(moment)
-        if key is None:
-            key = names[moment] = (f"day={moment:%Y-%m-%d}/hr={moment:%H}" if moment is not None
-                                   else "day=unknown/hr=unknown")
-        parts.setdefault(key, []).append(i)
+        rows = parts.setdefault(names[moment], [])
+        assert rows is not None
+        rows.append(i)
     return parts
 
 

@@ -17,7 +17,7 @@ from relay.config import DestinationConfig
 from relay.forward.retry import Answer
 from relay.sinks import options as opts
 from relay.sinks.warehouse import base, sql
-from relay.sinks.warehouse.load import Catalog, Plan, plan
+from relay.sinks.warehouse.load import Catalog, Plan
 from relay.sinks.warehouse.schema import Kind
 from relay.types import Stored
 
@@ -139,7 +139,7 @@ class PostgresSink(base.WarehouseSink):
 
 
     def _plan(self, batch: list[Stored], catalog: Catalog, loaded_at: datetime) -> Plan:
-        return plan(self.mapped(batch), catalog, loaded_at)
+        return self.plan(batch, catalog, loaded_at)
 
 
 async def read_catalog(conn: Any) -> Catalog:

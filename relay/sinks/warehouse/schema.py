@@ -156,14 +156,14 @@ def identifier(name: str) -> str:
 
 
 _names: dict[str, str] = {}
-_NAMES_KEPT = 65536  # names are memoized; a flood of distinct keys only empties the memo
+NAMES_KEPT: Final = 65536  # names are memoized; a flood of distinct keys only empties the memo
 
 
 def column_name(path: str) -> str:
     """The column for a flattened key path (keys joined with ``_``): snake-cased, made safe."""
     found = _names.get(path)
     if found is None:
-        if len(_names) >= _NAMES_KEPT:
+        if len(_names) >= NAMES_KEPT:
             _names.clear()
         found = _names[path] = identifier(snakecase(path))
     return found
@@ -216,6 +216,11 @@ def parse_time(value: str) -> datetime | None:
     return moment.astimezone(UTC)
 
 
+def json_text(value: Any) -> str:
+    """An array (or any JSON value) as its JSON text, as a varchar column holds it."""
+    return _encode(value).decode()
+
+
 def text_of(value: Any) -> str:
     """A value as a varchar column holds it (booleans as ``true``/``false``, like JSON)."""
     if isinstance(value, str):
@@ -251,12 +256,12 @@ def coerce(kind: Kind, value: Any) -> tuple[Any, str | None]:
 _custom_names: dict[str, str] = {}
 
 
-def _custom_name(path: str) -> str:
+def custom_name(path: str) -> str:
     """The column of a property or trait path; empty when it would take a reserved column."""
     name = column_name(path)
     if name in RESERVED_COLUMNS or name.startswith("context_"):
         name = ""
-    if len(_custom_names) >= _NAMES_KEPT:
+    if len(_custom_names) >= NAMES_KEPT:
         _custom_names.clear()
     _custom_names[path] = name
     return name
@@ -274,7 +279,7 @@ def _walk(obj: Mapping[str, Any], prefix: str, out: Row, names: dict[str, str], 
         if name is None:
             name = resolve(path)
         if name:
-            out[name] = _encode(value).decode() if isinstance(value, list) else value
+            out[name] = json_text(value) if isinstance(value, list) else value
 
 
 def flattened(obj: object, prefix: str = "", out: Row | None = None) -> Row:
@@ -291,7 +296,7 @@ def custom(obj: object, what: str) -> Row:
     """Properties or traits as columns, without those that would take a reserved column."""
     out: Row = {}
     if isinstance(obj, dict):
-        _walk(obj, "", out, _custom_names, _custom_name)
+        _walk(obj, "", out, _custom_names, custom_name)
     elif obj is not None:
         raise ValueError(f"`{what}` is not a JSON object")
     return out
