@@ -113,7 +113,10 @@ def context(draw: st.DrawFn, typical: bool = False) -> Any:
     if ip is not ABSENT:
         found["ip"] = ip
     if draw(st.booleans()):
-        found["userAgent"] = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko)"
+        found["userAgent"] = draw(st.sampled_from([
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko)",
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) Mobile/15E148 Safari/604.1",
+        ]))
         found["page"] = {"path": "/", "url": "https://example.com/?q=[1]", "title": "Ünïcode ✓"}
     return found
 
