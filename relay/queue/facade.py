@@ -146,6 +146,9 @@ class Queue:
             await asyncio.to_thread(_create_private, self.config.path)
             await self._db.open()
             await self._db.call(store.prepare, self.config.durability, self.config.max_bytes)
+            migrated = await self._db.call(store.migrate)
+            if migrated:
+                log.info("queue file migrated to a row per request", extra={"events": migrated})
             self._used_bytes = await self._db.call(store.used_bytes)
             await self._db.call(self.sightings.load)
             if moved is not None:

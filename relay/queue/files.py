@@ -43,6 +43,9 @@ class QueueFile:
             raise mapped(exc) from exc
         try:
             with _mapped():
+                if store.needs_migration(conn):
+                    raise QueueError(f"{path} was written by an older version of the relay (one row per"
+                                     " event): the relay migrates it when it starts on it")
                 yield cls(conn, path)
         finally:
             conn.close()
@@ -55,6 +58,9 @@ class QueueFile:
         with _mapped():
             conn = sqlite3.connect(path, isolation_level=None)
             try:
+                if store.needs_migration(conn):  # only the relay migrates, holding the file's lock
+                    raise QueueError(f"{path} was written by an older version of the relay (one row"
+                                     " per event): the relay migrates it when it starts on it")
                 store.prepare(conn, durability, max_bytes)
                 yield cls(conn, path)
             finally:

@@ -24,8 +24,9 @@ Schema (version 2):
   restart, and forgotten once the cursor passes them.
 - ``meta``: counters that outlive restarts (evictions, recoveries, the last event id).
 
-A version 1 file (one ``events`` row per event) is migrated on open (``migrate``): its
-events keep their ids, so every cursor stays valid.
+A version 1 file (one ``events`` row per event) is migrated by the relay that opens it
+(``migrate``, called by the queue while it holds the file's lock): its events keep their
+ids, so every cursor stays valid.
 """
 
 from __future__ import annotations
@@ -141,7 +142,6 @@ def prepare(conn: sqlite3.Connection, durability: str, max_bytes: int) -> None:
     conn.execute(f"PRAGMA cache_size = -{PAGE_CACHE_KIB}")
     conn.executescript(SCHEMA)
     conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
-    migrate(conn)
     page_size = conn.execute("PRAGMA page_size").fetchone()[0]
     # The hard stop: SQLite itself refuses to grow the file past the cap (plus room for
     # the bookkeeping that lets a full queue still record progress and drain).
@@ -569,6 +569,11 @@ def _runs(rows: Sequence[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
         run.append(row)
     if run:
         yield run
+
+
+def needs_migration(conn: sqlite3.Connection) -> bool:
+    """Whether the file is of version 1 (or a migration of it was cut short)."""
+    return _has_table(conn, "events")
 
 
 def _has_table(conn: sqlite3.Connection, name: str) -> bool:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -118,15 +120,33 @@ def test_a_migration_cut_short_goes_on_at_the_next_start(tmp_path: Path, monkeyp
         return real(rows)
 
     monkeypatch.setattr(store, "_runs", crash_on_the_third_chunk)
+    store.prepare(conn, "fsync", 1 << 30)
     with pytest.raises(RuntimeError):
-        store.prepare(conn, "fsync", 1 << 30)
+        store.migrate(conn)
     conn.close()
     conn = sqlite3.connect(path, isolation_level=None)
     left = conn.execute("SELECT count(*) FROM events").fetchone()[0]
     assert left == EVENTS - 120  # two chunks moved, the third rolled back
     monkeypatch.setattr(store, "_runs", real)
     store.prepare(conn, "fsync", 1 << 30)
+    store.migrate(conn)
     rows = queuefile.event_rows(conn)
     conn.close()
     assert [(r[0], r[3], r[5], r[6]) for r in rows] == [
         (i, e[2], e[4], e[5]) for i, e in enumerate(events, start=1)]
+
+
+def test_a_read_only_command_on_a_version_1_file_says_the_relay_migrates_it(tmp_path: Path) -> None:
+    path = tmp_path / "queue.db"
+    version_1_file(path)
+    config = tmp_path / "r.toml"
+    config.write_text(f'[queue]\npath = "{path}"\n')
+    done = subprocess.run([sys.executable, "-m", "relay", "status", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "older version of the relay" in done.stderr + done.stdout
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == EVENTS  # untouched
+    finally:
+        conn.close()

@@ -100,6 +100,7 @@ def test_a_version_1_files_sightings_are_still_caught_until_they_age_out(tmp_pat
                          logged=[("wk", "in-log", NOW + 1)])
     conn = sqlite3.connect(str(path), isolation_level=None)
     store.prepare(conn, "fsync", 1 << 30)
+    store.migrate(conn)
     assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'seen_log'").fetchone() is None
     memory = Sightings()
     memory.load(conn)
