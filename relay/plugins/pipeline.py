@@ -267,8 +267,28 @@ class Pipeline:
     def passthrough(self, destination: str) -> bool:
         """True when ``destination`` gets every message unchanged (no decoding needed)."""
         target = self._targets.get(destination)
-        return (target is not None and target.type == "segment" and not target.steps
-                and not target.routers and not self._routers)
+        return target is not None and target.type == "segment" and self.routed_by_integrations(destination)
+
+    def routed_by_integrations(self, destination: str) -> bool:
+        """True when nothing but ``integrations`` decides what ``destination`` gets, and it
+        gets it unchanged (no plugins, no routers): ``skipped_by_integrations`` answers from
+        that one field, without the whole message."""
+        target = self._targets.get(destination)
+        return target is not None and not target.steps and not target.routers and not self._routers
+
+    def skipped_by_integrations(self, destination: str, integrations: object) -> bool:
+        """For a destination ``routed_by_integrations``: whether the message's
+        ``integrations`` keep it from ``destination`` (counted as ``run_destination`` counts)."""
+        target = self._targets.get(destination)
+        if integrations_allow(destination, "" if target is None else target.type,
+                              {"integrations": integrations}):
+            return False
+        self._count_skip(destination, INTEGRATIONS)
+        return True
+
+    def _count_skip(self, destination: str, reason: str) -> None:
+        counts = self.skipped.setdefault(destination, {})
+        counts[reason] = counts.get(reason, 0) + 1
 
     def route(self, destination: str, message: Message) -> str | None:
         """Why ``destination`` does not get ``message`` (a router's name, or "integrations"),
@@ -293,8 +313,7 @@ class Pipeline:
         if reason is not None:
             result.messages = []
             result.skipped = reason
-            counts = self.skipped.setdefault(destination, {})
-            counts[reason] = counts.get(reason, 0) + 1
+            self._count_skip(destination, reason)
             return result
         target = self._targets.get(destination)
         if target is not None and target.steps:
