@@ -37,7 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from relay.queue import batches, store  # noqa: E402
+from relay.queue import store  # noqa: E402
 
 FILL_CHUNK = 20_000
 
@@ -85,10 +85,7 @@ def recover(config: Path, source: Path) -> tuple[int, dict[str, Any] | str]:
 def live_rows(queue: Path) -> list[tuple[str, str | None]]:
     conn = sqlite3.connect(queue)
     try:
-        rows = conn.execute("SELECT first, received_at, write_key, target, codec, ids, body FROM batches"
-                            " ORDER BY first").fetchall()
-        return [(e.message_id, target) for first, at, key, target, codec, ids, body in rows
-                for e in batches.unpack(first, at, key, ids, body, codec)]
+        return [(event.message_id, target) for event, target in store.queued(conn)]
     except sqlite3.OperationalError:  # recover never created the live queue
         return []
     finally:

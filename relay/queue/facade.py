@@ -119,7 +119,7 @@ class Queue:
         self._committed = asyncio.Event()
         self._cursors: dict[str, int] = {}
         self._deleted_through = 0
-        self._last_commit = 0.0
+        self._last_wake = 0.0
 
     @property
     def path(self) -> str:
@@ -250,10 +250,10 @@ class Queue:
                 return  # nobody joined meanwhile: do not wait for nothing
 
     def _busy_recently(self) -> bool:
-        """Whether the last commit came less than a few waits ago (requests are arriving)."""
+        """Whether the writer was last woken less than a few waits ago (requests are arriving)."""
         now = time.monotonic()
-        busy = now - self._last_commit < GROUP_WAIT * 4
-        self._last_commit = now
+        busy = now - self._last_wake < GROUP_WAIT * 4
+        self._last_wake = now
         return busy
 
     async def _write(self, group: list[_Pending], now: float) -> list[AppendResult | QueueError]:

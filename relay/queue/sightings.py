@@ -33,6 +33,7 @@ from collections.abc import Sequence
 
 import xxhash
 
+from relay.queue import store
 from relay.queue.store import transaction
 
 _xxh = xxhash.xxh3_64_intdigest
@@ -42,10 +43,11 @@ ROTATE_ROWS_PER_STEP = 256  # log rows (commits) merged in one rotation step at 
 
 def dedup_hash(write_key: str, message_id: str) -> int:
     """The pair's 64-bit hash, as a signed integer (SQLite's INTEGER)."""
-    return _xxh(f"{write_key}\0{message_id}".encode()) - _SIGN
+    return hashes_of([(write_key, message_id)])[0]
 
 
 def hashes_of(keys: Sequence[tuple[str, str]]) -> list[int]:
+    """``dedup_hash`` of each pair, in one pass."""
     xxh, sign = _xxh, _SIGN
     return [xxh(f"{write_key}\0{message_id}".encode()) - sign for write_key, message_id in keys]
 
@@ -125,8 +127,7 @@ class Sightings:
 
     def _load(self, conn: sqlite3.Connection) -> None:
         self.recent, self.logged = _read_log(conn)
-        self.legacy = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'seen'"
-                                   ).fetchone() is not None
+        self.legacy = store.has_table(conn, "seen")
         self.frozen = {}
         self._frozen_through = self._merged_through = 0
         self._staged = []
@@ -272,8 +273,7 @@ class Sightings:
         """Read the owning relay's recent generation again, outside any transaction (a
         read takes no lock): what another process (``relay recover``) looks up in memory."""
         self.recent, _ = _read_log(conn)
-        self.legacy = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'seen'"
-                                   ).fetchone() is not None
+        self.legacy = store.has_table(conn, "seen")
         self.frozen = {}
         self._reload = False
 

@@ -200,27 +200,16 @@ def insert_events(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -> 
     """Events one by one (recovered or replayed ones): (received_at, write_key, message_id,
     type, body[, target]), target NULL (every destination) when left out. Consecutive
     events that share their arrival and target share a row. Returns how many were inserted."""
-    packed: list[Packed] = []
-    run: list[tuple[Any, ...]] = []
+    events = [(0, *row) if len(row) > 5 else (0, *row, None) for row in rows]
+    insert_batches(conn, [_pack(run) for run in _runs(events, contiguous=False)])
+    return len(events)
 
-    def flush() -> None:
-        if run:
-            received_at, write_key, *_, target = run[0]
-            packed.append(batches.pack(received_at, write_key, [r[2] for r in run], [r[3] for r in run],
-                                       [bytes(r[4]) for r in run], target))
-            run.clear()
 
-    count = 0
-    for given in rows:
-        row = tuple(given) if len(given) > 5 else (*given, None)
-        count += 1
-        if run and ((row[0], row[1], row[5]) != (run[0][0], run[0][1], run[0][5])
-                    or len(run) >= batches.MAX_EVENTS):
-            flush()
-        run.append(row)
-    flush()
-    insert_batches(conn, packed)
-    return count
+def _pack(run: Sequence[tuple[Any, ...]]) -> Packed:
+    """One row for a run of (id, received_at, write_key, message_id, type, body, target)."""
+    _, received_at, write_key, *_, target = run[0]
+    return batches.pack(received_at, write_key, [r[3] for r in run], [r[4] for r in run],
+                        [bytes(r[5]) for r in run], target)
 
 
 def insert_recovered(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -> None:
@@ -368,6 +357,16 @@ def read_after(conn: sqlite3.Connection, destination: str, after: int, limit: in
 def read_all_after(conn: sqlite3.Connection, after: int, limit: int) -> list[Stored]:
     """Up to ``limit`` queued events after ``after``, whoever they are for."""
     return _read(conn, None, after, limit, last_event_id(conn))
+
+
+def queued(conn: sqlite3.Connection) -> Iterator[tuple[Stored, str | None]]:
+    """Every queued event with its target (None: every destination), oldest first, a row
+    at a time (how tests and benchmarks look into a file)."""
+    for first, received_at, write_key, target, codec, ids, body in conn.execute(
+            "SELECT first, received_at, write_key, target, codec, ids, body"
+            " FROM main.batches ORDER BY first"):
+        for event in batches.unpack(first, received_at, write_key, ids, body, codec):
+            yield event, target
 
 
 def _read(conn: sqlite3.Connection, destination: str | None, after: int, limit: int,
@@ -528,7 +527,7 @@ def migrate(conn: sqlite3.Connection) -> int:
     meant. Runs in transactions of ``MIGRATE_CHUNK`` events: a migration cut short by a
     crash goes on from where it stopped at the next start. Its dedup memory is kept as
     the legacy generation (``seen``). Returns the events moved."""
-    if not _has_table(conn, "events"):
+    if not has_table(conn, "events"):
         return 0
     moved = 0
     seq_row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
@@ -548,21 +547,22 @@ def migrate(conn: sqlite3.Connection) -> int:
                 return moved
             values = []
             for run in _runs(rows):
-                first, received_at, write_key, *_, target = run[0]
-                packed = batches.pack(received_at, write_key, [r[3] for r in run], [r[4] for r in run],
-                                      [bytes(r[5]) for r in run], target)
-                values.append((first, packed.events, received_at, write_key, target, packed.codec,
-                               packed.ids, packed.body))
+                packed, first = _pack(run), run[0][0]
+                values.append((first, packed.events, packed.received_at, packed.write_key, packed.target,
+                               packed.codec, packed.ids, packed.body))
             conn.executemany(f"INSERT INTO batches ({BATCH_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", values)
             conn.execute("DELETE FROM events WHERE id <= ?", (rows[-1][0],))
             moved += len(rows)
 
 
-def _runs(rows: Sequence[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
-    """Consecutive version 1 events with contiguous ids and the same arrival and target."""
+def _runs(rows: Sequence[tuple[Any, ...]], contiguous: bool = True) -> Iterator[list[tuple[Any, ...]]]:
+    """Consecutive events (id, received_at, write_key, message_id, type, body, target) with
+    the same arrival and target (and, when ``contiguous``, ids that follow each other), at
+    most a row's worth."""
     run: list[tuple[Any, ...]] = []
     for row in rows:
-        if run and (row[0] != run[-1][0] + 1 or (row[1], row[2], row[6]) != (run[0][1], run[0][2], run[0][6])
+        if run and ((contiguous and row[0] != run[-1][0] + 1)
+                    or (row[1], row[2], row[6]) != (run[0][1], run[0][2], run[0][6])
                     or len(run) >= batches.MAX_EVENTS):
             yield run
             run = []
@@ -573,10 +573,10 @@ def _runs(rows: Sequence[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
 
 def needs_migration(conn: sqlite3.Connection) -> bool:
     """Whether the file is of version 1 (or a migration of it was cut short)."""
-    return _has_table(conn, "events")
+    return has_table(conn, "events")
 
 
-def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+def has_table(conn: sqlite3.Connection, name: str) -> bool:
     return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
                         (name,)).fetchone() is not None
 
@@ -584,10 +584,10 @@ def _has_table(conn: sqlite3.Connection, name: str) -> bool:
 def _fold_legacy_sightings(conn: sqlite3.Connection) -> None:
     """A version 1 file's dedup memory, all of it into its ``seen`` table (hashed as version
     1 hashed), which the relay keeps reading until its entries age out of the window."""
-    if not _has_table(conn, "seen"):
+    if not has_table(conn, "seen"):
         return
     for name in ("seen_log", "seen_recent"):
-        if _has_table(conn, name):
+        if has_table(conn, name):
             conn.execute(f"INSERT INTO seen (h, at) SELECT h, at FROM {name} WHERE true ORDER BY h"
                          " ON CONFLICT(h) DO UPDATE SET at = max(at, excluded.at)")
             conn.execute(f"DROP TABLE {name}")

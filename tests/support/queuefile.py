@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from relay.queue import batches
+from relay.queue import store
 
 EVENTS = """
 CREATE TEMP TABLE events (
@@ -28,13 +28,7 @@ CREATE TEMP TABLE events (
 
 def event_rows(conn: sqlite3.Connection) -> list[tuple[object, ...]]:
     """Every queued event: (id, received_at, write_key, message_id, type, body, target)."""
-    out: list[tuple[object, ...]] = []
-    for first, received_at, write_key, target, codec, index, body in conn.execute(
-            "SELECT first, received_at, write_key, target, codec, ids, body"
-            " FROM main.batches ORDER BY first"):
-        for e in batches.unpack(first, received_at, write_key, index, body, codec):
-            out.append((e.id, e.received_at, e.write_key, e.message_id, e.type, e.body, target))
-    return out
+    return [(*event, target) for event, target in store.queued(conn)]
 
 
 def with_events(conn: sqlite3.Connection) -> sqlite3.Connection:
