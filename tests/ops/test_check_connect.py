@@ -6,7 +6,7 @@ reaches any upstream. Each run is the CLI in a subprocess, as a user runs it."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from tests.ops.checking import (
     run_check,
 )
 from tests.sinks.postgres_server import PASSWORD, PostgresServer
+from tests.sinks.postgres_server import postgres as postgres  # the fixture, shared with the warehouse suites
 from tests.support.nats_server import free_port
 
 pytest_plugins = ["tests.support.fixtures"]
@@ -212,14 +213,6 @@ async def test_nats_over_tls_passes_with_its_ca_and_fails_naming_the_certificate
 # --- PostgreSQL and Kafka ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    server = PostgresServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
 
 
 def postgres_destination(name: str, server: PostgresServer, **options: Any) -> str:

@@ -14,8 +14,11 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 START_TIMEOUT = 60.0
 PASSWORD = "s3cret-for-tests"
@@ -105,3 +108,14 @@ class PostgresServer:
         finally:
             await conn.close()
         return name
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the module that asks for one, stopped at its end."""
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
