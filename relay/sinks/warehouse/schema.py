@@ -124,25 +124,28 @@ def snakecase(s: str) -> str:
         return s
     out = list(s[:i])
     if _upper(s[i]) and (not has_lower or (has_underscore and not lower_since_underscore)):
-        while i < n and (_upper(s[i]) or _digit(s[i])):
-            out.append(s[i].lower())
-            i += 1
-        while i < n and (_lower(s[i]) or _digit(s[i])):
-            out.append(s[i])
-            i += 1
+        i = _word(s, i, out)
     while i < n:
         if not (_lower(s[i]) or _upper(s[i]) or _digit(s[i])):
             i += 1
             continue
         if out:
             out.append("_")
-        while i < n and (_upper(s[i]) or _digit(s[i])):
-            out.append(s[i].lower())
-            i += 1
-        while i < n and (_lower(s[i]) or _digit(s[i])):
-            out.append(s[i])
-            i += 1
+        i = _word(s, i, out)
     return "".join(out)
+
+
+def _word(s: str, i: int, out: list[str]) -> int:
+    """One word from ``s[i]``: its capitals (and digits) lowered, then its small letters (and
+    digits) as they are; returns where it ends."""
+    n = len(s)
+    while i < n and (_upper(s[i]) or _digit(s[i])):
+        out.append(s[i].lower())
+        i += 1
+    while i < n and (_lower(s[i]) or _digit(s[i])):
+        out.append(s[i])
+        i += 1
+    return i
 
 
 def identifier(name: str) -> str:
