@@ -391,7 +391,7 @@ def _read(conn: sqlite3.Connection, destination: str | None, after: int, limit: 
             if len(events) >= limit:
                 break
     rows.close()
-    return [e for e in events if e.id <= top]
+    return events  # a row is inserted whole: every event of a row at or below ``top`` is too
 
 
 def cursor_of(conn: sqlite3.Connection, destination: str) -> int | None:
