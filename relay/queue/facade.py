@@ -151,6 +151,8 @@ class Queue:
                 log.info("queue file migrated to a row per request", extra={"events": migrated})
             self._used_bytes = await self._db.call(store.used_bytes)
             await self._db.call(self.sightings.load)
+            if self.config.dedup_window:
+                await self._db.call(self.sightings.build_filter)
             if moved is not None:
                 await self._db.call(store.note_corrupt_file, moved)
             await self._checkpointer.open()
@@ -231,6 +233,8 @@ class Queue:
                         pending.future.set_result(outcome)
                 if self.sightings.rotating or self.sightings.logged > DEDUP_ROTATE_ROWS:
                     await self._rotate_sightings()  # a step, after answering
+                if self.sightings.want_filter:
+                    await self._build_dedup_filter()
             if self._closing:
                 return
 
@@ -475,6 +479,12 @@ class Queue:
 
 
     # --- maintenance ---------------------------------------------------------------------------
+
+    async def _build_dedup_filter(self) -> None:
+        try:
+            await self._db.call(self.sightings.build_filter)
+        except QueueError as exc:  # lookups ask SQLite meanwhile; tried again after the next commit
+            log.warning("the dedup filter could not be built: %s", exc)
 
     async def _rotate_sightings(self) -> None:
         try:

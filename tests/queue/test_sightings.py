@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from relay.queue import sightings, store
-from relay.queue.sightings import Sightings
+from relay.queue.sightings import OldFilter, Sightings
 from relay.queue.sightings import _unpack as unpack
 from tests.support import v1queue
 
@@ -86,7 +87,7 @@ def test_rotation_moves_the_log_into_the_old_generation_and_lookups_follow(conn:
     memory.load(conn)
     see(conn, memory, ["o1", "o2"], now=NOW)
     see(conn, memory, ["o1"], now=NOW + 10)
-    assert memory.rotate(conn) == 3  # log rows merged, the repeat included
+    assert memory.rotate(conn) == 2  # the log merged, each hash once (o1 was seen twice)
     assert (memory.recent, memory.logged) == ({}, 0)
     times = dict(conn.execute("SELECT h, at FROM sightings").fetchall())
     assert times[sightings.dedup_hash("wk", "o1")] == NOW + 10  # the latest time is kept
@@ -186,3 +187,99 @@ def test_a_restart_in_the_middle_of_a_rotation_loses_nothing(conn: sqlite3.Conne
     after_restart.load(conn)
     assert not after_restart.rotating
     assert see(conn, after_restart, [f"m{i}" for i in range(6)], now=NOW + 1) == [False] * 6
+
+
+def _random_hashes(count: int, seed: int) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.getrandbits(64) - (1 << 63) for _ in range(count)]
+
+
+@pytest.mark.parametrize("count", [1, 1000, 100_000])
+def test_the_old_generations_filter_holds_every_hash_added_and_few_others(count: int) -> None:
+    held = OldFilter(count)
+    added = _random_hashes(count, seed=count)
+    held.add(added)
+    assert held.maybe(added) == added  # never "absent" for a hash it holds
+    others = _random_hashes(20_000, seed=count + 1_000_000)  # (a negative seed is its absolute value)
+    assert len(held.maybe(others)) < 0.02 * len(others)  # built: at most ~1.4% false positives
+    assert held.count == count and not held.full
+
+
+def test_a_filled_filter_still_answers_within_its_bound() -> None:
+    held = OldFilter(0)
+    held.add(_random_hashes(held.capacity, seed=1))
+    assert not held.full
+    assert len(held.maybe(_random_hashes(20_000, seed=2))) < 0.06 * 20_000  # ~4.9% when full
+    held.add(_random_hashes(1, seed=3))
+    assert held.full
+
+
+def test_with_the_filter_rotated_sightings_are_caught_and_fresh_keys_skip_the_lookup(
+    conn: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    memory = Sightings()
+    memory.load(conn)
+    see(conn, memory, ["before-1", "before-2"], now=NOW)
+    memory.rotate(conn)  # in sightings before the filter is built: read by the build
+    memory.build_filter(conn)
+    see(conn, memory, ["after"], now=NOW + 1)
+    memory.rotate(conn)  # merged after the build: added to the filter by the rotation
+    assert memory.filter is not None and memory.filter.count == 3
+    asked: list[list[int]] = []
+    real = sightings.seen_in_old_generation
+
+    def spy(conn: sqlite3.Connection, hashes: list[int], cutoff: float, table: str = "sightings") -> set[int]:
+        asked.append(list(hashes))
+        return real(conn, hashes, cutoff, table)
+
+    monkeypatch.setattr(sightings, "seen_in_old_generation", spy)
+    assert see(conn, memory, ["before-1", "after", "fresh"], now=NOW + 2) == [False, False, True]
+    wanted = {sightings.dedup_hash("wk", "before-1"), sightings.dedup_hash("wk", "after")}
+    assert wanted <= set(asked[0]) and len(asked[0]) <= 3  # "fresh" asked only as a false positive
+    restarted = Sightings()
+    restarted.load(conn)
+    restarted.build_filter(conn)
+    seen_again = see(conn, restarted, ["before-2", "after", "fresh", "new"], now=NOW + 3)
+    assert seen_again == [False, False, False, True]
+
+
+def test_a_commit_by_another_process_sets_the_filter_aside_until_it_is_built_again(tmp_path: Path) -> None:
+    """``relay recover`` records salvaged keys in ``sightings`` from its own connection: the
+    relay's filter does not hold them, so it must not be trusted once the file changed."""
+    path = str(tmp_path / "queue.db")
+    relay_conn = sqlite3.connect(path, isolation_level=None)
+    store.prepare(relay_conn, "fsync", 1 << 30)
+    recover_conn = sqlite3.connect(path, isolation_level=None)
+    memory = Sightings()
+    memory.load(relay_conn)
+    memory.build_filter(relay_conn)
+    see(relay_conn, memory, ["live"])
+    recover_conn.execute("BEGIN IMMEDIATE")
+    other = Sightings()
+    other.load(recover_conn)
+    assert other.record_in_old_generation(recover_conn, [("wk", "salvaged")], NOW) == [True]
+    recover_conn.execute("COMMIT")
+    assert see(relay_conn, memory, ["salvaged", "fresh"]) == [False, True]
+    assert memory.filter is None and memory.want_filter
+    memory.build_filter(relay_conn)
+    assert memory.filter is not None and not memory.want_filter
+    assert see(relay_conn, memory, ["salvaged", "fresh-2"]) == [False, True]
+    relay_conn.close()
+    recover_conn.close()
+
+
+def test_a_full_filter_asks_to_be_built_again_larger(conn: sqlite3.Connection,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(OldFilter, "MIN_BITS", 1024)
+    memory = Sightings()
+    memory.load(conn)
+    memory.build_filter(conn)
+    assert memory.filter is not None
+    small = len(memory.filter.bits)
+    ids = [f"k{i}" for i in range(memory.filter.capacity + 1)]
+    see(conn, memory, ids)
+    memory.rotate(conn)
+    assert memory.want_filter
+    memory.build_filter(conn)
+    assert len(memory.filter.bits) > small and not memory.want_filter
+    assert see(conn, memory, [*ids[:3], "not-yet"]) == [False, False, False, True]
