@@ -233,7 +233,52 @@ class _Times:
             if not any(server_side) and set(map(type, sent)) == {str} and "" not in sent:
                 self.client_batch(messages, cast(list[str], explicit), cast(list[str], sent))
                 return
-        self.each(messages, server_side)
+        if len(messages) > 1:
+            self.mixed(messages, server_side)
+        else:
+            self.each(messages, server_side)
+
+    def mixed(self, messages: Sequence[Message], server_side: list[bool]) -> None:
+        """A batch of several shapes (libraries of both sides, messages with and without
+        their own sentAt): each of the two common shapes taken as a column of its own, a
+        client's message without a sentAt corrected by the batch's; the rest one by one."""
+        arrival = self.arrival
+        batch_sent = arrival.sent_at if type(arrival.sent_at) is str and arrival.batch_sent_at else None
+        if batch_sent is not None:  # read as the arrival read it
+            self.sent.setdefault(batch_sent, (cast(datetime, arrival.batch_sent_at), arrival.batch_sent_iso))
+        servers: list[Message] = []
+        server_times: list[str] = []
+        clients: list[Message] = []
+        client_times: list[str] = []
+        client_sent: list[str] = []
+        others: list[Message] = []
+        others_side: list[bool] = []
+        for m, server in zip(messages, server_side, strict=True):
+            explicit, sent = m.timestamp, m.sentAt
+            if m.originalTimestamp is UNSET and type(explicit) is str and explicit:
+                if server:
+                    if sent is UNSET:
+                        servers.append(m)
+                        server_times.append(explicit)
+                        continue
+                elif type(sent) is str and sent:
+                    clients.append(m)
+                    client_times.append(explicit)
+                    client_sent.append(sent)
+                    continue
+                elif sent is UNSET and batch_sent is not None:
+                    clients.append(m)
+                    client_times.append(explicit)
+                    client_sent.append(batch_sent)
+                    continue
+            others.append(m)
+            others_side.append(server)
+        if servers:
+            self.server_batch(servers, server_times)
+        if clients:
+            self.client_batch(clients, client_times, client_sent)
+        if others:
+            self.each(others, others_side)
 
     def server_batch(self, messages: Sequence[Message], explicit: list[str]) -> None:
         """Server libraries' messages, each with its own timestamp and none with a sentAt

@@ -13,6 +13,7 @@ import json
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -261,3 +262,42 @@ def test_the_typed_path_takes_every_request_an_sdk_sends(case: Any) -> None:
     assert slow.refused is None and not slow.dead, (slow.refused, slow.dead)
     assert fast.events is not None, data
     assert_same_events(fast.events, slow.events, made_ids(data, route))
+
+
+MIXED_BATCH = {
+    "sentAt": "2024-05-01T12:00:01.000000+00:00",
+    "batch": [
+        # a browser's event with no sentAt of its own: corrected by the batch's
+        {"type": "track", "event": "A", "userId": "u1", "messageId": "m1",
+         "timestamp": "2024-05-01T11:57:17.565Z", "context": {"library": {"name": "analytics.js"}}},
+        # a server library's: its timestamp kept
+        {"type": "track", "event": "B", "userId": "u2", "messageId": "m2",
+         "timestamp": "2024-05-01T11:58:45.781000+00:00", "context": {"library": {"name": "analytics-go"}}},
+        # a client's with its own sentAt
+        {"type": "page", "anonymousId": "a3", "messageId": "m3", "name": "Home",
+         "timestamp": "2024-05-01T11:59:00.000+02:00", "sentAt": "2024-05-01T12:00:00.500Z",
+         "context": {"library": {"name": "analytics-ios"}}},
+        # RudderStack's originalTimestamp, no timestamp: one by one
+        {"type": "identify", "userId": "u4", "messageId": "m4",
+         "originalTimestamp": "2024-05-01T11:59:30.000Z",
+         "context": {"library": {"name": "RudderLabs JavaScript SDK"}, "ip": "203.0.113.9"}},
+    ],
+}
+NAIVE_TIME = {  # a time without an offset, read as UTC: the clients' column one by one
+    "sentAt": "2024-05-01T12:00:01.000Z",
+    "batch": MIXED_BATCH["batch"] + [
+        {"type": "track", "event": "C", "userId": "u5", "messageId": "m5",
+         "timestamp": "2024-05-01T11:59:59.250",
+         "context": {"library": {"name": "analytics-android"}}},
+    ],
+}
+
+
+@pytest.mark.parametrize("found", [MIXED_BATCH, NAIVE_TIME])
+def test_a_batch_of_several_shapes_is_taken_in_columns_and_makes_what_the_dict_path_makes(found: Any) -> None:
+    data = json.dumps(found, separators=(",", ":")).encode()
+    for peer in (PEER, None):
+        fast = typed_path(data, "batch", peer, None)
+        slow = dict_path(data, "batch", peer, None)
+        assert fast.events is not None and slow.refused is None and not slow.dead
+        assert_same_events(fast.events, slow.events, made_ids(data, "batch"))
