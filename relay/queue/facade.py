@@ -47,7 +47,7 @@ DEDUP_PRUNE_CHUNK = 50_000
 CHECKPOINT_INTERVAL = 0.5
 DELETE_CHUNK = 10_000  # finished events deleted at once (sooner when the queue is caught up)
 DEDUP_ROTATE_ROWS = 32_768  # recent sightings merged into the old generation past this many
-DEDUP_ROTATE_STEP = 8_192  # rows merged between two commits while a rotation runs
+DEDUP_ROTATE_STEP = 2_048  # sightings merged in each commit while a rotation runs
 # Estimated bytes on disk per stored row beyond its body and index (row header, index entries).
 ROW_OVERHEAD = 96
 GROUP_WAIT = 0.002  # seconds a writer woken by few requests waits for more to join the group
@@ -231,8 +231,6 @@ class Queue:
                         pending.future.set_exception(outcome)
                     else:
                         pending.future.set_result(outcome)
-                if self.sightings.rotating or self.sightings.logged > DEDUP_ROTATE_ROWS:
-                    await self._rotate_sightings()  # a step, after answering
                 if self.sightings.want_filter:
                     await self._build_dedup_filter()
             if self._closing:
@@ -345,8 +343,12 @@ class Queue:
             raise
 
     def _finish(self, conn: sqlite3.Connection, staged: _Staged) -> list[AppendResult | QueueError]:
-        """COMMIT (on the connection's thread: the fsync), then what it means."""
+        """COMMIT (on the connection's thread: the fsync), then what it means. While a
+        dedup rotation is under way, each commit carries a step of it."""
         try:
+            if self.config.dedup_window and (self.sightings.rotating
+                                             or self.sightings.logged > DEDUP_ROTATE_ROWS):
+                self._rotation_step(conn)
             conn.execute("COMMIT")
         except BaseException:
             self.sightings.rolled_back()
@@ -486,11 +488,18 @@ class Queue:
         except QueueError as exc:  # lookups ask SQLite meanwhile; tried again after the next commit
             log.warning("the dedup filter could not be built: %s", exc)
 
-    async def _rotate_sightings(self) -> None:
+    def _rotation_step(self, conn: sqlite3.Connection) -> None:
+        """A step of the dedup rotation inside the open transaction, in a savepoint: a step
+        that fails (the file at its cap) is undone and tried again later, and never fails
+        the commit that carries it."""
+        conn.execute("SAVEPOINT rotation")
         try:
-            await self._db.call(self.sightings.rotate_step, DEDUP_ROTATE_STEP)
-        except QueueError as exc:  # retried after the next commits; dedup stays correct meanwhile
-            log.warning("dedup rotation failed: %s", exc)
+            self.sightings.merge_step(conn, DEDUP_ROTATE_STEP)
+        except sqlite3.Error as exc:
+            conn.execute("ROLLBACK TO rotation")
+            self.sightings.step_failed()
+            log.warning("a dedup rotation step failed, tried again later: %s", exc)
+        conn.execute("RELEASE rotation")
 
     def _shrink_dedup(self, conn: sqlite3.Connection, over: int) -> int:
         """Queued events come before dedup memory: at the cap, forget the oldest sightings

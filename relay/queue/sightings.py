@@ -148,6 +148,8 @@ class Sightings:
         self.logged = 0  # hashes in sightings_log: the recent generation's size on disk
         self.legacy = False  # a version 1 file's ``seen`` is still read
         self._staged: list[int] = []
+        self._staged_rowid = 0  # the staged log row's rowid
+        self._stepped = False  # the open transaction holds a rotation step
         self._staged_at = 0.0
         self._reload = False  # memory may hold less than the log: read it again before use
         self._forgot = False  # the open transaction deleted sightings
@@ -223,8 +225,8 @@ class Sightings:
         if self.legacy and any(unseen):
             in_legacy = _seen_in_legacy(conn, keys, unseen, cutoff)
             unseen = [new and not found for new, found in zip(unseen, in_legacy, strict=True)]
-        conn.execute("INSERT INTO sightings_log (at, hashes) VALUES (?, ?)", (now, _pack(hashes)))
-        self._staged, self._staged_at = hashes, now
+        logged = conn.execute("INSERT INTO sightings_log (at, hashes) VALUES (?, ?)", (now, _pack(hashes)))
+        self._staged, self._staged_at, self._staged_rowid = hashes, now, logged.lastrowid or 0
         return _first_in_group(hashes, unseen)
 
     def committed(self) -> None:
@@ -233,27 +235,43 @@ class Sightings:
             recent[h] = at
         self.logged += len(self._staged)
         self._staged = []
-        self._forgot = False
+        self._forgot = self._stepped = False
 
     def rolled_back(self) -> None:
         """The transaction's sightings never reached the log; anything it forgot is back."""
         self._staged = []
-        if self._forgot:
-            self._reload, self._forgot = True, False
+        if self._forgot or self._stepped:
+            self._reload, self._forgot, self._stepped = True, False, False
+
+    def step_failed(self) -> None:
+        """A merge step was rolled back to a savepoint: memory is read again from the log."""
+        self._reload, self._stepped = True, False
 
     def rotate_step(self, conn: sqlite3.Connection, chunk: int) -> int:
-        """Merge about ``chunk`` hashes of the frozen generation into the old one, in a
-        transaction of their own; return how many. The first step of a rotation freezes
-        the recent generation (what the log holds now; new sightings go to a fresh one)
-        and puts its hashes in key order: each step merges the next range of keys, so
-        that a page of ``sightings`` is written once a rotation, not once a step. Every
-        hash takes the generation's newest time (later than its own by the generation's
-        span at most: the window is never shortened). The log rows go in the last step,
-        so a rotation cut short is merged again from the log after a restart."""
+        """``merge_step`` in a transaction of its own."""
+        with transaction(conn):
+            merged = self.merge_step(conn, chunk)
+        self.committed()
+        return merged
+
+    def merge_step(self, conn: sqlite3.Connection, chunk: int) -> int:
+        """Merge about ``chunk`` hashes of the frozen generation into the old one, inside the
+        caller's transaction (the queue's writer runs a step in each commit while a
+        rotation is under way: no transaction or fsync of its own); return how many.
+
+        The first step of a rotation freezes the recent generation (the committed log; new
+        sightings go to a fresh one) and puts its hashes in key order: each step merges the
+        next range of keys, so that a page of ``sightings`` is written once a rotation, not
+        once a step. Every hash takes the generation's newest time (later than its own by
+        the generation's span at most: the window is never shortened). The log rows go in
+        the last step, so a rotation cut short is merged again from the log after a
+        restart; a step rolled back has memory read again from the log."""
         if self._reload:
             self._load(conn)
         if not self.rotating:
-            low, high = conn.execute("SELECT min(rowid), max(rowid) FROM sightings_log").fetchone()
+            below = self._staged_rowid if self._staged else _NO_ROWID  # not this transaction's own
+            low, high = conn.execute("SELECT min(rowid), max(rowid) FROM sightings_log WHERE rowid < ?",
+                                     (below,)).fetchone()
             if high is None:
                 return 0
             self.frozen, self.recent = self.recent, {}
@@ -261,19 +279,19 @@ class Sightings:
             self._next, self._frozen_logged = 0, self.logged
             self._newest = max(self.frozen.values(), default=0.0)
             self._merged_through, self._frozen_through = int(low) - 1, int(high)
+        self._stepped = True
         keys = self._order[self._next:self._next + chunk]
         last = self._next + len(keys) >= len(self._order)
-        with transaction(conn):
-            if keys:
-                conn.execute("INSERT INTO sightings (h, at) SELECT value, ?1 FROM json_each(?2) WHERE true"
-                             " ON CONFLICT(h) DO UPDATE SET at = max(at, excluded.at)",
-                             (self._newest, _json_array(keys)))
-            if last:
-                conn.execute("DELETE FROM sightings_log WHERE rowid > ?1 AND rowid <= ?2",
-                             (self._merged_through, self._frozen_through))
+        if keys:
+            conn.execute("INSERT INTO sightings (h, at) SELECT value, ?1 FROM json_each(?2) WHERE true"
+                         " ON CONFLICT(h) DO UPDATE SET at = max(at, excluded.at)",
+                         (self._newest, _json_array(keys)))
+        if last:
+            conn.execute("DELETE FROM sightings_log WHERE rowid > ?1 AND rowid <= ?2",
+                         (self._merged_through, self._frozen_through))
         self._next += len(keys)
         if self.filter is not None:
-            self.filter.add(keys)
+            self.filter.add(keys)  # (a step rolled back leaves bits behind: false positives only)
             self.want_filter = self.filter.full
         if last:
             self._merged_through = self._frozen_through
@@ -360,6 +378,9 @@ class Sightings:
         conn.executemany("INSERT INTO sightings (h, at) VALUES (?, ?) ON CONFLICT(h)"
                          " DO UPDATE SET at = max(at, excluded.at)", [(h, now) for h in hashes])
         return _first_in_group(hashes, unseen)
+
+
+_NO_ROWID = (1 << 63) - 1
 
 
 def _data_version(conn: sqlite3.Connection) -> int:

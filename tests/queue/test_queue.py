@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -18,7 +19,7 @@ import pytest
 
 from relay.config import QueueConfig
 from relay.errors import QueueClosed
-from relay.queue import Queue
+from relay.queue import Queue, facade
 from relay.types import Event
 from tests.conftest import make_config
 from tests.support import queuefile
@@ -289,3 +290,55 @@ async def test_status_is_read_beside_the_writer_never_behind_it(tmp_path):
         await busy
     finally:
         await queue.stop()
+
+
+def _batch(ids: list[str]) -> dict[str, Any]:
+    return {"batch": [{"type": "track", "userId": "u", "event": "E", "messageId": i} for i in ids]}
+
+
+async def test_commits_carry_the_dedup_rotation_and_repeats_are_caught_across_it(
+    start_relay: Callable[..., Any], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(facade, "DEDUP_ROTATE_ROWS", 8)
+    monkeypatch.setattr(facade, "DEDUP_ROTATE_STEP", 3)
+    relay = await start_relay(queue={"dedup_window": 3600})
+    queue = relay.relay.queue
+    ids = [f"r{i}" for i in range(30)]
+    for start in range(0, 30, 5):
+        assert (await relay.post("/v1/batch", _batch(ids[start:start + 5])))[1]["accepted"] == 5
+    merged = relay.rows("SELECT count(*) FROM sightings")[0][0]
+    assert merged >= 9  # steps of 3 in the commits, no transaction of their own
+    logged = relay.rows("SELECT sum(length(hashes)) / 8 FROM sightings_log")[0][0] or 0
+    assert logged == queue.sightings.logged and merged + logged >= 30
+    answer = (await relay.post("/v1/batch", _batch(ids)))[1]
+    assert (answer["accepted"], answer["duplicates"]) == (0, 30)
+    assert len(relay.events()) == 30
+
+
+async def test_a_rotation_step_that_fails_never_fails_the_commit_carrying_it(
+    start_relay: Callable[..., Any], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(facade, "DEDUP_ROTATE_ROWS", 4)
+    relay = await start_relay(queue={"dedup_window": 3600})
+    queue = relay.relay.queue
+    real = queue.sightings.merge_step
+    failures = []
+
+    def full(conn: sqlite3.Connection, chunk: int) -> int:
+        real(conn, chunk)  # its statements ran: the savepoint must take them back
+        failures.append(chunk)
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(queue.sightings, "merge_step", full)
+    assert (await relay.post("/v1/batch", _batch(["f0", "f1", "f2", "f3", "f4"])))[1]["accepted"] == 5
+    assert (await relay.post("/v1/batch", _batch(["f5"])))[1]["accepted"] == 1
+    assert failures and relay.rows("SELECT count(*) FROM sightings") == [(0,)]
+    monkeypatch.setattr(queue.sightings, "merge_step", real)
+    answer = (await relay.post("/v1/batch", _batch(["f0", "f5", "f6"])))[1]
+    assert (answer["accepted"], answer["duplicates"]) == (1, 2)  # memory read back from the log
+    for i in range(3):
+        await relay.post("/v1/batch", _batch([f"g{i}"]))
+    assert relay.rows("SELECT count(*) FROM sightings")[0][0] > 0  # the rotation went on
+    answer = (await relay.post("/v1/batch", _batch(["f1", "f6", "g0", "new"])))[1]
+    assert (answer["accepted"], answer["duplicates"]) == (1, 3)
+    assert len(relay.events()) == 11
