@@ -99,6 +99,7 @@ class Queue:
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._pruner: asyncio.Task[None] | None = None
+        self._filter_build: asyncio.Task[None] | None = None
         self._checkpoints: asyncio.Task[None] | None = None
         # Checkpoints run on a second connection (its own thread), so that copying the WAL
         # back into the file never sits inside a commit that requests are waiting on.
@@ -170,11 +171,11 @@ class Queue:
         """Refuse new appends, commit what is waiting, close the file. Safe to call twice."""
         self._closing = True
         self._wake.set()
-        for task in (self._pruner, self._checkpoints):
+        for task in (self._pruner, self._checkpoints, self._filter_build):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        self._pruner = self._checkpoints = None
+        self._pruner = self._checkpoints = self._filter_build = None
         await self._checkpointer.close()
         await self._reader.close()
         if self._writer is not None:
@@ -231,8 +232,8 @@ class Queue:
                         pending.future.set_exception(outcome)
                     else:
                         pending.future.set_result(outcome)
-                if self.sightings.want_filter:
-                    await self._build_dedup_filter()
+                if self.sightings.want_filter and self._filter_build is None and not self._closing:
+                    self._filter_build = asyncio.create_task(self._build_dedup_filter(), name="dedup-filter")
             if self._closing:
                 return
 
@@ -483,10 +484,18 @@ class Queue:
     # --- maintenance ---------------------------------------------------------------------------
 
     async def _build_dedup_filter(self) -> None:
+        """The dedup filter read again (larger, or after another process wrote to the file)
+        on the status connection, beside the writer: a million sightings take about a
+        second to read, which no commit waits for. Lookups use the old filter, or ask
+        SQLite, meanwhile."""
         try:
-            await self._db.call(self.sightings.build_filter)
-        except QueueError as exc:  # lookups ask SQLite meanwhile; tried again after the next commit
+            version = await self._db.call(self.sightings.start_filter)
+            built = await self._reader.call(sightings.read_filter)
+            await self._db.call(lambda _conn: self.sightings.adopt_filter(built, version))
+        except Exception as exc:  # tried again after the next commit; lookups stay exact meanwhile
             log.warning("the dedup filter could not be built: %s", exc)
+        finally:
+            self._filter_build = None
 
     def _rotation_step(self, conn: sqlite3.Connection) -> None:
         """A step of the dedup rotation inside the open transaction, in a savepoint: a step

@@ -164,6 +164,7 @@ class Sightings:
         self.filter: OldFilter | None = None
         self.want_filter = False
         self._data_version = -1  # what the file's data_version was when the filter was built
+        self._merged_meanwhile: list[int] | None = None  # merged while a filter is being read
 
     def load(self, conn: sqlite3.Connection) -> None:
         """Read the recent generation back into memory (after a restart). Inside the
@@ -187,15 +188,23 @@ class Sightings:
         return self._frozen_through > self._merged_through
 
     def build_filter(self, conn: sqlite3.Connection) -> None:
-        """Build the old generation's filter from ``sightings`` (a read: 0.3 s a million
-        sightings, on the connection's thread)."""
-        version = _data_version(conn)
-        (count,) = conn.execute("SELECT count(*) FROM sightings").fetchone()
-        built = OldFilter(int(count))
-        rows = conn.execute("SELECT h FROM sightings")
-        while chunk := rows.fetchmany(65536):
-            built.add([h for (h,) in chunk])
-        self.filter, self.want_filter, self._data_version = built, False, version
+        """Build the old generation's filter from ``sightings``, here and now (at start)."""
+        version = self.start_filter(conn)
+        self.adopt_filter(read_filter(conn), version)
+
+    def start_filter(self, conn: sqlite3.Connection) -> int:
+        """Before a filter is read beside the writer (``read_filter`` on another connection):
+        what is merged from now on is kept aside for it. Returns the file's data_version
+        on this connection, which the filter will be trusted for."""
+        self._merged_meanwhile = []
+        return _data_version(conn)
+
+    def adopt_filter(self, built: OldFilter, version: int) -> None:
+        """Use ``built`` (read since ``start_filter``), with what was merged meanwhile."""
+        built.add(self._merged_meanwhile or ())
+        self._merged_meanwhile = None
+        self.filter, self._data_version = built, version
+        self.want_filter = built.full
 
     def _trusted_filter(self, conn: sqlite3.Connection) -> OldFilter | None:
         """The filter when it may be trusted: built, and no other process (``relay recover``
@@ -292,7 +301,9 @@ class Sightings:
         self._next += len(keys)
         if self.filter is not None:
             self.filter.add(keys)  # (a step rolled back leaves bits behind: false positives only)
-            self.want_filter = self.filter.full
+            self.want_filter = self.want_filter or self.filter.full
+        if self._merged_meanwhile is not None:
+            self._merged_meanwhile += keys
         if last:
             self._merged_through = self._frozen_through
             self.logged -= self._frozen_logged
@@ -381,6 +392,17 @@ class Sightings:
 
 
 _NO_ROWID = (1 << 63) - 1
+
+
+def read_filter(conn: sqlite3.Connection) -> OldFilter:
+    """A filter holding every hash in ``sightings`` (a read: 0.3-1 s a million sightings; the
+    queue runs it on its status connection, beside the writer)."""
+    (count,) = conn.execute("SELECT count(*) FROM sightings").fetchone()
+    built = OldFilter(int(count))
+    rows = conn.execute("SELECT h FROM sightings")
+    while chunk := rows.fetchmany(65536):
+        built.add([h for (h,) in chunk])
+    return built
 
 
 def _data_version(conn: sqlite3.Connection) -> int:

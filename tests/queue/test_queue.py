@@ -19,7 +19,7 @@ import pytest
 
 from relay.config import QueueConfig
 from relay.errors import QueueClosed
-from relay.queue import Queue, facade
+from relay.queue import Queue, facade, sightings
 from relay.types import Event
 from tests.conftest import make_config
 from tests.support import queuefile
@@ -342,3 +342,30 @@ async def test_a_rotation_step_that_fails_never_fails_the_commit_carrying_it(
     answer = (await relay.post("/v1/batch", _batch(["f1", "f6", "g0", "new"])))[1]
     assert (answer["accepted"], answer["duplicates"]) == (1, 3)
     assert len(relay.events()) == 11
+
+
+async def test_the_dedup_filter_is_read_again_beside_the_writer_after_another_process_wrote(
+    start_relay: Callable[..., Any], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(facade, "DEDUP_ROTATE_ROWS", 2)
+    relay = await start_relay(queue={"dedup_window": 3600})
+    queue = relay.relay.queue
+    for i in range(4):
+        await relay.post("/v1/batch", _batch([f"a{i}"]))
+    assert queue.sightings.filter is not None
+    [(write_key,)] = relay.rows("SELECT DISTINCT write_key FROM batches")
+    other = sqlite3.connect(queue.path, isolation_level=None)  # as relay recover records
+    other.execute("BEGIN IMMEDIATE")
+    recorder = sightings.Sightings()
+    recorder.load(other)
+    recorder.record_in_old_generation(other, [(write_key, "salvaged")], time.time())
+    other.execute("COMMIT")
+    other.close()
+    answer = (await relay.post("/v1/batch", _batch(["salvaged"])))[1]
+    assert (answer["accepted"], answer["duplicates"]) == (0, 1)  # asked on disk meanwhile
+    deadline = time.monotonic() + 10
+    while queue.sightings.filter is None or queue.sightings.want_filter:
+        assert time.monotonic() < deadline, "the filter was not read again"
+        await asyncio.sleep(0.01)
+    answer = (await relay.post("/v1/batch", _batch(["a0", "a3", "fresh"])))[1]
+    assert (answer["accepted"], answer["duplicates"]) == (1, 2)

@@ -283,3 +283,25 @@ def test_a_full_filter_asks_to_be_built_again_larger(conn: sqlite3.Connection,
     memory.build_filter(conn)
     assert len(memory.filter.bits) > small and not memory.want_filter
     assert see(conn, memory, [*ids[:3], "not-yet"]) == [False, False, False, True]
+
+
+def test_a_filter_read_beside_the_writer_takes_in_what_was_merged_meanwhile(tmp_path: Path) -> None:
+    path = str(tmp_path / "queue.db")
+    writer = sqlite3.connect(path, isolation_level=None)
+    store.prepare(writer, "fsync", 1 << 30)
+    reader = sqlite3.connect(path, isolation_level=None)
+    memory = Sightings()
+    memory.load(writer)
+    see(writer, memory, ["early"])
+    memory.rotate(writer)
+    version = memory.start_filter(writer)
+    built = sightings.read_filter(reader)  # holds "early" only
+    see(writer, memory, ["meanwhile"])
+    memory.rotate(writer)  # merged after the read
+    memory.adopt_filter(built, version)
+    assert memory.filter is built and not memory.want_filter
+    hashes = [sightings.dedup_hash("wk", key) for key in ("early", "meanwhile")]
+    assert built.maybe(hashes) == hashes
+    assert see(writer, memory, ["early", "meanwhile", "fresh"], now=NOW + 1) == [False, False, True]
+    writer.close()
+    reader.close()
