@@ -305,3 +305,23 @@ def test_a_filter_read_beside_the_writer_takes_in_what_was_merged_meanwhile(tmp_
     assert see(writer, memory, ["early", "meanwhile", "fresh"], now=NOW + 1) == [False, False, True]
     writer.close()
     reader.close()
+
+
+def test_a_rotation_step_in_a_commit_leaves_that_commits_own_sightings_in_the_log(
+    conn: sqlite3.Connection,
+) -> None:
+    """The writer runs the step after the group's log row is staged: the rotation freezes
+    only what had committed before, so the last step never deletes the new row."""
+    memory = Sightings()
+    memory.load(conn)
+    see(conn, memory, ["old-1", "old-2"])
+    conn.execute("BEGIN IMMEDIATE")
+    assert memory.first_sightings(conn, [("wk", "staged")], NOW, WINDOW) == [True]
+    assert memory.merge_step(conn, 100) == 2  # the whole frozen generation: old-1, old-2
+    conn.execute("COMMIT")
+    memory.committed()
+    assert not memory.rotating and memory.logged == 1
+    restarted = Sightings()
+    restarted.load(conn)
+    assert restarted.logged == 1  # "staged" is still in the log
+    assert see(conn, restarted, ["old-1", "staged", "new"], now=NOW + 1) == [False, False, True]
