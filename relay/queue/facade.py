@@ -48,6 +48,9 @@ CHECKPOINT_INTERVAL = 0.5
 DELETE_CHUNK = 10_000  # finished events deleted at once (sooner when the queue is caught up)
 DEDUP_ROTATE_ROWS = 32_768  # recent sightings merged into the old generation past this many
 DEDUP_ROTATE_STEP = 2_048  # sightings merged in each commit while a rotation runs
+# Between two builds of the dedup filter in the background: while `relay recover` commits
+# chunk after chunk, the filter is set aside at each, and lookups ask SQLite meanwhile.
+DEDUP_FILTER_PAUSE = 5.0
 # Estimated bytes on disk per stored row beyond its body and index (row header, index entries).
 ROW_OVERHEAD = 96
 GROUP_WAIT = 0.002  # seconds a writer woken by few requests waits for more to join the group
@@ -100,6 +103,7 @@ class Queue:
         self._writer: asyncio.Task[None] | None = None
         self._pruner: asyncio.Task[None] | None = None
         self._filter_build: asyncio.Task[None] | None = None
+        self._filter_built_at = 0.0  # (monotonic) when the last build in the background ended
         self._checkpoints: asyncio.Task[None] | None = None
         # Checkpoints run on a second connection (its own thread), so that copying the WAL
         # back into the file never sits inside a commit that requests are waiting on.
@@ -116,7 +120,7 @@ class Queue:
         self.stored_events = 0  # events committed since start
         self.duplicates = 0  # events acknowledged but not stored again (dedup hits)
         self.dedup_forgotten = 0  # dedup entries dropped early to keep events under the cap
-        self.sightings = sightings.Sightings()  # used on the connection's thread only
+        self.sightings = sightings.Sightings()  # used under the connection's lock only
         self._committed = asyncio.Event()
         self._cursors: dict[str, int] = {}
         self._deleted_through = 0
@@ -232,7 +236,8 @@ class Queue:
                         pending.future.set_exception(outcome)
                     else:
                         pending.future.set_result(outcome)
-                if self.sightings.want_filter and self._filter_build is None and not self._closing:
+                if (self.sightings.want_filter and self._filter_build is None and not self._closing
+                        and time.monotonic() - self._filter_built_at >= DEDUP_FILTER_PAUSE):
                     self._filter_build = asyncio.create_task(self._build_dedup_filter(), name="dedup-filter")
             if self._closing:
                 return
@@ -496,6 +501,7 @@ class Queue:
             log.warning("the dedup filter could not be built: %s", exc)
         finally:
             self._filter_build = None
+            self._filter_built_at = time.monotonic()
 
     def _rotation_step(self, conn: sqlite3.Connection) -> None:
         """A step of the dedup rotation inside the open transaction, in a savepoint: a step

@@ -5,18 +5,21 @@ A 64-bit hash of the pair (xxh3, about 0.2 µs) is kept in two generations:
 - the **recent** generation: each commit appends one row to ``sightings_log`` holding the
   hashes of all its events (one row per commit, not per event) and keeps them in memory,
   hash -> time, for the lookups;
-- the **old** generation: the ``sightings`` table, keyed by hash. Now and then the log is
+- the **old** generation: the ``sightings`` table, keyed by hash. Past a size the log is
   merged into it in key order, so that each of its pages is written once per rotation
-  rather than once per commit. A rotation runs in steps between commits
-  (``rotate_step``), so that no commit waits for a whole merge: the generation being
+  rather than once per commit. A rotation runs in steps, one inside each of the writer's
+  commits (``merge_step``), so that no commit waits for a whole merge: the generation being
   merged is frozen in memory and read beside the new one until its last row is merged.
 
-A lookup asks memory first and SQLite's ``sightings`` only for the hashes memory does not
-hold. Memory changes only after the transaction that wrote the log committed, so a
-rolled-back commit never leaves a sighting behind (its events would otherwise be taken for
-duplicates when the client retries). ``Sightings`` is used by the queue's writer only; the
-relay that owns the queue is the only writer of ``sightings_log``; other processes (``relay
-recover``) record into ``sightings``, which the relay reads on every lookup.
+A lookup asks memory first, then, for the hashes memory does not hold, the old
+generation's Bloom filter (``OldFilter``), and SQLite's ``sightings`` only for those the
+filter may hold (SQLite decides them, with the window). Memory changes only after the
+transaction that wrote the log committed, so a rolled-back commit never leaves a sighting
+behind (its events would otherwise be taken for duplicates when the client retries).
+``Sightings`` is used by the queue's writer only, under its connection's lock; the relay
+that owns the queue is the only writer of ``sightings_log``; other processes (``relay
+recover``) record into ``sightings``: a commit of theirs sets the filter aside (the file's
+``data_version`` changed) until it is read again, so the relay finds their keys there.
 
 A queue file of version 1 kept its sightings hashed with blake2b in ``seen``: while that
 table holds entries inside the window, the keys memory does not know are looked up there
@@ -27,6 +30,7 @@ it is empty.
 from __future__ import annotations
 
 import hashlib
+import math
 import sqlite3
 from array import array
 from collections.abc import Sequence
@@ -147,18 +151,17 @@ class Sightings:
         self.frozen: dict[int, float] = {}  # the generation a rotation is merging
         self.logged = 0  # hashes in sightings_log: the recent generation's size on disk
         self.legacy = False  # a version 1 file's ``seen`` is still read
-        self._staged: list[int] = []
-        self._staged_rowid = 0  # the staged log row's rowid
+        self._staged: list[tuple[list[int], float]] = []  # the open transaction's (hashes, time)
+        self._staged_rowid = 0  # the open transaction's first log row
         self._stepped = False  # the open transaction holds a rotation step
-        self._staged_at = 0.0
         self._reload = False  # memory may hold less than the log: read it again before use
         self._forgot = False  # the open transaction deleted sightings
         self._frozen_through = 0  # the frozen generation's last rowid in sightings_log
         self._merged_through = 0  # rowids of sightings_log up to this one are merged
         self._order: list[int] = []  # the frozen generation's hashes in key order
         self._next = 0  # how many of them are merged
-        self._frozen_logged = 0  # the log's hashes (repeats too) when it was frozen
-        self._newest = 0.0  # the frozen generation's newest sighting
+        self._frozen_logged = 0  # the log's hashes (repeats too) memory counted when it was frozen
+        self._times: dict[int, float] = {}  # the frozen log's hashes, each with its latest time
         # The old generation's filter; None while it is not built (every lookup then asks
         # ``sightings``), ``want_filter`` when the writer should build it (on its thread).
         self.filter: OldFilter | None = None
@@ -178,7 +181,7 @@ class Sightings:
     def _load(self, conn: sqlite3.Connection) -> None:
         self.recent, self.logged = _read_log(conn)
         self.legacy = store.has_table(conn, "seen")
-        self.frozen, self._order, self._next = {}, [], 0
+        self.frozen, self._order, self._next, self._times = {}, [], 0, {}
         self._frozen_through = self._merged_through = 0
         self._staged = []
         self._reload = False
@@ -235,14 +238,17 @@ class Sightings:
             in_legacy = _seen_in_legacy(conn, keys, unseen, cutoff)
             unseen = [new and not found for new, found in zip(unseen, in_legacy, strict=True)]
         logged = conn.execute("INSERT INTO sightings_log (at, hashes) VALUES (?, ?)", (now, _pack(hashes)))
-        self._staged, self._staged_at, self._staged_rowid = hashes, now, logged.lastrowid or 0
+        if not self._staged:
+            self._staged_rowid = logged.lastrowid or 0  # the transaction's first log row
+        self._staged.append((hashes, now))
         return _first_in_group(hashes, unseen)
 
     def committed(self) -> None:
-        recent, at = self.recent, self._staged_at
-        for h in self._staged:
-            recent[h] = at
-        self.logged += len(self._staged)
+        recent = self.recent
+        for hashes, at in self._staged:
+            for h in hashes:
+                recent[h] = at
+            self.logged += len(hashes)
         self._staged = []
         self._forgot = self._stepped = False
 
@@ -258,8 +264,12 @@ class Sightings:
 
     def rotate_step(self, conn: sqlite3.Connection, chunk: int) -> int:
         """``merge_step`` in a transaction of its own."""
-        with transaction(conn):
-            merged = self.merge_step(conn, chunk)
+        try:
+            with transaction(conn):
+                merged = self.merge_step(conn, chunk)
+        except BaseException:
+            self.rolled_back()
+            raise
         self.committed()
         return merged
 
@@ -268,33 +278,40 @@ class Sightings:
         caller's transaction (the queue's writer runs a step in each commit while a
         rotation is under way: no transaction or fsync of its own); return how many.
 
-        The first step of a rotation freezes the recent generation (the committed log; new
-        sightings go to a fresh one) and puts its hashes in key order: each step merges the
-        next range of keys, so that a page of ``sightings`` is written once a rotation, not
-        once a step. Every hash takes the generation's newest time (later than its own by
-        the generation's span at most: the window is never shortened). The log rows go in
+        The first step of a rotation freezes the recent generation (new sightings go to a
+        fresh one) and reads what the log holds of it (the rows committed before this
+        transaction's own), which is what is merged and then deleted: memory and log cannot
+        part. Its hashes go in key order: each step merges the next range of keys, so that
+        a page of ``sightings`` is written once a rotation, not once a step. Each hash
+        keeps its own time, rounded up to ``MERGE_TIME_STEP`` (a statement per distinct
+        time: one when the generation took less than that, as it does under load), so the
+        window is never shortened and lengthened by that step at most. The log rows go in
         the last step, so a rotation cut short is merged again from the log after a
         restart; a step rolled back has memory read again from the log."""
         if self._reload:
             self._load(conn)
         if not self.rotating:
             below = self._staged_rowid if self._staged else _NO_ROWID  # not this transaction's own
-            low, high = conn.execute("SELECT min(rowid), max(rowid) FROM sightings_log WHERE rowid < ?",
-                                     (below,)).fetchone()
-            if high is None:
+            rows = conn.execute("SELECT rowid, at, hashes FROM sightings_log WHERE rowid < ? ORDER BY rowid",
+                                (below,)).fetchall()
+            if not rows:
                 return 0
+            times: dict[int, float] = {}
+            for _, at, blob in rows:
+                for h in _unpack(blob):
+                    if times.get(h, at) <= at:
+                        times[h] = at
             self.frozen, self.recent = self.recent, {}
-            self._order = sorted(self.frozen)
-            self._next, self._frozen_logged = 0, self.logged
-            self._newest = max(self.frozen.values(), default=0.0)
-            self._merged_through, self._frozen_through = int(low) - 1, int(high)
+            self._times, self._order = times, sorted(times)
+            self._next, self._frozen_logged = 0, self.logged  # (what memory counts of the frozen rows)
+            self._merged_through, self._frozen_through = int(rows[0][0]) - 1, int(rows[-1][0])
         self._stepped = True
         keys = self._order[self._next:self._next + chunk]
         last = self._next + len(keys) >= len(self._order)
-        if keys:
+        for at, group in _by_time(keys, self._times).items():
             conn.execute("INSERT INTO sightings (h, at) SELECT value, ?1 FROM json_each(?2) WHERE true"
                          " ON CONFLICT(h) DO UPDATE SET at = max(at, excluded.at)",
-                         (self._newest, _json_array(keys)))
+                         (at, _json_array(group)))
         if last:
             conn.execute("DELETE FROM sightings_log WHERE rowid > ?1 AND rowid <= ?2",
                          (self._merged_through, self._frozen_through))
@@ -307,7 +324,7 @@ class Sightings:
         if last:
             self._merged_through = self._frozen_through
             self.logged -= self._frozen_logged
-            self.frozen, self._order = {}, []
+            self.frozen, self._order, self._times = {}, [], {}
         return len(keys)
 
     def rotate(self, conn: sqlite3.Connection, chunk: int = 1 << 62) -> int:
@@ -392,6 +409,23 @@ class Sightings:
 
 
 _NO_ROWID = (1 << 63) - 1
+MERGE_TIME_STEP = 60.0  # seconds: merged sightings' times are rounded up to this
+
+
+def _by_time(keys: Sequence[int], times: dict[int, float]) -> dict[float, list[int]]:
+    """``keys`` (in key order) grouped by their time rounded up to ``MERGE_TIME_STEP``, never
+    past the newest: one group when they all fall within one step of it."""
+    if not keys:
+        return {}
+    stamps = [times[h] for h in keys]
+    newest, oldest = max(stamps), min(stamps)
+    if newest - oldest <= MERGE_TIME_STEP:
+        return {newest: list(keys)}
+    groups: dict[float, list[int]] = {}
+    step = MERGE_TIME_STEP
+    for h, at in zip(keys, stamps, strict=True):
+        groups.setdefault(min(newest, math.ceil(at / step) * step), []).append(h)
+    return groups
 
 
 def read_filter(conn: sqlite3.Connection) -> OldFilter:

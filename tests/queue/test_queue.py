@@ -369,3 +369,17 @@ async def test_the_dedup_filter_is_read_again_beside_the_writer_after_another_pr
         await asyncio.sleep(0.01)
     answer = (await relay.post("/v1/batch", _batch(["a0", "a3", "fresh"])))[1]
     assert (answer["accepted"], answer["duplicates"]) == (1, 2)
+    # another commit from outside soon after: not read again for a while (a recover commits
+    # chunk after chunk), and lookups stay exact meanwhile
+    monkeypatch.setattr(facade, "DEDUP_FILTER_PAUSE", 3600.0)
+    other = sqlite3.connect(queue.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    recorder.load(other)
+    recorder.record_in_old_generation(other, [(write_key, "salvaged-2")], time.time())
+    other.execute("COMMIT")
+    other.close()
+    for ids in (["salvaged-2", "b1"], ["b2"]):
+        await relay.post("/v1/batch", _batch(ids))
+    assert queue.sightings.filter is None and queue._filter_build is None
+    answer = (await relay.post("/v1/batch", _batch(["salvaged", "salvaged-2", "b1", "b3"])))[1]
+    assert (answer["accepted"], answer["duplicates"]) == (1, 3)
