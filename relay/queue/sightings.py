@@ -297,10 +297,15 @@ class Sightings:
             if not rows:
                 return 0
             times: dict[int, float] = {}
-            for _, at, blob in rows:
-                for h in _unpack(blob):
-                    if times.get(h, at) <= at:
-                        times[h] = at
+            stamps = [at for _, at, _ in rows]
+            if stamps == sorted(stamps):  # later rows, later times: each hash's last row wins
+                for _, at, blob in rows:
+                    times.update(dict.fromkeys(_unpack(blob), at))
+            else:  # the clock stepped back meanwhile: each hash's latest time, one by one
+                for _, at, blob in rows:
+                    for h in _unpack(blob):
+                        if times.get(h, at) <= at:
+                            times[h] = at
             self.frozen, self.recent = self.recent, {}
             self._times, self._order = times, sorted(times)
             self._next, self._frozen_logged = 0, self.logged  # (what memory counts of the frozen rows)

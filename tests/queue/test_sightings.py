@@ -365,3 +365,12 @@ def test_two_lookups_in_one_transaction_both_reach_memory(conn: sqlite3.Connecti
     memory.committed()
     assert memory.logged == 2
     assert see(conn, memory, ["one", "two"], now=NOW + 1) == [False, False]
+
+
+def test_a_clock_stepped_back_never_shortens_a_merged_sightings_time(conn: sqlite3.Connection) -> None:
+    memory = Sightings()
+    memory.load(conn)
+    see(conn, memory, ["k"], now=NOW + 500)
+    see(conn, memory, ["k"], now=NOW)  # a later commit, the clock set back meanwhile
+    memory.rotate(conn)
+    assert conn.execute("SELECT at FROM sightings").fetchall() == [(NOW + 500,)]
