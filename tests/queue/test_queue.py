@@ -344,6 +344,19 @@ async def test_a_rotation_step_that_fails_never_fails_the_commit_carrying_it(
     assert len(relay.events()) == 11
 
 
+def _record_from_another_process(path: str, write_key: str, message_id: str) -> None:
+    """What ``relay recover`` does with a salvaged event's key: recorded in ``sightings``."""
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        recorder = sightings.Sightings()
+        recorder.load(other)
+        recorder.record_in_old_generation(other, [(write_key, message_id)], time.time())
+        other.execute("COMMIT")
+    finally:
+        other.close()
+
+
 async def test_the_dedup_filter_is_read_again_beside_the_writer_after_another_process_wrote(
     start_relay: Callable[..., Any], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -354,13 +367,7 @@ async def test_the_dedup_filter_is_read_again_beside_the_writer_after_another_pr
         await relay.post("/v1/batch", _batch([f"a{i}"]))
     assert queue.sightings.filter is not None
     [(write_key,)] = relay.rows("SELECT DISTINCT write_key FROM batches")
-    other = sqlite3.connect(queue.path, isolation_level=None)  # as relay recover records
-    other.execute("BEGIN IMMEDIATE")
-    recorder = sightings.Sightings()
-    recorder.load(other)
-    recorder.record_in_old_generation(other, [(write_key, "salvaged")], time.time())
-    other.execute("COMMIT")
-    other.close()
+    _record_from_another_process(queue.path, write_key, "salvaged")
     answer = (await relay.post("/v1/batch", _batch(["salvaged"])))[1]
     assert (answer["accepted"], answer["duplicates"]) == (0, 1)  # asked on disk meanwhile
     deadline = time.monotonic() + 10
@@ -372,12 +379,7 @@ async def test_the_dedup_filter_is_read_again_beside_the_writer_after_another_pr
     # another commit from outside soon after: not read again for a while (a recover commits
     # chunk after chunk), and lookups stay exact meanwhile
     monkeypatch.setattr(facade, "DEDUP_FILTER_PAUSE", 3600.0)
-    other = sqlite3.connect(queue.path, isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")
-    recorder.load(other)
-    recorder.record_in_old_generation(other, [(write_key, "salvaged-2")], time.time())
-    other.execute("COMMIT")
-    other.close()
+    _record_from_another_process(queue.path, write_key, "salvaged-2")
     for ids in (["salvaged-2", "b1"], ["b2"]):
         await relay.post("/v1/batch", _batch(ids))
     assert queue.sightings.filter is None and queue._filter_build is None

@@ -26,6 +26,19 @@ def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
     db.close()
 
 
+@pytest.fixture
+def two(tmp_path: Path) -> Iterator[tuple[sqlite3.Connection, sqlite3.Connection]]:
+    """The relay's connection to a queue file and another one (another process, or the
+    relay's status connection)."""
+    path = str(tmp_path / "queue.db")
+    writer = sqlite3.connect(path, isolation_level=None)
+    store.prepare(writer, "fsync", 1 << 30)
+    other = sqlite3.connect(path, isolation_level=None)
+    yield writer, other
+    writer.close()
+    other.close()
+
+
 def see(conn: sqlite3.Connection, memory: Sightings, ids: list[str], now: float = NOW,
         commit: bool = True) -> list[bool]:
     conn.execute("BEGIN IMMEDIATE")
@@ -243,13 +256,12 @@ def test_with_the_filter_rotated_sightings_are_caught_and_fresh_keys_skip_the_lo
     assert seen_again == [False, False, False, True]
 
 
-def test_a_commit_by_another_process_sets_the_filter_aside_until_it_is_built_again(tmp_path: Path) -> None:
+def test_a_commit_by_another_process_sets_the_filter_aside_until_it_is_built_again(
+    two: tuple[sqlite3.Connection, sqlite3.Connection],
+) -> None:
     """``relay recover`` records salvaged keys in ``sightings`` from its own connection: the
     relay's filter does not hold them, so it must not be trusted once the file changed."""
-    path = str(tmp_path / "queue.db")
-    relay_conn = sqlite3.connect(path, isolation_level=None)
-    store.prepare(relay_conn, "fsync", 1 << 30)
-    recover_conn = sqlite3.connect(path, isolation_level=None)
+    relay_conn, recover_conn = two
     memory = Sightings()
     memory.load(relay_conn)
     memory.build_filter(relay_conn)
@@ -264,8 +276,6 @@ def test_a_commit_by_another_process_sets_the_filter_aside_until_it_is_built_aga
     memory.build_filter(relay_conn)
     assert memory.filter is not None and not memory.want_filter
     assert see(relay_conn, memory, ["salvaged", "fresh-2"]) == [False, True]
-    relay_conn.close()
-    recover_conn.close()
 
 
 def test_a_full_filter_asks_to_be_built_again_larger(conn: sqlite3.Connection,
@@ -285,11 +295,10 @@ def test_a_full_filter_asks_to_be_built_again_larger(conn: sqlite3.Connection,
     assert see(conn, memory, [*ids[:3], "not-yet"]) == [False, False, False, True]
 
 
-def test_a_filter_read_beside_the_writer_takes_in_what_was_merged_meanwhile(tmp_path: Path) -> None:
-    path = str(tmp_path / "queue.db")
-    writer = sqlite3.connect(path, isolation_level=None)
-    store.prepare(writer, "fsync", 1 << 30)
-    reader = sqlite3.connect(path, isolation_level=None)
+def test_a_filter_read_beside_the_writer_takes_in_what_was_merged_meanwhile(
+    two: tuple[sqlite3.Connection, sqlite3.Connection],
+) -> None:
+    writer, reader = two
     memory = Sightings()
     memory.load(writer)
     see(writer, memory, ["early"])
@@ -303,8 +312,6 @@ def test_a_filter_read_beside_the_writer_takes_in_what_was_merged_meanwhile(tmp_
     hashes = [sightings.dedup_hash("wk", key) for key in ("early", "meanwhile")]
     assert built.maybe(hashes) == hashes
     assert see(writer, memory, ["early", "meanwhile", "fresh"], now=NOW + 1) == [False, False, True]
-    writer.close()
-    reader.close()
 
 
 def test_a_rotation_step_in_a_commit_leaves_that_commits_own_sightings_in_the_log(
