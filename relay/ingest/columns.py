@@ -233,10 +233,7 @@ class _Times:
             if not any(server_side) and set(map(type, sent)) == {str} and "" not in sent:
                 self.client_batch(messages, cast(list[str], explicit), cast(list[str], sent))
                 return
-        if len(messages) > 1:
-            self.mixed(messages, server_side)
-        else:
-            self.each(messages, server_side)
+        self.mixed(messages, server_side)
 
     def mixed(self, messages: Sequence[Message], server_side: list[bool]) -> None:
         """A batch of several shapes (libraries of both sides, messages with and without
@@ -261,16 +258,15 @@ class _Times:
                         servers.append(m)
                         server_times.append(explicit)
                         continue
-                elif type(sent) is str and sent:
-                    clients.append(m)
-                    client_times.append(explicit)
-                    client_sent.append(sent)
-                    continue
-                elif sent is UNSET and batch_sent is not None:
-                    clients.append(m)
-                    client_times.append(explicit)
-                    client_sent.append(batch_sent)
-                    continue
+                else:
+                    # its own sentAt, else (none at all) the batch's
+                    corrected_by = (sent if type(sent) is str and sent
+                                    else batch_sent if sent is UNSET else None)
+                    if corrected_by is not None:
+                        clients.append(m)
+                        client_times.append(explicit)
+                        client_sent.append(corrected_by)
+                        continue
             others.append(m)
             others_side.append(server)
         if servers:

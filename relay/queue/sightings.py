@@ -296,16 +296,7 @@ class Sightings:
                                 (below,)).fetchall()
             if not rows:
                 return 0
-            times: dict[int, float] = {}
-            stamps = [at for _, at, _ in rows]
-            if stamps == sorted(stamps):  # later rows, later times: each hash's last row wins
-                for _, at, blob in rows:
-                    times.update(dict.fromkeys(_unpack(blob), at))
-            else:  # the clock stepped back meanwhile: each hash's latest time, one by one
-                for _, at, blob in rows:
-                    for h in _unpack(blob):
-                        if times.get(h, at) <= at:
-                            times[h] = at
+            times, _ = _latest_times([(at, blob) for _, at, blob in rows])
             self.frozen, self.recent = self.recent, {}
             self._times, self._order = times, sorted(times)
             self._next, self._frozen_logged = 0, self.logged  # (what memory counts of the frozen rows)
@@ -451,11 +442,25 @@ def _data_version(conn: sqlite3.Connection) -> int:
 
 def _read_log(conn: sqlite3.Connection) -> tuple[dict[int, float], int]:
     """The recent generation from the log: hash -> last time seen, and how many hashes."""
-    recent: dict[int, float] = {}
+    return _latest_times(conn.execute("SELECT at, hashes FROM sightings_log ORDER BY rowid").fetchall())
+
+
+def _latest_times(rows: Sequence[tuple[float, bytes]]) -> tuple[dict[int, float], int]:
+    """Log rows (time, hashes) in rowid order as hash -> its latest time, and how many
+    hashes (repeats too)."""
+    times: dict[int, float] = {}
     count = 0
-    for at, blob in conn.execute("SELECT at, hashes FROM sightings_log ORDER BY rowid"):
+    stamps = [at for at, _ in rows]
+    if stamps == sorted(stamps):  # later rows, later times: each hash's last row wins (in C)
+        for at, blob in rows:
+            hashes = _unpack(blob)
+            count += len(hashes)
+            times.update(dict.fromkeys(hashes, at))
+        return times, count
+    for at, blob in rows:  # the clock stepped back meanwhile: each hash's latest time
         hashes = _unpack(blob)
         count += len(hashes)
         for h in hashes:
-            recent[h] = at
-    return recent, count
+            if times.get(h, at) <= at:
+                times[h] = at
+    return times, count
