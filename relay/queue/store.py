@@ -379,17 +379,14 @@ def _read(conn: sqlite3.Connection, destination: str | None, after: int, limit: 
     rows = conn.execute(
         "SELECT first, received_at, write_key, target, codec, ids, body FROM batches"
         " WHERE first >= ? AND first <= ? ORDER BY first", (start[0], top))
-    while len(events) < limit:
-        chunk = rows.fetchmany(64)
-        if not chunk:
+    for first, received_at, write_key, target, codec, ids, body in rows:  # a row at a time: one
+        # row may hold thousands of events, and only ``limit`` of them are wanted
+        if destination is not None and target is not None and target != destination:
+            continue
+        events += batches.unpack(first, received_at, write_key, ids, body, codec, after,
+                                 limit - len(events))
+        if len(events) >= limit:
             break
-        for first, received_at, write_key, target, codec, ids, body in chunk:
-            if destination is not None and target is not None and target != destination:
-                continue
-            events += batches.unpack(first, received_at, write_key, ids, body, codec, after,
-                                     limit - len(events))
-            if len(events) >= limit:
-                break
     rows.close()
     return events  # a row is inserted whole: every event of a row at or below ``top`` is too
 

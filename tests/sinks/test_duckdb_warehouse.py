@@ -199,3 +199,21 @@ async def test_a_load_that_meets_events_already_there_merges_by_key_and_then_ins
     assert (await sink._load([[stored(7)], [stored(7)]])).status == 200  # twice in one load: one row
     assert query(path, "SELECT count(*), count(DISTINCT id) FROM web_prod.tracks") == [(8, 8)]
     await sink.stop()
+
+
+@pytest.mark.parametrize("row_group_size", [2048, 4096])
+async def test_the_file_is_written_in_row_groups_of_the_configured_size(tmp_path, row_group_size):
+    path = tmp_path / "wh.duckdb"
+    sink = DuckDBSink(DestinationConfig(name="wh", type="duckdb", options={
+        "path": str(path), "schemas": {"sdk-key": "web_prod"}, "row_group_size": row_group_size}))
+    await sink.start()
+    for first, count in [(0, 6000), (6000, 3000)]:  # each load closes the file: a checkpoint
+        assert (await sink._load([[stored(first + i) for i in range(count)]])).status == 200
+    await sink.stop()
+    groups = query(path, "SELECT row_group_id, max(count) FROM pragma_storage_info('web_prod.tracks')"
+                         " GROUP BY row_group_id ORDER BY row_group_id")
+    assert sum(rows for _, rows in groups) == 9000
+    # (DuckDB's default, 122,880 rows, would hold all of them in one)
+    assert max(rows for _, rows in groups) == row_group_size and len(groups) >= 9000 / row_group_size
+    # a reader with DuckDB's defaults reads it, and the relay's next load goes on after it
+    assert query(path, "SELECT count(*), count(DISTINCT id) FROM web_prod.order_completed") == [(9000, 9000)]

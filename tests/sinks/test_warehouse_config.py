@@ -27,6 +27,8 @@ def load(tmp_path: Path, dest: dict[str, Any]) -> config.Config:
     ("duckdb", {"path": "x.duckdb", "default_schema": "select"}, "`options.default_schema`"),
     ("duckdb", {"path": "x.duckdb", "colour": "red"}, "colour"),
     ("duckdb", {}, "path"),
+    ("duckdb", {"path": "x.duckdb", "row_group_size": 3000}, "`options.row_group_size`"),
+    ("duckdb", {"path": "x.duckdb", "threads": 0}, "`options.threads`"),
     ("parquet", {"path": "lake", "compression": "lzma"}, "`options.compression`"),
     ("postgres", {"password_env": "A", "password_file": "/b"},
      "`options.password_env` and `options.password_file` are both set"),

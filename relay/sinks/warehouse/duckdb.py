@@ -38,13 +38,18 @@ from relay.types import Stored
 TYPES: dict[Kind, str] = {"varchar": "VARCHAR", "integer": "BIGINT", "float": "DOUBLE", "boolean": "BOOLEAN",
                           "timestamp": "TIMESTAMPTZ"}
 STAGE = "relay_stage"
+ALIAS = "relay_warehouse"  # the file, attached to a load's in-memory connection
+VECTOR_ROWS = 2048  # DuckDB's vector: a row group's size is a multiple of it
 _encode = msgspec.json.Encoder().encode
 
 
 class DuckDBOptions(base.WarehouseOptions, frozen=True, forbid_unknown_fields=True, kw_only=True):
     path: str  # the database file
     memory_limit: str = "128MB"  # DuckDB's own memory while loading
-    threads: int = msgspec.field(default=2)
+    threads: int = 1  # DuckDB's threads while loading (the relay runs on one core)
+    # rows of a row group the relay writes (DuckDB's default is 122,880): a load's closing
+    # checkpoint writes each table's last row group again, and holds it in memory to do so
+    row_group_size: int = 8192
 
 
 class DuckDBSink(base.WarehouseSink):
@@ -57,6 +62,9 @@ class DuckDBSink(base.WarehouseSink):
             raise ValueError("`options.path`: expected the database file's path")
         if options.threads < 1:
             raise ValueError("`options.threads`: expected at least 1")
+        if options.row_group_size < VECTOR_ROWS or options.row_group_size % VECTOR_ROWS:
+            raise ValueError(f"`options.row_group_size`: expected a multiple of {VECTOR_ROWS} "
+                             f"(DuckDB's vector size), got {options.row_group_size}")
         super().__init__(config, options)
         self.path = Path(options.path)
         self.options = options
@@ -95,7 +103,15 @@ class DuckDBSink(base.WarehouseSink):
     def _connect(self) -> Any:
         import duckdb
 
-        return duckdb.connect(str(self.path), config=self._config())
+        con = duckdb.connect(":memory:", config=self._config())
+        try:  # the file attached, as only ATTACH takes a row group size
+            path = "'" + str(self.path).replace("'", "''") + "'"
+            con.execute(f"ATTACH {path} AS {ALIAS} (ROW_GROUP_SIZE {self.options.row_group_size})")
+            con.execute(f"USE {ALIAS}")
+        except BaseException:
+            con.close()
+            raise
+        return con
 
     def _load_now(self, batches: list[list[Stored]]) -> Answer:
         """One load: its batches planned and their rows staged first, then the file opened for
