@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-events", type=int, default=MAX_EVENTS)
     parser.add_argument("--concurrency", type=int, default=CONCURRENCY)
     parser.add_argument("--memory-limit", default="128MB", help="the duckdb type's memory_limit option")
-    parser.add_argument("--threads", type=int, default=2, help="the duckdb type's threads option")
+    parser.add_argument("--threads", type=int, default=1, help="the duckdb type's threads option")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     procs = common.Processes()
