@@ -215,5 +215,5 @@ async def test_the_file_is_written_in_row_groups_of_the_configured_size(tmp_path
     assert sum(rows for _, rows in groups) == 9000
     # (DuckDB's default, 122,880 rows, would hold all of them in one)
     assert max(rows for _, rows in groups) == row_group_size and len(groups) >= 9000 / row_group_size
-    # a reader with DuckDB's defaults reads it, and the relay's next load goes on after it
+    # and a reader with DuckDB's defaults reads it
     assert query(path, "SELECT count(*), count(DISTINCT id) FROM web_prod.order_completed") == [(9000, 9000)]

@@ -105,8 +105,8 @@ class DuckDBSink(base.WarehouseSink):
 
         con = duckdb.connect(":memory:", config=self._config())
         try:  # the file attached, as only ATTACH takes a row group size
-            path = "'" + str(self.path).replace("'", "''") + "'"
-            con.execute(f"ATTACH {path} AS {ALIAS} (ROW_GROUP_SIZE {self.options.row_group_size})")
+            con.execute(f"ATTACH {sql.text(str(self.path))} AS {ALIAS}"
+                        f" (ROW_GROUP_SIZE {self.options.row_group_size})")
             con.execute(f"USE {ALIAS}")
         except BaseException:
             con.close()
@@ -233,7 +233,7 @@ def _source(stages: list[Stage]) -> str:
     load = stages[0].load
     named = enumerate(zip(load.columns, load.kinds, strict=True), 1)
     picks = ", ".join(f"r[{i}]{_CASTS[kind]} AS {sql.quote(name)}" for i, (name, kind) in named)
-    paths = ", ".join("'" + str(stage.path).replace("'", "''") + "'" for stage in stages)
+    paths = ", ".join(sql.text(str(stage.path)) for stage in stages)
     return (f"(SELECT {picks} FROM read_json([{paths}], format = 'newline_delimited', records = 'false',"
             f" columns = {{'r': 'VARCHAR[]'}})) AS {STAGE}")
 

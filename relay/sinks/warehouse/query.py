@@ -87,7 +87,7 @@ def _parquet_views(dest: DestinationConfig) -> Any:
     import duckdb
 
     from relay.sinks.warehouse.parquet import ParquetOptions
-    from relay.sinks.warehouse.sql import quote
+    from relay.sinks.warehouse.sql import quote, text
 
     root = Path(opts.parse(dest.options, ParquetOptions).path)
     con = duckdb.connect()
@@ -96,9 +96,9 @@ def _parquet_views(dest: DestinationConfig) -> Any:
     for source in sources:
         con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(source.name)}")
         for table in sorted(p for p in source.iterdir() if p.is_dir()):
-            files = str(table / "**" / "*.parquet").replace("'", "''")
+            files = text(str(table / "**" / "*.parquet"))
             con.execute(f"CREATE VIEW {quote(source.name)}.{quote(table.name)} AS SELECT * FROM "
-                        f"read_parquet('{files}', union_by_name = true, hive_partitioning = true)")
+                        f"read_parquet({files}, union_by_name = true, hive_partitioning = true)")
     return con
 
 

@@ -10,6 +10,11 @@ def quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def text(value: str) -> str:
+    """A string literal (a file's path)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
 def qualified(schema_name: str, table: str) -> str:
     return f"{quote(schema_name)}.{quote(table)}"
 
