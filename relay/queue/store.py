@@ -373,7 +373,7 @@ def _read(conn: sqlite3.Connection, destination: str | None, after: int, limit: 
           top: int) -> list[Stored]:
     """Events after ``after`` up to ``top`` (for ``destination`` only, when named)."""
     start = _row_with(conn, after + 1, "first")
-    if start is None:
+    if start is None or limit <= 0:
         return []
     events: list[Stored] = []
     rows = conn.execute(

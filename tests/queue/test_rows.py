@@ -207,3 +207,37 @@ def test_a_rows_body_is_compressed_only_when_it_pays(bodies: list[bytes], codec:
     packed = batches.pack(1.0, "k", [str(i) for i in range(len(bodies))], ["track"] * len(bodies), bodies)
     assert packed.codec == codec
     assert batches.body_bytes(packed.body, packed.codec) == b"".join(bodies)
+
+
+def _file_of_rows(path: Path) -> sqlite3.Connection:
+    """A queue file of three rows: 3,000 events for every destination (a file written in bulk),
+    2 for destination "b" only, then 5 for every destination (ids 1-3000, 3001-3002, 3003-3007)."""
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    store.prepare(conn, "os", 64 << 20)
+    conn.execute("BEGIN")
+    store.insert_events(conn, [(1.0, "k", f"big-{i}", "track", b'{"i":%d}' % i) for i in range(3000)])
+    store.insert_events(conn, [(2.0, "k", f"for-b-{i}", "track", b"{}", "b") for i in range(2)])
+    store.insert_events(conn, [(3.0, "k", f"small-{i}", "track", b"{}") for i in range(5)])
+    conn.execute("COMMIT")
+    return conn
+
+
+@pytest.mark.parametrize(("destination", "after", "limit", "ids"), [
+    (None, 0, 0, []),  # nothing asked: nothing read
+    ("a", 0, 1, [1]),
+    ("a", 10, 5, [11, 12, 13, 14, 15]),  # inside the bulk row
+    ("a", 2998, 4, [2999, 3000, 3003, 3004]),  # across rows, past the row for "b" alone
+    ("b", 2998, 4, [2999, 3000, 3001, 3002]),
+    ("a", 3004, 100, [3005, 3006, 3007]),  # fewer than asked for
+    (None, 3000, 3, [3001, 3002, 3003]),  # every destination's events
+])
+def test_a_read_takes_the_events_after_the_cursor_up_to_the_limit_across_rows(
+        tmp_path: Path, destination: str | None, after: int, limit: int, ids: list[int]) -> None:
+    conn = _file_of_rows(tmp_path / "queue.db")
+    try:
+        events = (store.read_all_after(conn, after, limit) if destination is None
+                  else store.read_after(conn, destination, after, limit))
+        assert [e.id for e in events] == ids
+        assert [e.body for e in events if e.id <= 3000] == [b'{"i":%d}' % (i - 1) for i in ids if i <= 3000]
+    finally:
+        conn.close()
