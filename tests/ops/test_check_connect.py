@@ -24,6 +24,8 @@ from tests.ops.checking import (
 )
 from tests.sinks.postgres_server import PASSWORD, PostgresServer
 from tests.sinks.postgres_server import postgres as postgres  # the fixture, shared with the warehouse suites
+from tests.sinks.postgres_server import postgres_ca as postgres_ca
+from tests.sinks.postgres_server import postgres_tls as postgres_tls
 from tests.support.nats_server import free_port
 
 pytest_plugins = ["tests.support.fixtures"]
@@ -238,6 +240,32 @@ async def test_postgres_with_its_password_is_accepted_and_with_another_refused(
     assert f": {connect.UPSTREAM_ERROR}:" in run.line("pg-no-database")
     assert '"nope" does not exist' in run.line("pg-no-database")
     assert PASSWORD not in run.stderr and "not-the-password" not in run.stderr
+
+
+async def test_postgres_over_tls_passes_with_its_ca_and_fails_without_it(
+        tmp_path: Path, postgres_tls: PostgresServer, postgres_ca: trustme.CA) -> None:
+    """A server that takes logins over TLS only: verified against its CA (PGSSLROOTCERT) the
+    login passes; against another CA the line says TLS failed, and why; without TLS the
+    server's refusal is named."""
+    good = tmp_path / "pg-password"
+    good.write_text(PASSWORD + "\n")
+    path = config_file(tmp_path, "".join([
+        postgres_destination("pg-tls", postgres_tls, password_file=str(good), ssl="verify-full"),
+        postgres_destination("pg-plain", postgres_tls, password_file=str(good), ssl="disable"),
+    ]))
+    ours, other = tmp_path / "ca.pem", tmp_path / "other-ca.pem"
+    postgres_ca.cert_pem.write_to_path(str(ours))
+    trustme.CA().cert_pem.write_to_path(str(other))
+    run = await run_check(path, env={"PGSSLROOTCERT": str(ours)})
+    assert run.code == 1
+    assert "credentials accepted: SELECT 1 answered" in run.line("pg-tls")
+    line = run.line("pg-plain")
+    assert f": {connect.REFUSED}:" in line and "no encryption" in line, line
+    run = await run_check(path, env={"PGSSLROOTCERT": str(other)})
+    line = run.line("pg-tls")
+    assert f": {connect.TLS_FAILED}:" in line and "certificate verify failed" in line, line
+    assert "PGSSLROOTCERT" in line  # where the CA comes from
+    assert PASSWORD not in run.stderr
 
 
 async def test_kafka_metadata_from_a_broker_and_none_from_a_dead_port(tmp_path: Path, tansu: Any) -> None:

@@ -1,7 +1,9 @@
 """A real PostgreSQL server for the tests: Debian's binaries, a fresh cluster in a temporary
 folder owned by the ``postgres`` user (initdb refuses root), on a free loopback port with its
 unix socket in that folder; stopped by its PID, and the folder removed. TCP connections need
-the superuser's password (``PASSWORD``), so the relay's password options are exercised."""
+the superuser's password (``PASSWORD``), so the relay's password options are exercised.
+``PostgresServer(tls=ca)`` serves TLS with a certificate of that trustme CA for 127.0.0.1 and
+refuses every TCP connection that is not encrypted (``hostnossl ... reject``)."""
 
 from __future__ import annotations
 
@@ -40,7 +42,8 @@ def _free_port() -> int:
 
 
 class PostgresServer:
-    def __init__(self) -> None:
+    def __init__(self, tls: Any = None) -> None:
+        self.tls = tls  # a trustme.CA, or None for a server without TLS
         self.bin = binaries()
         self.user = pwd.getpwnam("postgres")
         self.folder = Path(tempfile.mkdtemp(prefix="relay-pg-"))
@@ -63,11 +66,12 @@ class PostgresServer:
                         "--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}",
                         "--no-sync", "-E", "UTF8", "--no-instructions"], check=True, capture_output=True,
                        timeout=START_TIMEOUT, cwd=self.folder, **self._as_postgres())  # type: ignore[call-overload]
+        settings = self._tls_settings() if self.tls is not None else []
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(  # type: ignore[call-overload]
                 [str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port), "-h", "127.0.0.1",
                  "-k", str(self.folder), "-c", "fsync=off", "-c", "synchronous_commit=off",
-                 "-c", "full_page_writes=off", "-c", "shared_buffers=16MB"],
+                 "-c", "full_page_writes=off", "-c", "shared_buffers=16MB", *settings],
                 stdout=log, stderr=subprocess.STDOUT, cwd=self.folder, **self._as_postgres())
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
@@ -81,6 +85,23 @@ class PostgresServer:
             time.sleep(0.1)
         self.stop()
         raise TimeoutError("postgres did not accept connections")
+
+    def _tls_settings(self) -> list[str]:
+        """The server's certificate and key in its data folder (the key readable by the
+        server's user alone, as PostgreSQL demands) and a pg_hba.conf taking TCP logins over
+        TLS only."""
+        cert = self.tls.issue_cert("127.0.0.1", "localhost")
+        for name, blob in (("server.crt", cert.cert_chain_pems[0].bytes()),
+                           ("server.key", cert.private_key_pem.bytes())):
+            path = self.data / name
+            path.write_bytes(blob)
+            os.chown(path, self.user.pw_uid, self.user.pw_gid)
+            path.chmod(0o600)
+        (self.data / "pg_hba.conf").write_text(
+            "local all all trust\n"
+            "hostssl all all 127.0.0.1/32 scram-sha-256\n"
+            "hostnossl all all 127.0.0.1/32 reject\n")
+        return ["-c", "ssl=on", "-c", "ssl_cert_file=server.crt", "-c", "ssl_key_file=server.key"]
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -96,7 +117,8 @@ class PostgresServer:
         import asyncpg
 
         return await asyncpg.connect(host="127.0.0.1", port=self.port, user="postgres", password=PASSWORD,
-                                     database=database, timeout=10)
+                                     database=database, timeout=10,
+                                     ssl="require" if self.tls is not None else "prefer")
 
     async def fresh_database(self) -> str:
         """A new, empty database of its own for one test."""
@@ -114,6 +136,25 @@ class PostgresServer:
 def postgres() -> Iterator[PostgresServer]:
     """A real PostgreSQL server for the module that asks for one, stopped at its end."""
     server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def postgres_ca() -> Any:
+    import trustme
+
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def postgres_tls(postgres_ca: Any) -> Iterator[PostgresServer]:
+    """A real PostgreSQL server that takes TCP logins over TLS only, with a certificate of
+    ``postgres_ca``."""
+    server = PostgresServer(tls=postgres_ca)
     try:
         server.start()
         yield server

@@ -16,6 +16,8 @@ from relay.config import DestinationConfig
 from relay.sinks import make_sink
 from relay.types import Stored
 from tests.sinks.postgres_server import PASSWORD, PostgresServer
+from tests.sinks.postgres_server import postgres_ca as postgres_ca  # fixtures
+from tests.sinks.postgres_server import postgres_tls as postgres_tls
 from tests.sinks.warehouse import (
     WAVE_1,
     WAVE_2,
@@ -134,3 +136,25 @@ async def test_the_password_can_come_from_the_environment(start_relay, postgres,
     await asyncio.to_thread(send_with_sdk, relay.url, WAVE_1[:1])
     await wait_delivered(relay, 1)
     assert await rows(postgres, database, "SELECT id FROM web_prod.tracks") == [("m-1",)]
+
+
+async def test_events_are_loaded_over_tls_with_the_servers_certificate_verified(
+        start_relay, postgres_tls, postgres_ca, tmp_path, monkeypatch):
+    """``ssl = "verify-full"`` against a server that refuses unencrypted logins: the CA comes
+    from PGSSLROOTCERT, as docs/warehouses.md says; the relay's own connection is encrypted."""
+    database = await postgres_tls.fresh_database()
+    ca_file = tmp_path / "ca.pem"
+    postgres_ca.cert_pem.write_to_path(str(ca_file))
+    monkeypatch.setenv("PGSSLROOTCERT", str(ca_file))
+    dest = pg_destination(postgres_tls, database, tmp_path, max_events=50)
+    dest["options"]["ssl"] = "verify-full"
+    relay = await start_relay(destinations=[dest])
+    await asyncio.to_thread(send_with_sdk, relay.url, WAVE_1)
+    await wait_delivered(relay, 3)
+    tracks = await rows(postgres_tls, database, "SELECT id FROM web_prod.tracks")
+    assert sorted(tracks) == [("m-1",), ("m-2",)]
+    # the relay keeps its connection between loads: it is there, encrypted
+    found = await rows(postgres_tls, database,
+                       "SELECT s.ssl, s.version IS NOT NULL FROM pg_stat_ssl s JOIN pg_stat_activity a"
+                       " USING (pid) WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()")
+    assert found and all(row == (True, True) for row in found), found
