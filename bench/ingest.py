@@ -319,7 +319,8 @@ def start_bare(procs: Processes, workdir: Path, cpu: int | None, parse: bool = F
     return server
 
 
-def start_relay(procs: Processes, workdir: Path, cpu: int | None, plugins: bool = False) -> Server:
+def start_relay(procs: Processes, workdir: Path, cpu: int | None, plugins: bool = False,
+                dedup_window: float | None = None) -> Server:
     config_path = workdir / "relay.toml"
     chain = ""
     if plugins:
@@ -335,6 +336,7 @@ def start_relay(procs: Processes, workdir: Path, cpu: int | None, plugins: bool 
         f"path = {json.dumps(str(workdir / 'queue.db'))}\n"
         'durability = "fsync"\n'
         f"max_bytes = {QUEUE_MAX_BYTES}\n"
+        + (f"dedup_window = {dedup_window:g}\n" if dedup_window is not None else "") +
         "[admin]\n"
         'host = "127.0.0.1"\n'
         "port = 0\n"
@@ -576,6 +578,7 @@ class Plan:
     base_dir: str | None
     run_id: str
     load_cpu: int | None = None
+    dedup_window: float | None = None  # the relay's queue.dedup_window; None: its default
 
 
 BARE_KINDS = ("bare", "bare-parse")
@@ -592,7 +595,8 @@ def measure(plan: Plan, procs: Processes, kind: str, workload: Workload, connect
         if kind in BARE_KINDS:
             server = start_bare(procs, workdir, plan.server_cpu, parse=kind == "bare-parse")
         else:
-            server = start_relay(procs, workdir, plan.server_cpu, plugins=kind == "plugins")
+            server = start_relay(procs, workdir, plan.server_cpu, plugins=kind == "plugins",
+                                 dedup_window=plan.dedup_window)
         if kind == "watched":
             start_watchers(procs, server, plan.load_cpu)
         try:
@@ -851,11 +855,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="wrk threads (default: the number of CPUs the load generator has)")
     parser.add_argument("--dir", help="where the temporary queue directories go (default: $TMPDIR)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    parser.add_argument("--dedup-window", type=float, default=None, metavar="SECONDS",
+                        help="the relay's queue.dedup_window (default: the relay's own, 86400; "
+                             "0 turns deduplication off, to see what it costs)")
     parser.add_argument("--no-reference", action="store_true",
                         help="skip the raw SQLite and codec references (bench/reference.py)")
     args = parser.parse_args(argv)
     if args.duration <= 0 or (args.connections is not None and args.connections < 1) or args.warmup < 0:
         parser.error("--duration and --connections must be positive, --warmup not negative")
+    if args.dedup_window is not None and args.dedup_window < 0:
+        parser.error("--dedup-window must not be negative")
     return args
 
 
@@ -878,7 +887,8 @@ def main(argv: list[str] | None = None) -> int:
     generator_cls = Wrk if use_wrk else PythonLoad
     generator: Generator = generator_cls(procs, load_cpu, threads, max(connections.values()))
     base_dir = args.dir or tempfile.gettempdir()
-    plan = Plan(args.duration, args.warmup, generator, server_cpu, base_dir, f"{time.time_ns():x}", load_cpu)
+    plan = Plan(args.duration, args.warmup, generator, server_cpu, base_dir, f"{time.time_ns():x}", load_cpu,
+                args.dedup_window)
     report: dict[str, Any] = {
         "setup": {
             "generator": generator.name + (f" -t{threads}" if use_wrk else ""),
@@ -887,6 +897,7 @@ def main(argv: list[str] | None = None) -> int:
             "warmup_s": args.warmup,
             "pinning": pinning,
             "durability": "fsync",
+            "dedup_window": args.dedup_window,
             "queue_filesystem": filesystem_of(base_dir),
             "python": sys.version.split()[0],
             "cpus": os.cpu_count(),
@@ -897,7 +908,8 @@ def main(argv: list[str] | None = None) -> int:
     shown = ", ".join(f"{name} {n}" for name, n in connections.items())
     out(f"relay ingest benchmark: {setup['generator']}, connections: {shown}; "
         f"{args.duration:g} s per measurement after {args.warmup:g} s warm-up; {pinning}")
-    out(f"queue: durability fsync, in {base_dir} ({setup['queue_filesystem']})")
+    dedup = "default (86400 s)" if args.dedup_window is None else f"{args.dedup_window:g} s"
+    out(f"queue: durability fsync, in {base_dir} ({setup['queue_filesystem']}); dedup_window {dedup}")
     if setup["queue_filesystem"] == "tmpfs":
         out("warning: the queue is on tmpfs, where fsync costs nothing; use --dir on a real disk")
     if not use_wrk:
