@@ -89,6 +89,10 @@ if str(BENCH) not in sys.path:
 
 from varied import varied_batch  # noqa: E402  (bench/varied.py: the batch-varied body)
 
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+from relay.config import DEFAULT_DEDUP_WINDOW as RELAY_DEDUP_WINDOW  # noqa: E402
+
 PLACEHOLDER = "@@MID@@"
 WRITE_KEY = "bench-write-key"
 AUTHORIZATION = "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()
@@ -320,7 +324,7 @@ def start_bare(procs: Processes, workdir: Path, cpu: int | None, parse: bool = F
 
 
 def start_relay(procs: Processes, workdir: Path, cpu: int | None, plugins: bool = False,
-                dedup_window: float | None = None) -> Server:
+                dedup_window: int | None = None) -> Server:
     config_path = workdir / "relay.toml"
     chain = ""
     if plugins:
@@ -336,7 +340,7 @@ def start_relay(procs: Processes, workdir: Path, cpu: int | None, plugins: bool 
         f"path = {json.dumps(str(workdir / 'queue.db'))}\n"
         'durability = "fsync"\n'
         f"max_bytes = {QUEUE_MAX_BYTES}\n"
-        + (f"dedup_window = {dedup_window:g}\n" if dedup_window is not None else "") +
+        + (f"dedup_window = {dedup_window:d}\n" if dedup_window is not None else "") +
         "[admin]\n"
         'host = "127.0.0.1"\n'
         "port = 0\n"
@@ -578,7 +582,7 @@ class Plan:
     base_dir: str | None
     run_id: str
     load_cpu: int | None = None
-    dedup_window: float | None = None  # the relay's queue.dedup_window; None: its default
+    dedup_window: int | None = None  # the relay's queue.dedup_window; None: its default
 
 
 BARE_KINDS = ("bare", "bare-parse")
@@ -855,9 +859,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="wrk threads (default: the number of CPUs the load generator has)")
     parser.add_argument("--dir", help="where the temporary queue directories go (default: $TMPDIR)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
-    parser.add_argument("--dedup-window", type=float, default=None, metavar="SECONDS",
-                        help="the relay's queue.dedup_window (default: the relay's own, 86400; "
-                             "0 turns deduplication off, to see what it costs)")
+    parser.add_argument("--dedup-window", type=int, default=None, metavar="SECONDS",
+                        help=f"the relay's queue.dedup_window, whole seconds (default: the relay's "
+                             f"own, {RELAY_DEDUP_WINDOW}; 0 turns deduplication off, to see what it costs)")
     parser.add_argument("--no-reference", action="store_true",
                         help="skip the raw SQLite and codec references (bench/reference.py)")
     args = parser.parse_args(argv)
@@ -897,7 +901,7 @@ def main(argv: list[str] | None = None) -> int:
             "warmup_s": args.warmup,
             "pinning": pinning,
             "durability": "fsync",
-            "dedup_window": args.dedup_window,
+            "dedup_window": RELAY_DEDUP_WINDOW if args.dedup_window is None else args.dedup_window,
             "queue_filesystem": filesystem_of(base_dir),
             "python": sys.version.split()[0],
             "cpus": os.cpu_count(),
@@ -908,7 +912,7 @@ def main(argv: list[str] | None = None) -> int:
     shown = ", ".join(f"{name} {n}" for name, n in connections.items())
     out(f"relay ingest benchmark: {setup['generator']}, connections: {shown}; "
         f"{args.duration:g} s per measurement after {args.warmup:g} s warm-up; {pinning}")
-    dedup = "default (86400 s)" if args.dedup_window is None else f"{args.dedup_window:g} s"
+    dedup = ("the default, " if args.dedup_window is None else "") + f"{setup['dedup_window']} s"
     out(f"queue: durability fsync, in {base_dir} ({setup['queue_filesystem']}); dedup_window {dedup}")
     if setup["queue_filesystem"] == "tmpfs":
         out("warning: the queue is on tmpfs, where fsync costs nothing; use --dir on a real disk")
