@@ -547,8 +547,11 @@ async def _postgres(destination: DestinationConfig, clock: _Clock, secrets: list
         raise _Outcome(UNREACHABLE, f"{where}: no answer within {clock.timeout:g} s") from None
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         reason = tls_reason(exc)
+        if (reason is None and isinstance(exc, asyncpg.ClientConfigurationError)
+                and "root certificate" in str(exc)):
+            reason = str(exc)  # verify-ca/verify-full with no CA to verify against
         if reason is not None:
-            hint = f"`options.ssl` is {o.ssl!r}; the CA comes from ~/.postgresql/root.crt or PGSSLROOTCERT"
+            hint = f"`options.ssl` is {o.ssl!r}; the CA comes from PGSSLROOTCERT or ~/.postgresql/root.crt"
             raise _Outcome(TLS_FAILED, f"{where}: {_with_hint(reason, hint)}") from None
         if isinstance(exc, OSError):
             raise _Outcome(UNREACHABLE, f"{where}: {_os_words(exc)}") from None

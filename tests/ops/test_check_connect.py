@@ -242,15 +242,19 @@ async def test_postgres_with_its_password_is_accepted_and_with_another_refused(
     assert PASSWORD not in run.stderr and "not-the-password" not in run.stderr
 
 
-async def test_postgres_over_tls_passes_with_its_ca_and_fails_without_it(
+async def test_postgres_over_tls_passes_with_its_ca_and_its_name_and_fails_without_either(
         tmp_path: Path, postgres_tls: PostgresServer, postgres_ca: trustme.CA) -> None:
-    """A server that takes logins over TLS only: verified against its CA (PGSSLROOTCERT) the
-    login passes; against another CA the line says TLS failed, and why; without TLS the
-    server's refusal is named."""
+    """A server that takes logins over TLS only, its certificate naming ``localhost``: verified
+    against its CA (PGSSLROOTCERT) by that name the login passes, and by address only with
+    ``verify-ca``; ``verify-full`` by address, another CA, or no CA at all is TLS failed, with
+    why; without TLS the server's refusal is named."""
     good = tmp_path / "pg-password"
     good.write_text(PASSWORD + "\n")
     path = config_file(tmp_path, "".join([
-        postgres_destination("pg-tls", postgres_tls, password_file=str(good), ssl="verify-full"),
+        postgres_destination("pg-tls", postgres_tls, password_file=str(good), ssl="verify-full",
+                             host="localhost"),
+        postgres_destination("pg-by-address", postgres_tls, password_file=str(good), ssl="verify-full"),
+        postgres_destination("pg-verify-ca", postgres_tls, password_file=str(good), ssl="verify-ca"),
         postgres_destination("pg-plain", postgres_tls, password_file=str(good), ssl="disable"),
     ]))
     ours, other = tmp_path / "ca.pem", tmp_path / "other-ca.pem"
@@ -259,12 +263,20 @@ async def test_postgres_over_tls_passes_with_its_ca_and_fails_without_it(
     run = await run_check(path, env={"PGSSLROOTCERT": str(ours)})
     assert run.code == 1
     assert "credentials accepted: SELECT 1 answered" in run.line("pg-tls")
+    assert "credentials accepted: SELECT 1 answered" in run.line("pg-verify-ca")
+    line = run.line("pg-by-address")
+    assert f": {connect.TLS_FAILED}:" in line and "certificate verify failed" in line, line
+    assert "127.0.0.1" in line.split("certificate verify failed", 1)[1], line  # the name it does not give
     line = run.line("pg-plain")
     assert f": {connect.REFUSED}:" in line and "no encryption" in line, line
     run = await run_check(path, env={"PGSSLROOTCERT": str(other)})
     line = run.line("pg-tls")
     assert f": {connect.TLS_FAILED}:" in line and "certificate verify failed" in line, line
-    assert "PGSSLROOTCERT" in line  # where the CA comes from
+    home = tmp_path / "home"  # no ~/.postgresql/root.crt
+    home.mkdir()
+    run = await run_check(path, env={"HOME": str(home)}, unset=("PGSSLROOTCERT",))
+    line = run.line("pg-tls")
+    assert f": {connect.TLS_FAILED}:" in line and "root.crt" in line and "does not exist" in line, line
     assert PASSWORD not in run.stderr
 
 

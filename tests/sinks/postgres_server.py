@@ -2,8 +2,9 @@
 folder owned by the ``postgres`` user (initdb refuses root), on a free loopback port with its
 unix socket in that folder; stopped by its PID, and the folder removed. TCP connections need
 the superuser's password (``PASSWORD``), so the relay's password options are exercised.
-``PostgresServer(tls=ca)`` serves TLS with a certificate of that trustme CA for 127.0.0.1 and
-refuses every TCP connection that is not encrypted (``hostnossl ... reject``)."""
+``PostgresServer(tls=ca)`` serves TLS with a certificate of that trustme CA naming
+``localhost`` only (so that connecting to 127.0.0.1 fails a host-name check), and refuses every
+TCP connection that is not encrypted (``hostnossl ... reject``)."""
 
 from __future__ import annotations
 
@@ -90,7 +91,7 @@ class PostgresServer:
         """The server's certificate and key in its data folder (the key readable by the
         server's user alone, as PostgreSQL demands) and a pg_hba.conf taking TCP logins over
         TLS only."""
-        cert = self.tls.issue_cert("127.0.0.1", "localhost")
+        cert = self.tls.issue_cert("localhost")
         for name, blob in (("server.crt", cert.cert_chain_pems[0].bytes()),
                            ("server.key", cert.private_key_pem.bytes())):
             path = self.data / name

@@ -27,6 +27,7 @@ from tests.sinks.warehouse import (
     toml_for,
     wait_delivered,
 )
+from tests.support.forwarding import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -138,23 +139,65 @@ async def test_the_password_can_come_from_the_environment(start_relay, postgres,
     assert await rows(postgres, database, "SELECT id FROM web_prod.tracks") == [("m-1",)]
 
 
-async def test_events_are_loaded_over_tls_with_the_servers_certificate_verified(
+async def test_events_are_loaded_over_tls_only_to_the_name_the_certificate_gives(
         start_relay, postgres_tls, postgres_ca, tmp_path, monkeypatch):
-    """``ssl = "verify-full"`` against a server that refuses unencrypted logins: the CA comes
-    from PGSSLROOTCERT, as docs/warehouses.md says; the relay's own connection is encrypted."""
-    database = await postgres_tls.fresh_database()
+    """``ssl = "verify-full"`` against a server that refuses unencrypted logins and whose
+    certificate names ``localhost`` only, its CA in PGSSLROOTCERT (as docs/warehouses.md says):
+    the destination that connects to ``localhost`` loads every event over an encrypted
+    connection; the one that connects to 127.0.0.1, the same server, loads nothing, and its
+    error names the certificate's failed check."""
+    by_name, by_address = await postgres_tls.fresh_database(), await postgres_tls.fresh_database()
     ca_file = tmp_path / "ca.pem"
     postgres_ca.cert_pem.write_to_path(str(ca_file))
     monkeypatch.setenv("PGSSLROOTCERT", str(ca_file))
-    dest = pg_destination(postgres_tls, database, tmp_path, max_events=50)
-    dest["options"]["ssl"] = "verify-full"
-    relay = await start_relay(destinations=[dest])
+    named = destination("postgres", name="pg", host="localhost", port=postgres_tls.port, database=by_name,
+                        user="postgres", password_env="RELAY_TEST_PG_PASSWORD", ssl="verify-full",
+                        max_events=50)
+    addressed = destination("postgres", name="pg-by-address", host="127.0.0.1", port=postgres_tls.port,
+                            database=by_address, user="postgres", password_env="RELAY_TEST_PG_PASSWORD",
+                            ssl="verify-full", max_events=50)
+    monkeypatch.setenv("RELAY_TEST_PG_PASSWORD", PASSWORD)
+    relay = await start_relay(destinations=[named, addressed])
     await asyncio.to_thread(send_with_sdk, relay.url, WAVE_1)
-    await wait_delivered(relay, 3)
-    tracks = await rows(postgres_tls, database, "SELECT id FROM web_prod.tracks")
+    await wait_delivered(relay, 3, "pg")
+    tracks = await rows(postgres_tls, by_name, "SELECT id FROM web_prod.tracks")
     assert sorted(tracks) == [("m-1",), ("m-2",)]
     # the relay keeps its connection between loads: it is there, encrypted
-    found = await rows(postgres_tls, database,
+    found = await rows(postgres_tls, by_name,
                        "SELECT s.ssl, s.version IS NOT NULL FROM pg_stat_ssl s JOIN pg_stat_activity a"
                        " USING (pid) WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()")
     assert found and all(row == (True, True) for row in found), found
+
+    def refused() -> bool:
+        got = relay.rows("SELECT last_error FROM progress WHERE destination = 'pg-by-address'")
+        return bool(got and got[0][0] and "certificate verify failed" in got[0][0])
+
+    await wait_until(refused, 20.0, "the load over 127.0.0.1 refused for its certificate")
+    assert relay.rows("SELECT delivered FROM progress WHERE destination = 'pg-by-address'") == [(0,)]
+    assert await rows(postgres_tls, by_address, "SELECT count(*) FROM information_schema.tables"
+                      " WHERE table_schema = 'web_prod'") == [(0,)]
+
+
+async def test_with_no_ca_to_verify_against_the_destination_waits_naming_the_missing_file(
+        start_relay, postgres_tls, tmp_path, monkeypatch):
+    """``verify-full`` with neither PGSSLROOTCERT nor ~/.postgresql/root.crt: the relay runs,
+    the destination loads nothing and retries, its error naming the file it looked for."""
+    database = await postgres_tls.fresh_database()
+    monkeypatch.delenv("PGSSLROOTCERT", raising=False)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("RELAY_TEST_PG_PASSWORD", PASSWORD)
+    dest = destination("postgres", name="pg", host="localhost", port=postgres_tls.port, database=database,
+                       user="postgres", password_env="RELAY_TEST_PG_PASSWORD", ssl="verify-full")
+    relay = await start_relay(destinations=[dest])
+    await asyncio.to_thread(send_with_sdk, relay.url, WAVE_1[:1])
+
+    def waiting() -> bool:
+        got = relay.rows("SELECT last_error FROM progress WHERE destination = 'pg'")
+        return bool(got and got[0][0] and str(home / ".postgresql" / "root.crt") in got[0][0])
+
+    await wait_until(waiting, 20.0, "the destination's error naming the missing root.crt")
+    assert relay.rows("SELECT delivered FROM progress WHERE destination = 'pg'") == [(0,)]
+    assert relay.rows("SELECT sum(count) FROM batches") == [(1,)]  # kept for when the CA is there
+    assert relay.rows("SELECT count(*) FROM dead_letters") == [(0,)]
