@@ -379,8 +379,8 @@ def _read(conn: sqlite3.Connection, destination: str | None, after: int, limit: 
     rows = conn.execute(
         "SELECT first, received_at, write_key, target, codec, ids, body FROM batches"
         " WHERE first >= ? AND first <= ? ORDER BY first", (start[0], top))
-    for first, received_at, write_key, target, codec, ids, body in rows:  # a row at a time: one
-        # row may hold thousands of events, and only ``limit`` of them are wanted
+    # a row at a time: one row may hold thousands of events, and only ``limit`` of them are wanted
+    for first, received_at, write_key, target, codec, ids, body in rows:
         if destination is not None and target is not None and target != destination:
             continue
         events += batches.unpack(first, received_at, write_key, ids, body, codec, after,

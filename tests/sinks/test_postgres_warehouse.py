@@ -33,10 +33,12 @@ pytestmark = pytest.mark.slow
 
 
 def pg_destination(server: PostgresServer, database: str, tmp_path: Any, **extra: Any) -> dict[str, Any]:
+    """A ``postgres`` destination on ``server`` (by 127.0.0.1, no TLS, unless ``extra`` says)."""
     secret = tmp_path / "pg-password"
     secret.write_text(PASSWORD + "\n")
-    return destination("postgres", host="127.0.0.1", port=server.port, database=database, user="postgres",
-                       password_file=str(secret), ssl="disable", **extra)
+    options = {"host": "127.0.0.1", "port": server.port, "database": database, "user": "postgres",
+               "password_file": str(secret), "ssl": "disable", **extra}
+    return destination("postgres", **options)
 
 
 async def rows(server: PostgresServer, database: str, statement: str) -> list[tuple[Any, ...]]:
@@ -150,13 +152,10 @@ async def test_events_are_loaded_over_tls_only_to_the_name_the_certificate_gives
     ca_file = tmp_path / "ca.pem"
     postgres_ca.cert_pem.write_to_path(str(ca_file))
     monkeypatch.setenv("PGSSLROOTCERT", str(ca_file))
-    named = destination("postgres", name="pg", host="localhost", port=postgres_tls.port, database=by_name,
-                        user="postgres", password_env="RELAY_TEST_PG_PASSWORD", ssl="verify-full",
-                        max_events=50)
-    addressed = destination("postgres", name="pg-by-address", host="127.0.0.1", port=postgres_tls.port,
-                            database=by_address, user="postgres", password_env="RELAY_TEST_PG_PASSWORD",
-                            ssl="verify-full", max_events=50)
-    monkeypatch.setenv("RELAY_TEST_PG_PASSWORD", PASSWORD)
+    named = pg_destination(postgres_tls, by_name, tmp_path, name="pg", host="localhost", ssl="verify-full",
+                           max_events=50)
+    addressed = pg_destination(postgres_tls, by_address, tmp_path, name="pg-by-address", ssl="verify-full",
+                               max_events=50)
     relay = await start_relay(destinations=[named, addressed])
     await asyncio.to_thread(send_with_sdk, relay.url, WAVE_1)
     await wait_delivered(relay, 3, "pg")
@@ -187,9 +186,7 @@ async def test_with_no_ca_to_verify_against_the_destination_waits_naming_the_mis
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("RELAY_TEST_PG_PASSWORD", PASSWORD)
-    dest = destination("postgres", name="pg", host="localhost", port=postgres_tls.port, database=database,
-                       user="postgres", password_env="RELAY_TEST_PG_PASSWORD", ssl="verify-full")
+    dest = pg_destination(postgres_tls, database, tmp_path, name="pg", host="localhost", ssl="verify-full")
     relay = await start_relay(destinations=[dest])
     await asyncio.to_thread(send_with_sdk, relay.url, WAVE_1[:1])
 
