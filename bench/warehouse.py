@@ -47,7 +47,7 @@ import ingest as common  # noqa: E402  (bench/ingest.py: processes, servers)
 from relay.ingest.normalise import normalise  # noqa: E402
 from relay.queue import store  # noqa: E402
 from relay.sinks.warehouse import arrow, load, schema, sql  # noqa: E402
-from relay.sinks.warehouse.duckdb import TYPES  # noqa: E402
+from relay.sinks.warehouse.duckdb import create_table  # noqa: E402
 from relay.types import Arrival  # noqa: E402
 
 RATIO_TARGET = 0.5
@@ -177,7 +177,7 @@ def reference_duckdb(plans: list[load.Plan], workdir: Path, args: argparse.Names
         con.execute("BEGIN TRANSACTION")
         for table in plan.tables:
             if table.create:
-                con.execute(sql.create_table(table, TYPES))
+                con.execute(create_table(table))  # the tables the relay makes
             con.register("stage", arrow.table(table))
             con.execute(f"INSERT INTO {sql.qualified(table.schema, table.table)} BY NAME SELECT * FROM stage")
             con.unregister("stage")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -101,12 +102,12 @@ async def test_sdk_events_land_in_segments_schema_and_evolve(start_relay, tmp_pa
     assert relay.dead_letters() == []
 
 
-async def test_a_batch_sent_again_gives_one_row_per_event(start_relay, tmp_path):
+async def test_a_batch_the_sdk_sends_again_gives_one_row_per_event(start_relay, tmp_path):
     path = tmp_path / "wh.duckdb"
-    relay = await start_relay(queue={"dedup_window": 0}, destinations=[destination("duckdb", path=str(path))])
-    for _ in range(2):  # the relay stores both copies; the warehouse keeps one of each
+    relay = await start_relay(destinations=[destination("duckdb", path=str(path))])
+    for _ in range(2):  # the queue's dedup keeps the first copy of each
         await asyncio.to_thread(send_with_sdk, relay.url, WAVE_1)
-    await wait_delivered(relay, 6)
+    await wait_delivered(relay, 3)
     assert query(path, "SELECT id, count(*) FROM web_prod.tracks GROUP BY 1 ORDER BY 1") == [
         ("m-1", 1), ("m-2", 1)]
     assert query(path, "SELECT count(*) FROM web_prod.identifies") == [(1,)]
@@ -174,29 +175,76 @@ async def test_batches_loaded_together_merge_a_users_row_in_queue_order(start_re
     assert query(path, "SELECT count(*) FROM web_prod.identifies") == [(12,)]
 
 
-def stored(i: int, **fields: Any) -> Stored:
-    message = {"type": "track", "event": "Order Completed", "messageId": f"r-{i}", "userId": "u-1",
-               "receivedAt": "2026-12-01T10:00:00.000Z", "properties": {"n": i, **fields}}
-    return Stored(i, 1_764_583_200.0, "sdk-key", f"r-{i}", "track", msgspec.json.encode(message))
+def stored(i: int, received: str = "2026-12-01T10:00:00.000Z", message_id: str | None = None,
+           **fields: Any) -> Stored:
+    message_id = message_id or f"r-{i}"
+    message = {"type": "track", "event": "Order Completed", "messageId": message_id, "userId": "u-1",
+               "receivedAt": received, "properties": {"n": i, **fields}}
+    return Stored(i, 1_764_583_200.0, "sdk-key", message_id, "track", msgspec.json.encode(message))
 
 
-async def test_a_load_that_meets_events_already_there_merges_by_key_and_then_inserts_again(tmp_path):
-    path = tmp_path / "wh.duckdb"
-    sink = DuckDBSink(DestinationConfig(name="wh", type="duckdb", options={
+def primary_keys(path: Path) -> set[str]:
+    return {t for (t,) in query(path, "SELECT table_name FROM duckdb_constraints()"
+                                      " WHERE constraint_type = 'PRIMARY KEY'")}
+
+
+def wh_sink(path: Path) -> DuckDBSink:
+    return DuckDBSink(DestinationConfig(name="wh", type="duckdb", options={
         "path": str(path), "schemas": {"sdk-key": "web_prod"}}))
+
+
+async def test_events_sent_again_are_loaded_once_without_a_primary_key(tmp_path):
+    path = tmp_path / "wh.duckdb"
+    sink = wh_sink(path)
     await sink.start()
     first = [stored(i) for i in range(4)]
-    assert (await sink._load([first])).status == 200 and not sink._careful
-    # sent again after a crash, with new events, over two batches of one load: the plain insert
-    # fails on the primary key; the load runs again merging by key, the earlier row of each kept
+    assert (await sink._load([first])).status == 200
+    # the event tables have no primary key (DuckDB would hold its index in memory); the merged
+    # tables keep theirs
+    identify = msgspec.json.encode({"type": "identify", "messageId": "i-9", "userId": "u-1",
+                                    "receivedAt": "2026-12-01T10:00:00.000Z"})
+    identified = Stored(9, 1_764_583_200.0, "sdk-key", "i-9", "identify", identify)
+    assert (await sink._load([[identified]])).status == 200
+    assert primary_keys(path) == {"users"}
+    # sent again after a crash (the same receptions), with new events, over two batches of one
+    # load: one row each, the earlier row kept
     again = [[*first[2:], stored(4)], [stored(5), stored(0, extra="later copy")]]
-    assert (await sink._load(again)).status == 200 and sink._careful
+    assert (await sink._load(again)).status == 200 and not sink._careful
     assert query(path, "SELECT id, n, extra FROM web_prod.order_completed ORDER BY id") == [
         (f"r-{i}", i, None) for i in range(6)]
     assert query(path, "SELECT count(*), count(DISTINCT id) FROM web_prod.tracks") == [(6, 6)]
-    # a careful load that meets none goes back to plain inserts
-    assert (await sink._load([[stored(6)]])).status == 200 and not sink._careful
     assert (await sink._load([[stored(7)], [stored(7)]])).status == 200  # twice in one load: one row
+    assert query(path, "SELECT count(*), count(DISTINCT id) FROM web_prod.tracks") == [(7, 7)]
+    # a message the relay received a second time (no dedup, or past its window) is a second row
+    assert (await sink._load([[stored(1, received="2026-12-03T10:00:00.000Z")]])).status == 200
+    assert query(path, "SELECT id, count(*) FROM web_prod.tracks WHERE id = 'r-1' GROUP BY 1") == [("r-1", 2)]
+    await sink.stop()
+
+
+async def test_a_file_whose_event_tables_have_a_primary_key_is_still_loaded_once(tmp_path, monkeypatch):
+    from relay.sinks.warehouse import duckdb as module
+    from relay.sinks.warehouse import sql
+
+    path = tmp_path / "wh.duckdb"
+    older = wh_sink(path)  # tables made as an earlier relay made them: every one with its key
+    monkeypatch.setattr(module, "create_table", lambda load: sql.create_table(load, module.TYPES))
+    await older.start()
+    first = [stored(i) for i in range(4)]
+    assert (await older._load([first])).status == 200
+    await older.stop()
+    monkeypatch.undo()
+    assert primary_keys(path) == {"tracks", "order_completed"}
+    sink = wh_sink(path)
+    await sink.start()
+    again = [[*first[2:], stored(4)], [stored(5), stored(0, extra="later copy")]]
+    assert (await sink._load(again)).status == 200 and not sink._careful  # found without the key
+    # a second reception of r-1: the key refuses it; the load runs again merging by key
+    assert (await sink._load([[stored(6)], [stored(1, received="2026-12-03T10:00:00.000Z")]])).status == 200
+    assert sink._careful
+    assert query(path, "SELECT id, n, extra, received_at FROM web_prod.order_completed ORDER BY id") == [
+        (f"r-{i}", i, None, query(path, "SELECT TIMESTAMPTZ '2026-12-01T10:00:00Z'")[0][0]) for i in range(7)]
+    # a careful load that meets none goes back to the plain way
+    assert (await sink._load([[stored(7)]])).status == 200 and not sink._careful
     assert query(path, "SELECT count(*), count(DISTINCT id) FROM web_prod.tracks") == [(8, 8)]
     await sink.stop()
 
@@ -217,3 +265,35 @@ async def test_the_file_is_written_in_row_groups_of_the_configured_size(tmp_path
     assert max(rows for _, rows in groups) == row_group_size and len(groups) >= 9000 / row_group_size
     # and a reader with DuckDB's defaults reads it
     assert query(path, "SELECT count(*), count(DISTINCT id) FROM web_prod.order_completed") == [(9000, 9000)]
+
+
+@pytest.mark.parametrize("keyed", [False, True], ids=["as-made-now", "primary-key"])
+async def test_a_large_table_is_loaded_within_a_small_memory_limit(tmp_path, monkeypatch, keyed):
+    """A table of 1,000,000 events takes a load of 10,000 under ``memory_limit = 64MB`` (UUID
+    ids, as the SDKs make them); with a primary key on ``id`` (as event tables were made
+    before) DuckDB reads the key's whole index into memory to insert, and the same load fails."""
+    from relay.sinks.warehouse import duckdb as module
+    from relay.sinks.warehouse import sql
+
+    if keyed:
+        monkeypatch.setattr(module, "create_table", lambda load: sql.create_table(load, module.TYPES))
+    path = tmp_path / "wh.duckdb"
+    sink = DuckDBSink(DestinationConfig(name="wh", type="duckdb", options={
+        "path": str(path), "schemas": {"sdk-key": "web_prod"}, "memory_limit": "64MB"}))
+    await sink.start()
+    assert (await sink._load([[stored(0)]])).status == 200
+    con = duckdb.connect(str(path))
+    try:
+        con.execute("INSERT INTO web_prod.tracks (id, received_at, event, event_text)"
+                    " SELECT uuid()::VARCHAR, TIMESTAMPTZ '2026-11-30 00:00:00Z', 'order_completed',"
+                    " 'Order Completed' FROM range(1000000)")
+    finally:
+        con.close()
+    assert primary_keys(path) == ({"tracks", "order_completed"} if keyed else set())
+    answer = await sink._load([[stored(i, message_id=str(uuid.uuid4())) for i in range(1, 10001)]])
+    await sink.stop()
+    if keyed:
+        assert answer.status is None and "Out of Memory" in (answer.error or "")
+        return
+    assert answer.status == 200
+    assert query(path, "SELECT count(*), count(DISTINCT id) FROM web_prod.tracks") == [(1010001, 1010001)]

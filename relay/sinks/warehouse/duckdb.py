@@ -9,12 +9,23 @@ rows of each event table, from all the load's batches at once.
 
 Rows reach DuckDB as newline-delimited JSON arrays in a temporary file (``stage``), which
 DuckDB reads and casts to the columns' types itself (``read_json``): msgspec writes them much
-faster than Python values become Arrow arrays, and pyarrow (some 45 MB) is not loaded. An
-event table's rows are inserted with a plain ``INSERT``; ``id`` is its primary key, so an
-event the table already holds (a batch sent again after a crash) fails the insert, and the
-load is then run again merging by key (``ON CONFLICT DO NOTHING``, each batch on its own, as
-an event sent twice in one load keeps its first row); loads go on that way until one meets
-no event already there.
+faster than Python values become Arrow arrays, and pyarrow (some 45 MB) is not loaded.
+
+Event tables hold one row per event, but declare no primary key: DuckDB keeps a key's index
+(an ART) wholly in memory, pinned, and reads all of it to insert into the table, so a table of
+a million UUID ids needed about 90 MB for it, growing with every load, and under the default
+``memory_limit`` loads failed once a table held about 1.2 million rows. Instead each insert
+leaves out the rows the table already holds, matched by ``id`` and ``received_at`` (``insert``):
+an event the relay sends again (a batch in flight at a crash, a dead letter replayed, a queue
+recovered) carries the time the relay first received it, and DuckDB finds those rows through
+the ``received_at`` ranges of the table's row groups, reading only those that can hold them,
+with memory for the load's own rows only. A message the relay received twice (with
+``dedup_window = 0``, or past the window) is two receptions, two rows, as in every other
+destination. ``users``, ``accounts`` and ``discards``, merged by key, keep their primary key.
+A file written before this holds event tables with a primary key: they are loaded the same
+way, and should DuckDB still refuse a row there (a message received twice), the load is run
+again merging those tables by key (``ON CONFLICT DO NOTHING``, batch by batch, the first row of
+an event kept) until a load meets no such row.
 """
 
 from __future__ import annotations
@@ -32,12 +43,14 @@ from relay.forward.retry import Answer
 from relay.sinks import options as opts
 from relay.sinks.warehouse import base, sql
 from relay.sinks.warehouse.load import Catalog, TableLoad
-from relay.sinks.warehouse.schema import DISCARDS, Kind
+from relay.sinks.warehouse.schema import DISCARDS, LATEST_TABLES, Kind
 from relay.types import Stored
 
 TYPES: dict[Kind, str] = {"varchar": "VARCHAR", "integer": "BIGINT", "float": "DOUBLE", "boolean": "BOOLEAN",
                           "timestamp": "TIMESTAMPTZ"}
 STAGE = "relay_stage"
+NEW = "relay_new"  # an insert's rows (``insert``)
+HELD = "relay_held"  # those of them the table holds already
 ALIAS = "relay_warehouse"  # the file, attached to a load's in-memory connection
 VECTOR_ROWS = 2048  # DuckDB's vector: a row group's size is a multiple of it
 _encode = msgspec.json.Encoder().encode
@@ -69,7 +82,8 @@ class DuckDBSink(base.WarehouseSink):
         self.path = Path(options.path)
         self.options = options
         self._catalog: Catalog | None = None
-        self._careful = False  # merge event tables by key (a recent load met events already there)
+        self._keyed: set[tuple[str, str]] = set()  # event tables with a primary key (older files)
+        self._careful = False  # merge keyed event tables by key (a recent load met a row there)
 
     async def start(self) -> None:
         await asyncio.to_thread(self._prepare)
@@ -124,7 +138,7 @@ class DuckDBSink(base.WarehouseSink):
             with tempfile.TemporaryDirectory(prefix="relay-duckdb-") as folder:
                 if self._catalog is None:
                     con = self._connect()
-                    self._catalog = read_catalog(con)
+                    self._catalog, self._keyed = read_catalog(con), keyed_event_tables(con)
                 work = self._stage(batches, self._catalog, Path(folder))
                 if con is None:
                     con = self._connect()
@@ -166,8 +180,7 @@ class DuckDBSink(base.WarehouseSink):
             load = self.plan(batch, work.catalog, loaded_at)
             work.ddl.extend(f"CREATE SCHEMA IF NOT EXISTS {sql.quote(name)}" for name in load.new_schemas)
             for table in load.tables:
-                work.ddl.extend([sql.create_table(table, TYPES)] if table.create
-                                else sql.add_columns(table, TYPES))
+                work.ddl.extend([create_table(table)] if table.create else sql.add_columns(table, TYPES))
                 work.staged += 1
                 stage = Stage(folder / f"{work.staged}.ndjson", table, n)
                 if table.latest or table.table == DISCARDS:  # merged in queue order, batch by batch
@@ -179,26 +192,44 @@ class DuckDBSink(base.WarehouseSink):
         return work
 
     def _run(self, con: Any, work: Work, careful: bool) -> None:
-        """The load's transaction: DDL, merges, then each event table's rows in one plain insert,
-        or, ``careful``, merged by key batch by batch (the first row of an event kept)."""
+        """The load's transaction: DDL, merges, then each event table's new rows in one insert
+        (``insert``), or, ``careful``, a table with a primary key merged by key batch by batch
+        (the first row of an event kept)."""
         con.execute("BEGIN TRANSACTION")
         for statement in work.ddl:
             con.execute(statement)
         for stage in work.merges:
             con.execute(sql.merge(stage.load, _source([stage])))
-        met = False  # an event a table already held
-        if careful:
-            for stage in sorted((s for group in work.events.values() for s in group), key=lambda s: s.batch):
-                inserted = con.execute(sql.merge(stage.load, _source([stage]))).fetchone()
-                met = met or (inserted is not None and inserted[0] < stage.rows)
-        else:
-            for group in work.events.values():
-                load = group[0].load
-                names = ", ".join(sql.quote(c) for c in load.columns)
-                con.execute(f"INSERT INTO {sql.qualified(load.schema, load.table)} ({names})"
-                            f" SELECT * FROM {_source(group)}")
+        met = False  # a row a keyed table already held
+        for group in work.events.values():
+            load = group[0].load
+            if careful and (load.schema, load.table) in self._keyed:
+                for stage in group:  # (in batch order)
+                    inserted = con.execute(sql.merge(stage.load, _source([stage]))).fetchone()
+                    met = met or (inserted is not None and inserted[0] < stage.rows)
+            else:
+                con.execute(insert(load, group))
         con.execute("COMMIT")
         self._careful = careful and met
+
+
+def create_table(load: TableLoad) -> str:
+    """A new table: an event table without a primary key (see the module's docstring)."""
+    return sql.create_table(load, TYPES, keyed=load.latest or load.table == DISCARDS)
+
+
+def insert(load: TableLoad, stages: list[Stage]) -> str:
+    """The stages' rows into their event table, each once, but for those it already holds (the
+    same ``id`` and ``received_at``). The table is read through a semi join built on the
+    stages' rows: DuckDB reads only the row groups whose ``received_at`` range can hold one of
+    them, and holds only the load's rows in memory."""
+    target = sql.qualified(load.schema, load.table)
+    names = ", ".join(sql.quote(c) for c in load.columns)
+    held = (f"SELECT t.id, t.received_at FROM {target} AS t SEMI JOIN {NEW} AS n"
+            f" ON t.id = n.id AND t.received_at = n.received_at")
+    return (f"INSERT INTO {target} ({names}) WITH {NEW} AS MATERIALIZED (SELECT * FROM {_source(stages)})"
+            f" SELECT DISTINCT ON (id, received_at) * FROM {NEW} ANTI JOIN ({held}) AS {HELD}"
+            f" ON {NEW}.id = {HELD}.id AND {NEW}.received_at = {HELD}.received_at")
 
 
 @dataclass(slots=True)
@@ -240,6 +271,14 @@ def _source(stages: list[Stage]) -> str:
 
 _CASTS: dict[Kind, str] = {"varchar": "", "integer": "::BIGINT", "float": "::DOUBLE", "boolean": "::BOOLEAN",
                            "timestamp": "::TIMESTAMPTZ"}
+
+
+def keyed_event_tables(con: Any) -> set[tuple[str, str]]:
+    """Event tables with a primary key: those a file written before held (see ``insert``)."""
+    rows = con.execute(
+        "SELECT schema_name, table_name FROM duckdb_constraints() WHERE database_name = current_database()"
+        " AND constraint_type = 'PRIMARY KEY'").fetchall()
+    return {(s, t) for s, t in rows if t not in LATEST_TABLES and t != DISCARDS}
 
 
 def read_catalog(con: Any) -> Catalog:

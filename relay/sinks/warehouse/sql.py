@@ -36,8 +36,11 @@ def kind_of(sql_type: str) -> Kind:
     return "varchar"
 
 
-def create_table(load: TableLoad, types: dict[Kind, str]) -> str:
+def create_table(load: TableLoad, types: dict[Kind, str], keyed: bool = True) -> str:
+    """The table with the load's columns; ``keyed``, with its key as the primary key."""
     columns = ", ".join(f"{quote(c)} {types[k]}" for c, k in load.add.items())
+    if not keyed:
+        return f"CREATE TABLE IF NOT EXISTS {qualified(load.schema, load.table)} ({columns})"
     key = ", ".join(quote(c) for c in load.key)
     return f"CREATE TABLE IF NOT EXISTS {qualified(load.schema, load.table)} ({columns}, PRIMARY KEY ({key}))"
 
