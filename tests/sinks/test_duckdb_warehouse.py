@@ -199,13 +199,12 @@ async def test_events_sent_again_are_loaded_once_without_a_primary_key(tmp_path)
     await sink.start()
     first = [stored(i) for i in range(4)]
     assert (await sink._load([first])).status == 200
-    # the event tables have no primary key (DuckDB would hold its index in memory); the merged
-    # tables keep theirs
+    # no table has a primary key (DuckDB would hold its index in memory), users neither
     identify = msgspec.json.encode({"type": "identify", "messageId": "i-9", "userId": "u-1",
                                     "receivedAt": "2026-12-01T10:00:00.000Z"})
     identified = Stored(9, 1_764_583_200.0, "sdk-key", "i-9", "identify", identify)
     assert (await sink._load([[identified]])).status == 200
-    assert primary_keys(path) == {"users"}
+    assert primary_keys(path) == set()
     # sent again after a crash (the same receptions), with new events, over two batches of one
     # load: one row each, the earlier row kept
     again = [[*first[2:], stored(4)], [stored(5), stored(0, extra="later copy")]]
@@ -269,9 +268,10 @@ async def test_the_file_is_written_in_row_groups_of_the_configured_size(tmp_path
 
 @pytest.mark.parametrize("keyed", [False, True], ids=["as-made-now", "primary-key"])
 async def test_a_large_table_is_loaded_within_a_small_memory_limit(tmp_path, monkeypatch, keyed):
-    """A table of 1,000,000 events takes a load of 10,000 under ``memory_limit = 64MB`` (UUID
-    ids, as the SDKs make them); with a primary key on ``id`` (as event tables were made
-    before) DuckDB reads the key's whole index into memory to insert, and the same load fails."""
+    """Tables of 1,000,000 events and 1,000,000 users take a load of 12,500 events under
+    ``memory_limit = 64MB`` (UUID ids, as the SDKs make them); with a primary key on ``id`` (as
+    tables were made before) DuckDB reads the key's whole index into memory to insert, and the
+    same load fails."""
     from relay.sinks.warehouse import duckdb as module
     from relay.sinks.warehouse import sql
 
@@ -281,19 +281,30 @@ async def test_a_large_table_is_loaded_within_a_small_memory_limit(tmp_path, mon
     sink = DuckDBSink(DestinationConfig(name="wh", type="duckdb", options={
         "path": str(path), "schemas": {"sdk-key": "web_prod"}, "memory_limit": "64MB"}))
     await sink.start()
-    assert (await sink._load([[stored(0)]])).status == 200
+    identify = msgspec.json.encode({"type": "identify", "messageId": "i-0", "userId": "u-1",
+                                    "receivedAt": "2026-12-01T10:00:00.000Z", "traits": {"plan": "pro"}})
+    assert (await sink._load([[stored(0), Stored(1, 1_764_583_200.0, "sdk-key", "i-0", "identify",
+                                                 identify)]])).status == 200
     con = duckdb.connect(str(path))
     try:
         con.execute("INSERT INTO web_prod.tracks (id, received_at, event, event_text)"
                     " SELECT uuid()::VARCHAR, TIMESTAMPTZ '2026-11-30 00:00:00Z', 'order_completed',"
                     " 'Order Completed' FROM range(1000000)")
+        con.execute("INSERT INTO web_prod.users (id, received_at)"
+                    " SELECT uuid()::VARCHAR, TIMESTAMPTZ '2026-11-30 00:00:00Z' FROM range(1000000)")
     finally:
         con.close()
-    assert primary_keys(path) == ({"tracks", "order_completed"} if keyed else set())
-    answer = await sink._load([[stored(i, message_id=str(uuid.uuid4())) for i in range(1, 10001)]])
+    assert primary_keys(path) == ({"tracks", "order_completed", "identifies", "users"} if keyed else set())
+    identifies = [Stored(i, 1_764_583_200.0, "sdk-key", f"i-{i}", "identify", msgspec.json.encode(
+        {"type": "identify", "messageId": str(uuid.uuid4()), "userId": str(uuid.uuid4()),
+         "receivedAt": "2026-12-01T10:00:00.000Z", "traits": {"plan": "free"}})) for i in range(1, 2501)]
+    tracks = [stored(i, message_id=str(uuid.uuid4())) for i in range(1, 10001)]
+    answer = await sink._load([tracks, identifies])
     await sink.stop()
     if keyed:
         assert answer.status is None and "Out of Memory" in (answer.error or "")
         return
     assert answer.status == 200
     assert query(path, "SELECT count(*), count(DISTINCT id) FROM web_prod.tracks") == [(1010001, 1010001)]
+    assert query(path, "SELECT count(*), count(DISTINCT id) FROM web_prod.users") == [(1002501, 1002501)]
+    assert query(path, "SELECT plan FROM web_prod.users WHERE id = 'u-1'") == [("pro",)]

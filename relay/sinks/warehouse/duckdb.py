@@ -11,21 +11,22 @@ Rows reach DuckDB as newline-delimited JSON arrays in a temporary file (``stage`
 DuckDB reads and casts to the columns' types itself (``read_json``): msgspec writes them much
 faster than Python values become Arrow arrays, and pyarrow (some 45 MB) is not loaded.
 
-Event tables hold one row per event, but declare no primary key: DuckDB keeps a key's index
-(an ART) wholly in memory, pinned, and reads all of it to insert into the table, so a table of
-a million UUID ids needed about 90 MB for it, growing with every load, and under the default
-``memory_limit`` loads failed once a table held about 1.2 million rows. Instead each insert
-leaves out the rows the table already holds, matched by ``id`` and ``received_at`` (``insert``):
-an event the relay sends again (a batch in flight at a crash, a dead letter replayed, a queue
+Tables declare no primary key: DuckDB keeps a key's index (an ART) wholly in memory, pinned,
+and reads all of it to insert into the table, so a table of a million UUID ids needed about
+90 MB for it, growing with every load, and under the default ``memory_limit`` loads failed
+once a table held about 1.2 million rows. Instead each insert into an event table leaves out
+the rows the table already holds, matched by ``id`` and ``received_at`` (``insert``): an event
+the relay sends again (a batch in flight at a crash, a dead letter replayed, a queue
 recovered) carries the time the relay first received it, and DuckDB finds those rows through
 the ``received_at`` ranges of the table's row groups, reading only those that can hold them,
 with memory for the load's own rows only. A message the relay received twice (with
-``dedup_window = 0``, or past the window) is two receptions, two rows, as in every other
-destination. ``users``, ``accounts`` and ``discards``, merged by key, keep their primary key.
-A file written before this holds event tables with a primary key: they are loaded the same
-way, and should DuckDB still refuse a row there (a message received twice), the load is run
-again merging those tables by key (``ON CONFLICT DO NOTHING``, batch by batch, the first row of
-an event kept) until a load meets no such row.
+``dedup_window = 0``, or past the window) is two receptions and two rows, as the queue and
+the other destinations get it twice (PostgreSQL's key keeps one). ``users``, ``accounts`` and
+``discards`` are merged by their key with ``MERGE`` (``merge``), which needs no index either.
+A file written before this has tables with a primary key: they are loaded the same way, and
+should DuckDB's key refuse a row of an event table (a message received twice), the load is
+run again merging those tables by key (``ON CONFLICT DO NOTHING``, batch by batch, the first
+row of an event kept) until a load meets no such row.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ TYPES: dict[Kind, str] = {"varchar": "VARCHAR", "integer": "BIGINT", "float": "D
 STAGE = "relay_stage"
 NEW = "relay_new"  # an insert's rows (``insert``)
 HELD = "relay_held"  # those of them the table holds already
+TARGET = "relay_target"  # the table a ``merge`` merges into
 ALIAS = "relay_warehouse"  # the file, attached to a load's in-memory connection
 VECTOR_ROWS = 2048  # DuckDB's vector: a row group's size is a multiple of it
 _encode = msgspec.json.Encoder().encode
@@ -199,7 +201,7 @@ class DuckDBSink(base.WarehouseSink):
         for statement in work.ddl:
             con.execute(statement)
         for stage in work.merges:
-            con.execute(sql.merge(stage.load, _source([stage])))
+            con.execute(merge(stage.load, [stage]))
         met = False  # a row a keyed table already held
         for group in work.events.values():
             load = group[0].load
@@ -214,8 +216,8 @@ class DuckDBSink(base.WarehouseSink):
 
 
 def create_table(load: TableLoad) -> str:
-    """A new table: an event table without a primary key (see the module's docstring)."""
-    return sql.create_table(load, TYPES, keyed=load.latest or load.table == DISCARDS)
+    """A new table, without a primary key (see the module's docstring)."""
+    return sql.create_table(load, TYPES, keyed=False)
 
 
 def insert(load: TableLoad, stages: list[Stage]) -> str:
@@ -230,6 +232,19 @@ def insert(load: TableLoad, stages: list[Stage]) -> str:
     return (f"INSERT INTO {target} ({names}) WITH {NEW} AS MATERIALIZED (SELECT * FROM {_source(stages)})"
             f" SELECT DISTINCT ON (id, received_at) * FROM {NEW} ANTI JOIN ({held}) AS {HELD}"
             f" ON {NEW}.id = {HELD}.id AND {NEW}.received_at = {HELD}.received_at")
+
+
+def merge(load: TableLoad, stages: list[Stage]) -> str:
+    """The stages' rows merged into ``users``, ``accounts`` or ``discards`` by the table's key
+    (``MERGE``, which needs no primary key): a row the table does not hold is inserted; in
+    ``users`` and ``accounts`` a row it holds takes the newer values (``sql.latest_sets``)."""
+    target = sql.qualified(load.schema, load.table)
+    on = " AND ".join(f"{TARGET}.{sql.quote(c)} = {NEW}.{sql.quote(c)}" for c in load.key)
+    names = ", ".join(sql.quote(c) for c in load.columns)
+    values = ", ".join(f"{NEW}.{sql.quote(c)}" for c in load.columns)
+    update = f" WHEN MATCHED THEN UPDATE SET {sql.latest_sets(load, NEW, TARGET)}" if load.latest else ""
+    return (f"MERGE INTO {target} AS {TARGET} USING (SELECT * FROM {_source(stages)}) AS {NEW} ON {on}"
+            f"{update} WHEN NOT MATCHED THEN INSERT ({names}) VALUES ({values})")
 
 
 @dataclass(slots=True)

@@ -60,11 +60,17 @@ def merge(load: TableLoad, source: str) -> str:
     key = ", ".join(quote(c) for c in load.key)
     if not load.latest:
         return f"{head} ON CONFLICT ({key}) DO NOTHING"
-    me = quote(load.table)
-    newer = f"excluded.received_at >= {me}.received_at"
-    sets = [f"{quote(c)} = CASE WHEN {newer} THEN coalesce(excluded.{quote(c)}, {me}.{quote(c)}) "
-            f"ELSE coalesce({me}.{quote(c)}, excluded.{quote(c)}) END"
+    return f"{head} ON CONFLICT ({key}) DO UPDATE SET {latest_sets(load, 'excluded', quote(load.table))}"
+
+
+def latest_sets(load: TableLoad, new: str, old: str) -> str:
+    """The columns of a ``users`` or ``accounts`` row that ``new`` (a source of rows) updates in
+    ``old`` (the table's row): each the newer value by ``received_at``, an older row filling
+    only what the newer one left empty."""
+    newer = f"{new}.received_at >= {old}.received_at"
+    sets = [f"{quote(c)} = CASE WHEN {newer} THEN coalesce({new}.{quote(c)}, {old}.{quote(c)}) "
+            f"ELSE coalesce({old}.{quote(c)}, {new}.{quote(c)}) END"
             for c in load.columns if c not in ("id", "received_at", "uuid_ts", "loaded_at")]
-    sets += [f"received_at = greatest(excluded.received_at, {me}.received_at)",
-             "uuid_ts = excluded.uuid_ts", "loaded_at = excluded.loaded_at"]
-    return f"{head} ON CONFLICT ({key}) DO UPDATE SET {', '.join(sets)}"
+    sets += [f"received_at = greatest({new}.received_at, {old}.received_at)",
+             f"uuid_ts = {new}.uuid_ts", f"loaded_at = {new}.loaded_at"]
+    return ", ".join(sets)
