@@ -8,7 +8,9 @@ How to run it (from the repository root):
 
 For each of DuckDB and Parquet it:
 1. fills a fresh queue file with N queued track events (10 event names with 5 to 20
-   properties each, normalised as ingest does and written with the relay's schema code);
+   properties each, normalised as ingest does and written with the relay's schema code),
+   received as requests of 100 events at 40,000 events/s (so that their ``receivedAt`` moves
+   on as a real backlog's does);
 2. starts the relay (``python -m relay run``, one ``duckdb`` or ``parquet`` destination,
    max_events 2,500, concurrency 4) and measures from the moment it listens until the
    destination has delivered N events: rows/s (each event is two rows: ``tracks`` and its
@@ -34,7 +36,7 @@ import sqlite3
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,8 @@ from relay.types import Arrival  # noqa: E402
 RATIO_TARGET = 0.5
 RSS_TARGET_MB = 150
 FILL_CHUNK = 20_000
+REQUEST_EVENTS = 100  # events of one request, received together
+RECEIVED_EVERY = 1 / 40_000  # seconds between receptions: a backlog queued at 40,000 events/s
 MAX_EVENTS = 2500
 CONCURRENCY = 4
 POLL = 0.1
@@ -90,11 +94,16 @@ def fill(path: Path, count: int) -> list[bytes]:
     rnd = random.Random(12)
     conn = sqlite3.connect(path, isolation_level=None)
     store.prepare(conn, "os", common.QUEUE_MAX_BYTES)
-    arrival = Arrival(common.WRITE_KEY, datetime.now(UTC), "203.0.113.9", "2026-12-01T10:00:00.000Z")
+    began = datetime.now(UTC) - timedelta(seconds=count * RECEIVED_EVERY)
     bodies = []
+    arrival = None
     for start in range(0, count, FILL_CHUNK):
         rows = []
         for i in range(start, min(count, start + FILL_CHUNK)):
+            if i % REQUEST_EVENTS == 0:  # each request of 100 received a moment after the last
+                arrival = Arrival(common.WRITE_KEY, began + timedelta(seconds=i * RECEIVED_EVERY),
+                                  "203.0.113.9", "2026-12-01T10:00:00.000Z")
+            assert arrival is not None
             event = normalise(make_event(rnd, i), arrival)
             body = event.encode()
             bodies.append(body)
