@@ -242,9 +242,16 @@ async def test_a_file_whose_event_tables_have_a_primary_key_is_still_loaded_once
     assert sink._careful
     assert query(path, "SELECT id, n, extra, received_at FROM web_prod.order_completed ORDER BY id") == [
         (f"r-{i}", i, None, query(path, "SELECT TIMESTAMPTZ '2026-12-01T10:00:00Z'")[0][0]) for i in range(7)]
+    # two receptions of r-8 in batches whose rows have different columns: the first one stays
+    assert (await sink._load([[stored(8)], [stored(8, received="2026-12-03T10:00:00.000Z", b=1)],
+                              [stored(8, received="2026-12-04T10:00:00.000Z")]])).status == 200
+    assert (await sink._load([[stored(8, received="2026-12-05T10:00:00.000Z")]])).status == 200
+    first = query(path, "SELECT TIMESTAMPTZ '2026-12-01T10:00:00Z'")[0][0]
+    assert query(path, "SELECT count(*), min(received_at) FROM web_prod.order_completed"
+                       " WHERE id = 'r-8'") == [(1, first)]
     # a careful load that meets none goes back to the plain way
     assert (await sink._load([[stored(7)]])).status == 200 and not sink._careful
-    assert query(path, "SELECT count(*), count(DISTINCT id) FROM web_prod.tracks") == [(8, 8)]
+    assert query(path, "SELECT count(*), count(DISTINCT id) FROM web_prod.tracks") == [(9, 9)]
     await sink.stop()
 
 
@@ -266,17 +273,11 @@ async def test_the_file_is_written_in_row_groups_of_the_configured_size(tmp_path
     assert query(path, "SELECT count(*), count(DISTINCT id) FROM web_prod.order_completed") == [(9000, 9000)]
 
 
-@pytest.mark.parametrize("keyed", [False, True], ids=["as-made-now", "primary-key"])
-async def test_a_large_table_is_loaded_within_a_small_memory_limit(tmp_path, monkeypatch, keyed):
+async def test_a_large_table_is_loaded_within_a_small_memory_limit(tmp_path):
     """Tables of 1,000,000 events and 1,000,000 users take a load of 12,500 events under
-    ``memory_limit = 64MB`` (UUID ids, as the SDKs make them); with a primary key on ``id`` (as
-    tables were made before) DuckDB reads the key's whole index into memory to insert, and the
-    same load fails."""
-    from relay.sinks.warehouse import duckdb as module
-    from relay.sinks.warehouse import sql
-
-    if keyed:
-        monkeypatch.setattr(module, "create_table", lambda load: sql.create_table(load, module.TYPES))
+    ``memory_limit = 64MB`` (UUID ids, as the SDKs make them). With a primary key on ``id`` (as
+    tables were made before) DuckDB read the key's whole index into memory to insert, and the
+    same load failed for want of memory (DuckDB 2.0.1, checked when the keys went)."""
     path = tmp_path / "wh.duckdb"
     sink = DuckDBSink(DestinationConfig(name="wh", type="duckdb", options={
         "path": str(path), "schemas": {"sdk-key": "web_prod"}, "memory_limit": "64MB"}))
@@ -294,16 +295,13 @@ async def test_a_large_table_is_loaded_within_a_small_memory_limit(tmp_path, mon
                     " SELECT uuid()::VARCHAR, TIMESTAMPTZ '2026-11-30 00:00:00Z' FROM range(1000000)")
     finally:
         con.close()
-    assert primary_keys(path) == ({"tracks", "order_completed", "identifies", "users"} if keyed else set())
+    assert primary_keys(path) == set()
     identifies = [Stored(i, 1_764_583_200.0, "sdk-key", f"i-{i}", "identify", msgspec.json.encode(
         {"type": "identify", "messageId": str(uuid.uuid4()), "userId": str(uuid.uuid4()),
          "receivedAt": "2026-12-01T10:00:00.000Z", "traits": {"plan": "free"}})) for i in range(1, 2501)]
     tracks = [stored(i, message_id=str(uuid.uuid4())) for i in range(1, 10001)]
     answer = await sink._load([tracks, identifies])
     await sink.stop()
-    if keyed:
-        assert answer.status is None and "Out of Memory" in (answer.error or "")
-        return
     assert answer.status == 200
     assert query(path, "SELECT count(*), count(DISTINCT id) FROM web_prod.tracks") == [(1010001, 1010001)]
     assert query(path, "SELECT count(*), count(DISTINCT id) FROM web_prod.users") == [(1002501, 1002501)]

@@ -150,6 +150,7 @@ class DuckDBSink(base.WarehouseSink):
                     if self._careful:
                         raise
                     con.execute("ROLLBACK")  # an event already there: again, merging by key
+                    self._keyed = keyed_event_tables(con)  # (a keyed table the relay did not know of)
                     self._run(con, work, True)
             self._catalog = work.catalog
             return Answer(200)
@@ -203,13 +204,15 @@ class DuckDBSink(base.WarehouseSink):
         for stage in work.merges:
             con.execute(merge(stage.load, [stage]))
         met = False  # a row a keyed table already held
+        stages = [s for group in work.events.values() for s in group]
+        keyed = sorted((s for s in stages if (s.load.schema, s.load.table) in self._keyed),
+                       key=lambda s: s.batch) if careful else []
+        for stage in keyed:  # batch by batch across the column sets, so that an event's first row stays
+            inserted = con.execute(sql.merge(stage.load, _source([stage]))).fetchone()
+            met = met or (inserted is not None and inserted[0] < stage.rows)
         for group in work.events.values():
             load = group[0].load
-            if careful and (load.schema, load.table) in self._keyed:
-                for stage in group:  # (in batch order)
-                    inserted = con.execute(sql.merge(stage.load, _source([stage]))).fetchone()
-                    met = met or (inserted is not None and inserted[0] < stage.rows)
-            else:
+            if not (careful and (load.schema, load.table) in self._keyed):
                 con.execute(insert(load, group))
         con.execute("COMMIT")
         self._careful = careful and met
