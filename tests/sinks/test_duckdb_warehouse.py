@@ -9,6 +9,7 @@ import asyncio
 import subprocess
 import sys
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -183,14 +184,24 @@ def stored(i: int, received: str = "2026-12-01T10:00:00.000Z", message_id: str |
     return Stored(i, 1_764_583_200.0, "sdk-key", message_id, "track", msgspec.json.encode(message))
 
 
+def identified(i: int, user_id: str, message_id: str | None = None, **traits: Any) -> Stored:
+    message_id = message_id or f"i-{i}"
+    message = {"type": "identify", "messageId": message_id, "userId": user_id,
+               "receivedAt": "2026-12-01T10:00:00.000Z", "traits": traits}
+    return Stored(i, 1_764_583_200.0, "sdk-key", message_id, "identify", msgspec.json.encode(message))
+
+
+FIRST_RECEIVED = datetime(2026, 12, 1, 10, tzinfo=UTC)  # ``stored``'s receivedAt
+
+
 def primary_keys(path: Path) -> set[str]:
     return {t for (t,) in query(path, "SELECT table_name FROM duckdb_constraints()"
                                       " WHERE constraint_type = 'PRIMARY KEY'")}
 
 
-def wh_sink(path: Path) -> DuckDBSink:
+def wh_sink(path: Path, **options: Any) -> DuckDBSink:
     return DuckDBSink(DestinationConfig(name="wh", type="duckdb", options={
-        "path": str(path), "schemas": {"sdk-key": "web_prod"}}))
+        "path": str(path), "schemas": {"sdk-key": "web_prod"}, **options}))
 
 
 async def test_events_sent_again_are_loaded_once_without_a_primary_key(tmp_path):
@@ -200,10 +211,7 @@ async def test_events_sent_again_are_loaded_once_without_a_primary_key(tmp_path)
     first = [stored(i) for i in range(4)]
     assert (await sink._load([first])).status == 200
     # no table has a primary key (DuckDB would hold its index in memory), users neither
-    identify = msgspec.json.encode({"type": "identify", "messageId": "i-9", "userId": "u-1",
-                                    "receivedAt": "2026-12-01T10:00:00.000Z"})
-    identified = Stored(9, 1_764_583_200.0, "sdk-key", "i-9", "identify", identify)
-    assert (await sink._load([[identified]])).status == 200
+    assert (await sink._load([[identified(9, "u-1")]])).status == 200
     assert primary_keys(path) == set()
     # sent again after a crash (the same receptions), with new events, over two batches of one
     # load: one row each, the earlier row kept
@@ -241,14 +249,13 @@ async def test_a_file_whose_event_tables_have_a_primary_key_is_still_loaded_once
     assert (await sink._load([[stored(6)], [stored(1, received="2026-12-03T10:00:00.000Z")]])).status == 200
     assert sink._careful
     assert query(path, "SELECT id, n, extra, received_at FROM web_prod.order_completed ORDER BY id") == [
-        (f"r-{i}", i, None, query(path, "SELECT TIMESTAMPTZ '2026-12-01T10:00:00Z'")[0][0]) for i in range(7)]
+        (f"r-{i}", i, None, FIRST_RECEIVED) for i in range(7)]
     # two receptions of r-8 in batches whose rows have different columns: the first one stays
     assert (await sink._load([[stored(8)], [stored(8, received="2026-12-03T10:00:00.000Z", b=1)],
                               [stored(8, received="2026-12-04T10:00:00.000Z")]])).status == 200
     assert (await sink._load([[stored(8, received="2026-12-05T10:00:00.000Z")]])).status == 200
-    first = query(path, "SELECT TIMESTAMPTZ '2026-12-01T10:00:00Z'")[0][0]
     assert query(path, "SELECT count(*), min(received_at) FROM web_prod.order_completed"
-                       " WHERE id = 'r-8'") == [(1, first)]
+                       " WHERE id = 'r-8'") == [(1, FIRST_RECEIVED)]
     # a careful load that meets none goes back to the plain way
     assert (await sink._load([[stored(7)]])).status == 200 and not sink._careful
     assert query(path, "SELECT count(*), count(DISTINCT id) FROM web_prod.tracks") == [(9, 9)]
@@ -258,8 +265,7 @@ async def test_a_file_whose_event_tables_have_a_primary_key_is_still_loaded_once
 @pytest.mark.parametrize("row_group_size", [2048, 4096])
 async def test_the_file_is_written_in_row_groups_of_the_configured_size(tmp_path, row_group_size):
     path = tmp_path / "wh.duckdb"
-    sink = DuckDBSink(DestinationConfig(name="wh", type="duckdb", options={
-        "path": str(path), "schemas": {"sdk-key": "web_prod"}, "row_group_size": row_group_size}))
+    sink = wh_sink(path, row_group_size=row_group_size)
     await sink.start()
     for first, count in [(0, 6000), (6000, 3000)]:  # each load closes the file: a checkpoint
         assert (await sink._load([[stored(first + i) for i in range(count)]])).status == 200
@@ -279,13 +285,9 @@ async def test_a_large_table_is_loaded_within_a_small_memory_limit(tmp_path):
     tables were made before) DuckDB read the key's whole index into memory to insert, and the
     same load failed for want of memory (DuckDB 2.0.1, checked when the keys went)."""
     path = tmp_path / "wh.duckdb"
-    sink = DuckDBSink(DestinationConfig(name="wh", type="duckdb", options={
-        "path": str(path), "schemas": {"sdk-key": "web_prod"}, "memory_limit": "64MB"}))
+    sink = wh_sink(path, memory_limit="64MB")
     await sink.start()
-    identify = msgspec.json.encode({"type": "identify", "messageId": "i-0", "userId": "u-1",
-                                    "receivedAt": "2026-12-01T10:00:00.000Z", "traits": {"plan": "pro"}})
-    assert (await sink._load([[stored(0), Stored(1, 1_764_583_200.0, "sdk-key", "i-0", "identify",
-                                                 identify)]])).status == 200
+    assert (await sink._load([[stored(0), identified(1, "u-1", "i-0", plan="pro")]])).status == 200
     con = duckdb.connect(str(path))
     try:
         con.execute("INSERT INTO web_prod.tracks (id, received_at, event, event_text)"
@@ -296,9 +298,7 @@ async def test_a_large_table_is_loaded_within_a_small_memory_limit(tmp_path):
     finally:
         con.close()
     assert primary_keys(path) == set()
-    identifies = [Stored(i, 1_764_583_200.0, "sdk-key", f"i-{i}", "identify", msgspec.json.encode(
-        {"type": "identify", "messageId": str(uuid.uuid4()), "userId": str(uuid.uuid4()),
-         "receivedAt": "2026-12-01T10:00:00.000Z", "traits": {"plan": "free"}})) for i in range(1, 2501)]
+    identifies = [identified(i, str(uuid.uuid4()), str(uuid.uuid4()), plan="free") for i in range(1, 2501)]
     tracks = [stored(i, message_id=str(uuid.uuid4())) for i in range(1, 10001)]
     answer = await sink._load([tracks, identifies])
     await sink.stop()

@@ -204,16 +204,15 @@ class DuckDBSink(base.WarehouseSink):
         for stage in work.merges:
             con.execute(merge(stage.load, [stage]))
         met = False  # a row a keyed table already held
-        stages = [s for group in work.events.values() for s in group]
-        keyed = sorted((s for s in stages if (s.load.schema, s.load.table) in self._keyed),
-                       key=lambda s: s.batch) if careful else []
-        for stage in keyed:  # batch by batch across the column sets, so that an event's first row stays
+        # the keyed tables' column sets (keys of work.events: schema, table, *columns)
+        merged = {key for key in work.events if careful and key[:2] in self._keyed}
+        # batch by batch across the column sets, so that an event's first row stays
+        for stage in sorted((s for key in merged for s in work.events[key]), key=lambda s: s.batch):
             inserted = con.execute(sql.merge(stage.load, _source([stage]))).fetchone()
             met = met or (inserted is not None and inserted[0] < stage.rows)
-        for group in work.events.values():
-            load = group[0].load
-            if not (careful and (load.schema, load.table) in self._keyed):
-                con.execute(insert(load, group))
+        for key, group in work.events.items():
+            if key not in merged:
+                con.execute(insert(group[0].load, group))
         con.execute("COMMIT")
         self._careful = careful and met
 
