@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from relay.sinks.warehouse import schema
-from relay.sinks.warehouse.load import Catalog, Mapped, plan
+from relay.sinks.warehouse.load import Catalog, Mapped, combined, plan
 from relay.sinks.warehouse.schema import coerce, infer, map_message, snakecase
 
 RECEIVED = "2026-12-01T10:06:00.300Z"
@@ -277,3 +277,93 @@ def test_a_message_that_cannot_be_mapped_says_why(message, error):
 def test_one_event_sent_twice_in_a_load_is_one_row():
     _, loads = loaded(worked_example() + worked_example())
     assert loads["tracks"].rows == 2 and loads["users"].rows == 1
+
+
+def _identify(mid: str, user: str, received: str, **traits: Any) -> dict[str, Any]:
+    return {"type": "identify", "messageId": mid, "userId": user, "traits": traits,
+            **{**TIMES, "receivedAt": received}}
+
+
+def _group(mid: str, group: str, received: str, **traits: Any) -> dict[str, Any]:
+    return {"type": "group", "messageId": mid, "userId": "u-1", "groupId": group, "traits": traits,
+            **{**TIMES, "receivedAt": received}}
+
+
+H10, H11, H12 = "2026-12-01T10:00:00.000Z", "2026-12-01T11:00:00.000Z", "2026-12-01T12:00:00.000Z"
+TYPED = [_identify("i-0", "u-0", H10, plan="x", email="x", seats=1, age=1, a=1, b="x", c=False),
+         _group("g-0", "g-0", H10, size=1)]  # loaded first: the columns' types
+# (messages in queue order, the batches they are split into): the batches' loads of users,
+# accounts and discards combined are the load of the messages as one batch
+COMBINED = [
+    ([_identify("i-1", "u-1", H10, plan="free", email="a@example.com"),
+      _identify("i-2", "u-1", H11, plan="pro")], [1, 1]),
+    # the newer arrives first: the older batch only fills a gap
+    ([_identify("i-1", "u-1", H12, plan="pro"),
+      _identify("i-2", "u-1", H10, plan="free", email="b@example.com")], [1, 1]),
+    # a tie: the later batch wins; a column new in the last batch
+    ([_identify("i-1", "u-1", H10, plan="free"), _identify("i-2", "u-2", H10, plan="pro"),
+      _identify("i-3", "u-1", H10, plan="team", seats=3, tier="gold")], [2, 1]),
+    # three batches, users out of order
+    ([_identify("i-1", "u-1", H11, a=1), _identify("i-2", "u-2", H10, b="x"),
+      _identify("i-3", "u-1", H10, a=2, b="y"), _identify("i-4", "u-2", H12, a=5),
+      _identify("i-5", "u-1", H12, c=True)], [1, 2, 2]),
+    # accounts
+    ([_group("g-1", "acme", H10, size=10), _group("g-2", "acme", H12, size=12),
+      _group("g-3", "acme", H11, size=11, region="eu")], [1, 1, 1]),
+]
+MERGED = ("users", "accounts", "discards")
+
+
+def _kinds(load: Any) -> dict[str, str]:
+    return dict(zip(load.columns, load.kinds, strict=True))
+
+
+def _by_key(load: Any) -> dict[Any, dict[str, Any]]:
+    return {tuple(row[c] for c in load.key): row for row in values(load)}
+
+
+@pytest.mark.parametrize(("messages", "sizes"), COMBINED)
+def test_merged_tables_of_several_batches_combine_as_one_batch_would_load_them(messages, sizes):
+    catalog, _ = loaded(TYPED)
+    alone = catalog.copy()
+    _, whole = loaded(messages, catalog.copy())
+    per_table: dict[str, list[Any]] = {}
+    at = 0
+    for size in sizes:
+        _, loads = loaded(messages[at:at + size], alone)
+        at += size
+        for name, load in loads.items():
+            if name in MERGED:
+                per_table.setdefault(name, []).append(load)
+    assert set(per_table) == {t for t in whole if t in MERGED}
+    for name, loads in per_table.items():
+        one = combined(loads, alone.tables[("web_prod", name)])
+        assert one.rows == len(_by_key(one)) and one.add == whole[name].add, name
+        # a batch adds its new columns as it goes: the same columns, the same types
+        assert _kinds(one) == _kinds(whole[name]), name
+        assert _by_key(one) == _by_key(whole[name]), name
+
+
+def test_values_that_do_not_fit_in_several_batches_combine_as_batch_after_batch_merges_them():
+    """A value that does not fit is NULL in its batch's row: an older value that fits stays
+    (as merging the batches one after another leaves it), and ``discards`` keeps the first
+    row of a (table, column, row) key, as its merge keeps the row the table holds."""
+    catalog, _ = loaded(TYPED)
+    batches = [[_group("g-1", "acme", H10, size=10)], [_group("g-2", "acme", H11, size="big")],
+               [_identify("i-1", "u-1", H10, age=30), _identify("i-2", "u-1", H11, age="old")],
+               [_identify("i-3", "u-1", H12, age="older"), _group("g-3", "acme", H12, size="huge")]]
+    per_table: dict[str, list[Any]] = {}
+    for batch in batches:
+        _, loads = loaded(batch, catalog)
+        for name in MERGED:
+            if name in loads:
+                per_table.setdefault(name, []).append(loads[name])
+    tables = {name: combined(loads, catalog.tables[("web_prod", name)]) for name, loads in per_table.items()}
+    accounts, users = values(tables["accounts"]), values(tables["users"])
+    assert [(r["id"], r["size"], r["received_at"].hour) for r in accounts] == [("acme", 10, 12)]
+    assert [(r["id"], r["age"], r["received_at"].hour) for r in users] == [("u-1", 30, 12)]
+    assert sorted((r["table_name"], r["column_name"], r["row_id"], r["column_value"])
+                  for r in values(tables["discards"])) == [
+        ("accounts", "size", "acme", "big"), ("groups", "size", "g-2", "big"),
+        ("groups", "size", "g-3", "huge"), ("identifies", "age", "i-2", "old"),
+        ("identifies", "age", "i-3", "older"), ("users", "age", "u-1", "old")]

@@ -4,8 +4,8 @@ The file is open only while a load runs (in a thread, so the event loop goes on)
 loads any tool can open it, and ``relay sql`` queries it. A reader holding the file makes
 the next load wait: it is retried with backoff, and resumes about a second after the reader
 lets go (``probe``); it never fails. A load is one transaction: new schemas and tables, new
-columns, ``users`` and ``accounts`` upserted and ``discards`` merged batch by batch, then the
-rows of each event table, from all the load's batches at once.
+columns, ``users``, ``accounts`` and ``discards`` merged, then the rows of each event table:
+each table from all the load's batches at once.
 
 Rows reach DuckDB as newline-delimited JSON arrays in a temporary file (``stage``), which
 DuckDB reads and casts to the columns' types itself (``read_json``): msgspec writes them much
@@ -43,7 +43,7 @@ from relay.config import DestinationConfig
 from relay.forward.retry import Answer
 from relay.sinks import options as opts
 from relay.sinks.warehouse import base, sql
-from relay.sinks.warehouse.load import Catalog, TableLoad
+from relay.sinks.warehouse.load import Catalog, TableLoad, combined
 from relay.sinks.warehouse.schema import DISCARDS, LATEST_TABLES, Kind
 from relay.types import Stored
 
@@ -179,19 +179,24 @@ class DuckDBSink(base.WarehouseSink):
         cannot be mapped)."""
         work = Work(catalog.copy())
         loaded_at = base.now()
+        merged: dict[tuple[str, str], list[TableLoad]] = {}  # users, accounts, discards: all batches'
         for n, batch in enumerate(batches):
             load = self.plan(batch, work.catalog, loaded_at)
             work.ddl.extend(f"CREATE SCHEMA IF NOT EXISTS {sql.quote(name)}" for name in load.new_schemas)
             for table in load.tables:
                 work.ddl.extend([create_table(table)] if table.create else sql.add_columns(table, TYPES))
+                if table.latest or table.table == DISCARDS:
+                    merged.setdefault((table.schema, table.table), []).append(table)
+                    continue
                 work.staged += 1
                 stage = Stage(folder / f"{work.staged}.ndjson", table, n)
-                if table.latest or table.table == DISCARDS:  # merged in queue order, batch by batch
-                    work.merges.append(stage)
-                else:
-                    work.events.setdefault((table.schema, table.table, *table.columns), []).append(stage)
+                work.events.setdefault((table.schema, table.table, *table.columns), []).append(stage)
             load.apply(work.catalog)
             del load
+        for key, loads in merged.items():  # one merge a table: DuckDB reads all of it to merge
+            work.staged += 1
+            table = combined(loads, work.catalog.tables[key])
+            work.merges.append(Stage(folder / f"{work.staged}.ndjson", table, 0))
         return work
 
     def _run(self, con: Any, work: Work, careful: bool) -> None:
@@ -255,7 +260,7 @@ class Work:
 
     catalog: Catalog
     ddl: list[str] = field(default_factory=list)
-    merges: list[Stage] = field(default_factory=list)  # users, accounts, discards: batch by batch
+    merges: list[Stage] = field(default_factory=list)  # users, accounts, discards: one a table
     events: dict[tuple[str, ...], list[Stage]] = field(default_factory=dict)  # by table and columns
     staged: int = 0  # files written
 

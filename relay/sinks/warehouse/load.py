@@ -122,9 +122,11 @@ def plan_columns(tables: Iterable[Columns], catalog: Catalog, loaded_at: datetim
 
 def _rows_load(schema_name: str, table: str, rows: list[Row], known: dict[str, Kind] | None,
                discards: list[Row], loaded_at: datetime, times: dict[str, datetime | None]) -> TableLoad:
-    latest = table in schema.LATEST_TABLES
-    rows = schema.latest(rows) if latest else _first_of_each(rows)
-    return _table_load(schema_name, table, rows, known, latest, discards, loaded_at, times)
+    if table not in schema.LATEST_TABLES:
+        return _table_load(schema_name, table, _first_of_each(rows), known, False, discards, loaded_at, times)
+    # fitted first, then merged per id: a newer value that does not fit leaves the older one
+    load = _table_load(schema_name, table, rows, known, True, discards, loaded_at, times)
+    return combined([load], {**(known or {}), **load.add})
 
 
 def _discard_loads(discards: dict[str, list[Row]], catalog: Catalog, loaded_at: datetime,
@@ -239,6 +241,31 @@ def _columns_load(t: Columns, known: dict[str, Kind] | None, discards: list[Row]
             if value is not None:
                 discards.append(_discard(t.table, name, value, ids[i], received[i], reason))
     return TableLoad(t.schema, t.table, create, add, written, kinds, fitted_columns, False)
+
+
+def combined(loads: Sequence[TableLoad], columns: dict[str, Kind]) -> TableLoad:
+    """The loads of one table of ``users``, ``accounts`` or ``discards`` from several batches
+    (in queue order) as one, for one merge of the table instead of one a batch (DuckDB reads
+    the whole table to merge into it), or one batch's rows of ``users`` or ``accounts``
+    merged. ``columns``: the table's columns as the last batch leaves them. Per key, one row:
+    in ``users`` and ``accounts`` each column's newest value by ``received_at`` that fitted
+    the column (a later row winning a tie, an older value filling a gap); in ``discards`` the
+    first."""
+    first = loads[0]
+    rows: list[Row] = []
+    for load in loads:
+        names = load.columns
+        for values in zip(*load.data, strict=True):
+            rows.append({n: v for n, v in zip(names, values, strict=True) if v is not None})
+    rows = schema.latest(rows) if first.latest else _first_of_each(rows, first.key)
+    present = {name for load in loads for name in load.columns}
+    written = [c for c in columns if c in present]
+    add: dict[str, Kind] = {}
+    for load in loads:
+        add.update(load.add)
+    return TableLoad(first.schema, first.table, any(load.create for load in loads), add, written,
+                     [columns[c] for c in written], [[row.get(c) for row in rows] for c in written],
+                     first.latest)
 
 
 _PLAIN: dict[str, type] = {"varchar": str, "boolean": bool, "float": float, "integer": int}
