@@ -9,15 +9,18 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import duckdb
+import msgspec
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+from relay.config import DestinationConfig
 from relay.sinks.warehouse import arrow
 from relay.sinks.warehouse.columns import Builder
 from relay.sinks.warehouse.load import Catalog, plan_columns
-from relay.sinks.warehouse.parquet import _partitions
+from relay.sinks.warehouse.parquet import ParquetSink, _partitions
+from relay.types import Stored
 from tests.sinks.test_warehouse_schema import LOADED
 from tests.sinks.warehouse import (
     WAVE_1,
@@ -112,3 +115,34 @@ def test_times_become_arrow_timestamps_exactly():
              datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
              datetime(2026, 1, 1, 5, 30, tzinfo=timezone(timedelta(hours=5, minutes=30)))]
     assert arrow._times(times).equals(pa.array(times, pa.timestamp("us", tz="UTC")))
+
+
+def _track(i: int, write_key: str = "sdk-key") -> Stored:
+    message = {"type": "track", "event": "E", "messageId": f"m-{i}", "userId": "u",
+               "receivedAt": "2026-12-01T10:00:00.000Z"}
+    return Stored(i, 1_764_583_200.0, write_key, f"m-{i}", "track", msgspec.json.encode(message))
+
+
+async def test_events_the_journal_holds_are_not_written_again(tmp_path):
+    """A batch sent again (after a crash the forwarder sends its batches in flight again) adds
+    only the events the journal's loads do not hold; the same message id of another source is
+    another event."""
+    root = tmp_path / "lake"
+
+    def sink() -> ParquetSink:
+        return ParquetSink(DestinationConfig(name="wh", type="parquet", max_events=10, options={
+            "path": str(root), "schemas": {"sdk-key": "web_prod", "app-key": "app"}}))
+
+    first = sink()
+    await first.start()
+    assert (await first._load([[_track(0), _track(1)]])).status == 200
+    await first.stop()
+    again = sink()  # a restart: the journal read again
+    await again.start()
+    assert (await again._load([[_track(1), _track(2)], [_track(0)]])).status == 200
+    assert (await again._load([[_track(0)]])).status == 200  # nothing new: no file
+    assert (await again._load([[_track(1, "app-key")]])).status == 200
+    await again.stop()
+    assert read(root, "e", "id") == [("m-0",), ("m-1",), ("m-2",)]
+    assert len(list((root / "web_prod" / "e").rglob("*.parquet"))) == 2
+    assert sorted(p.parts[-4] for p in (root / "app").rglob("*.parquet")) == ["e", "tracks"]  # its table

@@ -71,7 +71,7 @@ class ParquetSink(base.WarehouseSink):
         # events a restart may send again: those of the batches in flight at most
         self.keep_events = config.concurrency * config.max_events
         self._loads: list[dict[str, Any]] = []
-        self._written: set[tuple[str, str]] = set()
+        self._written_ids: set[str] = set()  # the message ids of the journal's loads
         self._catalog: Catalog | None = None
         self._last_load = 0
 
@@ -94,10 +94,12 @@ class ParquetSink(base.WarehouseSink):
     # --- a load ----------------------------------------------------------------------------------
 
     def _load_now(self, batches: list[list[Stored]]) -> Answer:
-        written = self._written  # already written before a crash: the journal says so
         key = self.schema_for
-        batches = [kept for batch in batches
-                   if (kept := [e for e in batch if (key(e.write_key), e.message_id) not in written])]
+        # events already written before a crash (the journal says so): most loads have none
+        if not self._written_ids.isdisjoint([e.message_id for batch in batches for e in batch]):
+            written = {(s, m) for old in self._loads for s, m in old["events"]}
+            batches = [kept for batch in batches
+                       if (kept := [e for e in batch if (key(e.write_key), e.message_id) not in written])]
         if not batches:
             return Answer(200)
         catalog = (self._catalog or read_catalog(self.root)).copy()
@@ -152,7 +154,10 @@ class ParquetSink(base.WarehouseSink):
         os.replace(temp, self.journal_path)
         fsync_folder(self.journal_path.parent)
         self._loads = kept
-        self._written = {(s, m) for old in kept for s, m in old["events"]}
+        self._remember()
+
+    def _remember(self) -> None:
+        self._written_ids = {event[1] for old in self._loads for event in old["events"]}
 
     # --- after a crash ---------------------------------------------------------------------------
 
@@ -160,7 +165,7 @@ class ParquetSink(base.WarehouseSink):
         """Roll the journal's loads forward; delete temporary files no committed load names."""
         if self.journal_path.exists():
             self._loads = json.loads(self.journal_path.read_text(encoding="utf-8"))["loads"]
-        self._written = {(s, m) for old in self._loads for s, m in old["events"]}
+        self._remember()
         self._last_load = max((old["load"] for old in self._loads), default=0)
         committed = {}
         for old in self._loads:
@@ -246,8 +251,9 @@ def _partitions(table: TableLoad) -> dict[str, list[int] | None]:
     """Row numbers by ``day=YYYY-MM-DD/hr=HH`` of their ``received_at`` (None: all the rows, the
     common case of a load within one hour)."""
     received = table.data[table.columns.index("received_at")]
-    names = {moment: (f"day={moment:%Y-%m-%d}/hr={moment:%H}" if moment is not None
-                      else "day=unknown/hr=unknown") for moment in set(received)}  # rows share their times
+    names = {moment: (f"day={moment.year:04d}-{moment.month:02d}-{moment.day:02d}/hr={moment.hour:02d}"
+                      if moment is not None else "day=unknown/hr=unknown")
+             for moment in set(received)}  # rows share their times
     if len(set(names.values())) == 1:
         return {next(iter(names.values())): None}
     parts: dict[str, list[int] | None] = {}
