@@ -176,6 +176,48 @@ async def test_batches_loaded_together_merge_a_users_row_in_queue_order(start_re
     assert query(path, "SELECT count(*) FROM web_prod.identifies") == [(12,)]
 
 
+def at(hour: str) -> str:
+    return f"2026-12-01T{hour}:00.000Z"
+
+
+# (the users row the table holds, the load's batches of identifies (received at, traits), the
+# row after the load): each trait the value of the newest identify that has one, the table's
+# values counting as received at its row's received_at; an older value only fills a gap, also
+# when it reaches the merge beside a newer identify of other traits
+STORED_THEN_LOADED = [
+    ("older beside newer, two batches", {"11:00": {"plan": "A"}},
+     [[("10:00", {"plan": "B"})], [("12:00", {"email": "x"})]], ("A", "x")),
+    ("the same, batches the other way", {"11:00": {"plan": "A"}},
+     [[("12:00", {"email": "x"})], [("10:00", {"plan": "B"})]], ("A", "x")),
+    ("the same, one batch", {"11:00": {"plan": "A"}},
+     [[("10:00", {"plan": "B"}), ("12:00", {"email": "x"})]], ("A", "x")),
+    ("newer than the table, older than the load's newest", {"11:00": {"plan": "A"}},
+     [[("12:00", {"email": "x"})], [("11:30", {"plan": "B"})]], ("B", "x")),
+    ("older fills the table's gap", {"11:00": {"plan": "A"}},
+     [[("10:00", {"plan": "B", "email": "old"})]], ("A", "old")),
+    ("newest wins in the load", {"11:00": {"plan": "A"}},
+     [[("12:30", {"plan": "C"})], [("12:00", {"plan": "B", "email": "x"})]], ("C", "x")),
+]
+
+
+@pytest.mark.parametrize(("stored_row", "batches", "expected"), [case[1:] for case in STORED_THEN_LOADED],
+                         ids=[case[0] for case in STORED_THEN_LOADED])
+async def test_an_older_trait_never_replaces_a_newer_one_the_table_holds(tmp_path, stored_row, batches,
+                                                                         expected):
+    path = tmp_path / "wh.duckdb"
+    sink = wh_sink(path)
+    await sink.start()
+    ((hour, traits),) = stored_row.items()
+    assert (await sink._load([[identified(0, "u-1", received=at(hour), **traits)]])).status == 200
+    n = iter(range(1, 100))
+    load = [[identified(next(n), "u-1", received=at(h), **t) for h, t in batch] for batch in batches]
+    assert (await sink._load(load)).status == 200
+    newest = max([hour, *(h for batch in batches for h, _ in batch)])  # the row's received_at
+    assert query(path, "SELECT plan, email, received_at FROM web_prod.users") == [
+        (*expected, datetime.fromisoformat(at(newest)))]
+    await sink.stop()
+
+
 def stored(i: int, received: str = "2026-12-01T10:00:00.000Z", message_id: str | None = None,
            **fields: Any) -> Stored:
     message_id = message_id or f"r-{i}"
@@ -184,10 +226,11 @@ def stored(i: int, received: str = "2026-12-01T10:00:00.000Z", message_id: str |
     return Stored(i, 1_764_583_200.0, "sdk-key", message_id, "track", msgspec.json.encode(message))
 
 
-def identified(i: int, user_id: str, message_id: str | None = None, **traits: Any) -> Stored:
+def identified(i: int, user_id: str, message_id: str | None = None,
+               received: str = "2026-12-01T10:00:00.000Z", **traits: Any) -> Stored:
     message_id = message_id or f"i-{i}"
     message = {"type": "identify", "messageId": message_id, "userId": user_id,
-               "receivedAt": "2026-12-01T10:00:00.000Z", "traits": traits}
+               "receivedAt": received, "traits": traits}
     return Stored(i, 1_764_583_200.0, "sdk-key", message_id, "identify", msgspec.json.encode(message))
 
 

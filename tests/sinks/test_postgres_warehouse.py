@@ -130,6 +130,28 @@ async def test_a_batch_delivered_twice_gives_one_row_each(postgres, tmp_path):
         assert found == [(count, count)], table
 
 
+async def test_an_older_trait_in_a_batch_never_replaces_a_newer_one_the_table_holds(postgres, tmp_path):
+    database = await postgres.fresh_database()
+    config = msgspec.convert(pg_destination(postgres, database, tmp_path), DestinationConfig)
+    sink = make_sink(config)
+
+    def identify(i: int, hour: str, **traits: Any) -> Any:
+        return sink.prepare(stored(i, {"type": "identify", "messageId": f"t-{i}", "userId": "u-1",
+                                       "traits": traits, "receivedAt": f"2026-12-01T{hour}:00.000Z"}))
+
+    await sink.start()
+    try:
+        held = await sink.send([identify(0, "11:00", plan="A")])
+        # one batch: an identify older than the table's row (its plan only fills a gap) and a
+        # newer one of another trait, merged into one staged row per id
+        load = await sink.send([identify(1, "10:00", plan="B", email="old"), identify(2, "12:00", email="x")])
+    finally:
+        await sink.stop()
+    assert (held.status, load.status) == (200, 200), (held.error, load.error)
+    assert await rows(postgres, database, "SELECT plan, email, received_at::text FROM web_prod.users") == [
+        ("A", "x", "2026-12-01 12:00:00+00")]
+
+
 async def test_the_password_can_come_from_the_environment(start_relay, postgres, tmp_path, monkeypatch):
     database = await postgres.fresh_database()
     monkeypatch.setenv("RELAY_TEST_PG_PASSWORD", PASSWORD)

@@ -307,6 +307,10 @@ COMBINED = [
     ([_identify("i-1", "u-1", H11, a=1), _identify("i-2", "u-2", H10, b="x"),
       _identify("i-3", "u-1", H10, a=2, b="y"), _identify("i-4", "u-2", H12, a=5),
       _identify("i-5", "u-1", H12, c=True)], [1, 2, 2]),
+    # two rows of one user merged in their batch: each value keeps when it came (plan, older
+    # than the next batch's, gives way to it)
+    ([_identify("i-1", "u-1", H10, plan="free", email="old"), _identify("i-2", "u-1", H12, seats=2),
+      _identify("i-3", "u-1", H11, plan="pro")], [2, 1]),
     # accounts
     ([_group("g-1", "acme", H10, size=10), _group("g-2", "acme", H12, size=12),
       _group("g-3", "acme", H11, size=11, region="eu")], [1, 1, 1]),
@@ -320,6 +324,12 @@ def _kinds(load: Any) -> dict[str, str]:
 
 def _by_key(load: Any) -> dict[Any, dict[str, Any]]:
     return {tuple(row[c] for c in load.key): row for row in values(load)}
+
+
+def _since_by_key(load: Any) -> dict[Any, dict[str, Any]]:
+    keys = [tuple(row[c] for c in load.key) for row in values(load)]
+    return {k: {c: moments[i] for c, moments in load.since.items() if moments[i] is not None}
+            for i, k in enumerate(keys)}
 
 
 @pytest.mark.parametrize(("messages", "sizes"), COMBINED)
@@ -342,6 +352,8 @@ def test_merged_tables_of_several_batches_combine_as_one_batch_would_load_them(m
         # a batch adds its new columns as it goes: the same columns, the same types
         assert _kinds(one) == _kinds(whole[name]), name
         assert _by_key(one) == _by_key(whole[name]), name
+        # and when each value came (the merge compares that with the row the table holds)
+        assert _since_by_key(one) == _since_by_key(whole[name]), name
 
 
 def test_values_that_do_not_fit_in_several_batches_combine_as_batch_after_batch_merges_them():

@@ -161,8 +161,9 @@ class WarehouseSink:
 
     async def _load(self, batches: list[list[Stored]]) -> Answer:
         """Load the batches in one transaction, mapping and writing one batch at a time (so
-        memory holds the rows of one batch, whatever ``concurrency``); the answer says how it
-        went."""
+        memory holds the rows of one batch, whatever ``concurrency``, but for DuckDB's
+        ``users``, ``accounts`` and ``discards``, held until the load's one merge of each); the
+        answer says how it went."""
         raise NotImplementedError
 
 

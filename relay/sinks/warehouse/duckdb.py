@@ -276,16 +276,18 @@ class Stage:
         self.rows = load.rows
         # the columns, in the table's order; the values themselves are on disk now
         self.load = TableLoad(load.schema, load.table, load.create, load.add, load.columns, load.kinds, [],
-                              load.latest)
+                              load.latest, dict.fromkeys(load.since, ()))
         with path.open("wb") as file:
-            file.write(b"\n".join(map(_encode, zip(*load.data, strict=True))))
+            file.write(b"\n".join(map(_encode, zip(*load.data, *load.since.values(), strict=True))))
 
 
 def _source(stages: list[Stage]) -> str:
     """A subquery of the stages' rows under the names of their columns (which they share)."""
     load = stages[0].load
-    named = enumerate(zip(load.columns, load.kinds, strict=True), 1)
-    picks = ", ".join(f"r[{i}]{_CASTS[kind]} AS {sql.quote(name)}" for i, (name, kind) in named)
+    columns: list[tuple[str, Kind]] = [*zip(load.columns, load.kinds, strict=True)]
+    columns += [(sql.since_column(name), "timestamp") for name in load.since]  # after the columns
+    picks = ", ".join(f"r[{i}]{_CASTS[kind]} AS {sql.quote(name)}"
+                      for i, (name, kind) in enumerate(columns, 1))
     paths = ", ".join(sql.text(str(stage.path)) for stage in stages)
     return (f"(SELECT {picks} FROM read_json([{paths}], format = 'newline_delimited', records = 'false',"
             f" columns = {{'r': 'VARCHAR[]'}})) AS {STAGE}")

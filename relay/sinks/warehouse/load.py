@@ -54,6 +54,9 @@ class TableLoad:
     kinds: list[Kind]
     data: list[Sequence[Any]]  # one sequence per column, one value per row
     latest: bool  # upsert (users, accounts) rather than insert-if-new
+    # users and accounts merged per id: by column, the received_at of the row each value came
+    # from (a gap filled by an older row is older than the row's received_at)
+    since: dict[str, Sequence[Any]] = field(default_factory=dict)
 
     @property
     def key(self) -> tuple[str, ...]:
@@ -249,23 +252,53 @@ def combined(loads: Sequence[TableLoad], columns: dict[str, Kind]) -> TableLoad:
     the whole table to merge into it), or one batch's rows of ``users`` or ``accounts``
     merged. ``columns``: the table's columns as the last batch leaves them. Per key, one row:
     in ``users`` and ``accounts`` each column's newest value by ``received_at`` that fitted
-    the column (a later row winning a tie, an older value filling a gap); in ``discards`` the
-    first."""
+    the column (a later row winning a tie, an older value filling a gap), with the
+    ``received_at`` of the row it came from in ``since`` (the merge into the table compares
+    that, not the row's, with what the table holds); in ``discards`` the first."""
     first = loads[0]
     rows: list[Row] = []
+    times: list[dict[str, Any]] = []
     for load in loads:
         names = load.columns
         for values in zip(*load.data, strict=True):
             rows.append({n: v for n, v in zip(names, values, strict=True) if v is not None})
-    rows = schema.latest(rows) if first.latest else _first_of_each(rows, first.key)
+        if first.latest:  # when each value of a row came: by since (rows merged before), else the row's
+            merged = [load.since.get(n) for n in names]
+            for i, row in enumerate(rows[len(rows) - load.rows:]):
+                moment = schema.received_key(row)
+                times.append({n: moment if m is None else m[i] for n, m in zip(names, merged, strict=True)
+                              if n in row})
+    if first.latest:
+        rows, times = _latest_since(rows, times)
+    else:
+        rows = _first_of_each(rows, first.key)
     present = {name for load in loads for name in load.columns}
     written = [c for c in columns if c in present]
     add: dict[str, Kind] = {}
     for load in loads:
         add.update(load.add)
+    since: dict[str, Sequence[Any]] = {}
+    if first.latest:
+        since = {c: [t.get(c) for t in times] for c in written if c not in schema.MERGE_OWN}
     return TableLoad(first.schema, first.table, any(load.create for load in loads), add, written,
                      [columns[c] for c in written], [[row.get(c) for row in rows] for c in written],
-                     first.latest)
+                     first.latest, since)
+
+
+def _latest_since(rows: list[Row], times: list[dict[str, Any]]) -> tuple[list[Row], list[dict[str, Any]]]:
+    """Rows of ``users`` or ``accounts`` merged per id, by column the value that came last (by
+    ``times``, a later row winning a tie), and when each came."""
+    merged: dict[Any, Row] = {}
+    came: dict[Any, dict[str, Any]] = {}
+    for row, moments in zip(rows, times, strict=True):
+        values = merged.setdefault(row["id"], {})
+        when = came.setdefault(row["id"], {})
+        for name, value in row.items():
+            moment = moments[name]
+            if name not in when or moment >= when[name]:
+                values[name] = value
+                when[name] = moment
+    return list(merged.values()), list(came.values())
 
 
 _PLAIN: dict[str, type] = {"varchar": str, "boolean": bool, "float": float, "integer": int}

@@ -118,8 +118,13 @@ class PostgresSink(base.WarehouseSink):
                         stage = f"relay_stage_{stages}"
                         await conn.execute(f"CREATE TEMPORARY TABLE {stage} (LIKE "
                                            f"{sql.qualified(table.schema, table.table)}) ON COMMIT DROP")
-                        await conn.copy_records_to_table(stage, records=zip(*table.data, strict=True),
-                                                         columns=table.columns)
+                        since = [sql.since_column(c) for c in table.since]  # users, accounts
+                        for name in since:
+                            await conn.execute(f"ALTER TABLE {stage} ADD COLUMN {sql.quote(name)}"
+                                               " timestamptz")
+                        await conn.copy_records_to_table(
+                            stage, records=zip(*table.data, *table.since.values(), strict=True),
+                            columns=[*table.columns, *since])
                         await conn.execute(sql.merge(table, stage))
                     load.apply(catalog)
             self._catalog = catalog

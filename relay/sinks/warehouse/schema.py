@@ -371,17 +371,21 @@ def map_message(message: Mapping[str, Any], received_at: str | None = None) -> l
     raise ValueError(f"type {kind!r} has no warehouse table")
 
 
+# the columns of a users or accounts row that a merge sets itself rather than by the rule
+MERGE_OWN = frozenset({"id", "received_at", "uuid_ts", "loaded_at"})
+
+
 def latest(rows: Iterable[Row]) -> list[Row]:
     """Rows of ``users`` or ``accounts`` merged per id: for each column the value of the newest
     row (by ``received_at``, then arrival order) that has one; so older traits only fill gaps."""
     merged: dict[str, Row] = {}
-    for row in sorted(rows, key=_received_key):  # stable: arrival order breaks ties
+    for row in sorted(rows, key=received_key):  # stable: arrival order breaks ties
         current = merged.get(row["id"])
         merged[row["id"]] = row if current is None else {**current, **row}
     return list(merged.values())
 
 
-def _received_key(row: Row) -> datetime:
+def received_key(row: Row) -> datetime:
     moment = row.get("received_at")
     if isinstance(moment, datetime):
         return moment

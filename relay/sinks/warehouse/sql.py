@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from relay.sinks.warehouse.load import TableLoad
-from relay.sinks.warehouse.schema import Kind
+from relay.sinks.warehouse.schema import MERGE_OWN, Kind
 
 
 def quote(name: str) -> str:
@@ -50,6 +50,9 @@ def add_columns(load: TableLoad, types: dict[Kind, str]) -> list[str]:
             for c, k in load.add.items()]
 
 
+TARGET, STAGED = "relay_target", "relay_staged"  # the aliases of a merge's table and of its staged rows
+
+
 def merge(load: TableLoad, source: str) -> str:
     """Rows of ``source`` into the table: an event already there (same key) is left as it is;
     in ``users`` and ``accounts`` each column takes the newer value (by ``received_at``), and
@@ -60,17 +63,35 @@ def merge(load: TableLoad, source: str) -> str:
     key = ", ".join(quote(c) for c in load.key)
     if not load.latest:
         return f"{head} ON CONFLICT ({key}) DO NOTHING"
-    return f"{head} ON CONFLICT ({key}) DO UPDATE SET {latest_sets(load, 'excluded', quote(load.table))}"
+    # users, accounts (one staged row an id): the rows held updated from the staged ones, whose
+    # `since` columns ON CONFLICT's `excluded` would not have, then the others inserted
+    on = " AND ".join(f"{TARGET}.{quote(c)} = {STAGED}.{quote(c)}" for c in load.key)
+    return (f"UPDATE {target} AS {TARGET} SET {latest_sets(load, STAGED, TARGET)} FROM {source} AS {STAGED}"
+            f" WHERE {on}; {head} ON CONFLICT ({key}) DO NOTHING")
 
 
 def latest_sets(load: TableLoad, new: str, old: str) -> str:
     """The columns of a ``users`` or ``accounts`` row that ``new`` (a source of rows) updates in
     ``old`` (the table's row): each the newer value by ``received_at``, an older row filling
     only what the newer one left empty."""
-    newer = f"{new}.received_at >= {old}.received_at"
-    sets = [f"{quote(c)} = CASE WHEN {newer} THEN coalesce({new}.{quote(c)}, {old}.{quote(c)}) "
+    sets = [f"{quote(c)} = CASE WHEN {newer(load, c, new, old)} THEN "
+            f"coalesce({new}.{quote(c)}, {old}.{quote(c)}) "
             f"ELSE coalesce({old}.{quote(c)}, {new}.{quote(c)}) END"
-            for c in load.columns if c not in ("id", "received_at", "uuid_ts", "loaded_at")]
+            for c in load.columns if c not in MERGE_OWN]
     sets += [f"received_at = greatest({new}.received_at, {old}.received_at)",
              f"uuid_ts = {new}.uuid_ts", f"loaded_at = {new}.loaded_at"]
     return ", ".join(sets)
+
+
+def newer(load: TableLoad, column: str, new: str, old: str) -> str:
+    """Whether ``new``'s value of ``column`` is at least as new as ``old``'s row: by the
+    ``received_at`` of the row the value came from (``since``, when rows were merged), else by
+    the row's."""
+    moment = f"{new}.{quote(since_column(column))}" if column in load.since else f"{new}.received_at"
+    return f"{moment} >= {old}.received_at"
+
+
+def since_column(column: str) -> str:
+    """The staged column of a value's ``received_at`` (a name no mapped column can have: those
+    have no spaces)."""
+    return f"{column} since"
