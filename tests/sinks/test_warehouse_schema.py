@@ -356,6 +356,41 @@ def test_merged_tables_of_several_batches_combine_as_one_batch_would_load_them(m
         assert _since_by_key(one) == _since_by_key(whole[name]), name
 
 
+def test_a_merged_users_row_keeps_when_each_value_came():
+    catalog, _ = loaded(TYPED)
+    loads = []
+    first = [_identify("i-1", "u-1", H10, plan="free", email="old"), _identify("i-2", "u-1", H12, seats=2)]
+    for batch in (first, [_identify("i-3", "u-1", H11, plan="pro")]):
+        _, tables = loaded(batch, catalog)
+        loads.append(tables["users"])
+    one = combined(loads, catalog.tables[("web_prod", "users")])
+    assert _by_key(one)[("u-1",)] | {"uuid_ts": None, "loaded_at": None} == {
+        "id": "u-1", "received_at": datetime.fromisoformat(H12), "uuid_ts": None, "loaded_at": None,
+        "plan": "pro", "email": "old", "seats": 2}
+    h10, h11, h12 = (datetime.fromisoformat(h) for h in (H10, H11, H12))
+    assert _since_by_key(one) == {("u-1",): {"plan": h11, "email": h10, "seats": h12}}
+
+
+@pytest.mark.parametrize("sizes", [[1], [2, 1], [1, 1, 1]])
+def test_users_of_one_row_each_combine_as_row_by_row_merging_combines_them(sizes):
+    from relay.sinks.warehouse.load import _each_once, _merged
+
+    messages = [_identify("i-1", "u-1", H11, plan="pro", seats=2), _identify("i-2", "u-2", H10, email="e"),
+                _identify("i-3", "u-3", H12, plan="team", tier="gold")]
+    catalog, _ = loaded(TYPED)
+    loads, at = [], 0
+    for size in sizes:
+        _, tables = loaded(messages[at:at + size], catalog)
+        at += size
+        loads.append(tables["users"])
+    columns = catalog.tables[("web_prod", "users")]
+    fast, slow = _each_once(loads, columns), _merged(loads, columns)
+    assert (fast.columns, fast.kinds, fast.add) == (slow.columns, slow.kinds, slow.add)
+    assert _by_key(fast) == _by_key(slow) and _since_by_key(fast) == _since_by_key(slow)
+    assert _since_by_key(fast)[("u-1",)] == {"plan": datetime.fromisoformat(H11),
+                                             "seats": datetime.fromisoformat(H11)}
+
+
 def test_values_that_do_not_fit_in_several_batches_combine_as_batch_after_batch_merges_them():
     """A value that does not fit is NULL in its batch's row: an older value that fits stays
     (as merging the batches one after another leaves it), and ``discards`` keeps the first

@@ -284,10 +284,11 @@ class Stage:
 def _source(stages: list[Stage]) -> str:
     """A subquery of the stages' rows under the names of their columns (which they share)."""
     load = stages[0].load
-    columns: list[tuple[str, Kind]] = [*zip(load.columns, load.kinds, strict=True)]
-    columns += [(sql.since_column(name), "timestamp") for name in load.since]  # after the columns
-    picks = ", ".join(f"r[{i}]{_CASTS[kind]} AS {sql.quote(name)}"
-                      for i, (name, kind) in enumerate(columns, 1))
+    named = enumerate(zip(load.columns, load.kinds, strict=True), 1)
+    picks = ", ".join(f"r[{i}]{_CASTS[kind]} AS {sql.quote(name)}" for i, (name, kind) in named)
+    if load.since:  # the values' times, after the columns
+        times = range(len(load.columns) + 1, len(load.columns) + len(load.since) + 1)
+        picks += f", list_value({', '.join(f'r[{i}]::TIMESTAMPTZ' for i in times)}) AS {sql.quote(sql.SINCE)}"
     paths = ", ".join(sql.text(str(stage.path)) for stage in stages)
     return (f"(SELECT {picks} FROM read_json([{paths}], format = 'newline_delimited', records = 'false',"
             f" columns = {{'r': 'VARCHAR[]'}})) AS {STAGE}")

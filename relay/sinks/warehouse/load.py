@@ -255,6 +255,15 @@ def combined(loads: Sequence[TableLoad], columns: dict[str, Kind]) -> TableLoad:
     the column (a later row winning a tie, an older value filling a gap), with the
     ``received_at`` of the row it came from in ``since`` (the merge into the table compares
     that, not the row's, with what the table holds); in ``discards`` the first."""
+    if loads[0].latest:
+        ids = [i for load in loads for i in load.data[load.columns.index("id")]]
+        if len(set(ids)) == len(ids):
+            return _each_once(loads, columns)
+    return _merged(loads, columns)
+
+
+def _merged(loads: Sequence[TableLoad], columns: dict[str, Kind]) -> TableLoad:
+    """``combined``, row by row."""
     first = loads[0]
     rows: list[Row] = []
     times: list[dict[str, Any]] = []
@@ -283,6 +292,39 @@ def combined(loads: Sequence[TableLoad], columns: dict[str, Kind]) -> TableLoad:
     return TableLoad(first.schema, first.table, any(load.create for load in loads), add, written,
                      [columns[c] for c in written], [[row.get(c) for row in rows] for c in written],
                      first.latest, since)
+
+
+def _each_once(loads: Sequence[TableLoad], columns: dict[str, Kind]) -> TableLoad:
+    """``combined`` for loads of ``users`` or ``accounts`` that hold each id once: their rows
+    as they are, each value's time its ``since`` or its row's ``received_at``."""
+    first = loads[0]
+    present = {name for load in loads for name in load.columns}
+    written = [c for c in columns if c in present]
+    moments = [list(map(schema.moment_of, load.data[load.columns.index("received_at")]))
+               if "received_at" in load.columns else [schema.moment_of(None)] * load.rows for load in loads]
+    data: list[Sequence[Any]] = []
+    since: dict[str, Sequence[Any]] = {}
+    for name in written:
+        values: list[Any] = []
+        times: list[Any] = []
+        for load, moment in zip(loads, moments, strict=True):
+            if name not in load.columns:
+                values.extend([None] * load.rows)
+                times.extend([None] * load.rows)
+                continue
+            column = load.data[load.columns.index(name)]
+            values.extend(column)
+            held = load.since.get(name)
+            times.extend(held if held is not None else
+                         [None if v is None else m for v, m in zip(column, moment, strict=True)])
+        data.append(values)
+        if name not in schema.MERGE_OWN:
+            since[name] = times
+    add: dict[str, Kind] = {}
+    for load in loads:
+        add.update(load.add)
+    return TableLoad(first.schema, first.table, any(load.create for load in loads), add, written,
+                     [columns[c] for c in written], data, True, since)
 
 
 def _latest_since(rows: list[Row], times: list[dict[str, Any]]) -> tuple[list[Row], list[dict[str, Any]]]:

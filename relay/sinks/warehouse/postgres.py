@@ -118,13 +118,15 @@ class PostgresSink(base.WarehouseSink):
                         stage = f"relay_stage_{stages}"
                         await conn.execute(f"CREATE TEMPORARY TABLE {stage} (LIKE "
                                            f"{sql.qualified(table.schema, table.table)}) ON COMMIT DROP")
-                        since = [sql.since_column(c) for c in table.since]  # users, accounts
-                        for name in since:
-                            await conn.execute(f"ALTER TABLE {stage} ADD COLUMN {sql.quote(name)}"
-                                               " timestamptz")
-                        await conn.copy_records_to_table(
-                            stage, records=zip(*table.data, *table.since.values(), strict=True),
-                            columns=[*table.columns, *since])
+                        records: Any = zip(*table.data, strict=True)
+                        columns = table.columns
+                        if table.since:  # users, accounts: the values' times, one array a row
+                            await conn.execute(f"ALTER TABLE {stage} ADD COLUMN {sql.quote(sql.SINCE)}"
+                                               " timestamptz[]")
+                            times = map(list, zip(*table.since.values(), strict=True))
+                            records = zip(*table.data, times, strict=True)
+                            columns = [*columns, sql.SINCE]
+                        await conn.copy_records_to_table(stage, records=records, columns=columns)
                         await conn.execute(sql.merge(table, stage))
                     load.apply(catalog)
             self._catalog = catalog

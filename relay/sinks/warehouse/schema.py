@@ -11,7 +11,7 @@ why it cannot (the value then goes to ``discards``). docs/warehouses.md states e
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
@@ -375,18 +375,12 @@ def map_message(message: Mapping[str, Any], received_at: str | None = None) -> l
 MERGE_OWN = frozenset({"id", "received_at", "uuid_ts", "loaded_at"})
 
 
-def latest(rows: Iterable[Row]) -> list[Row]:
-    """Rows of ``users`` or ``accounts`` merged per id: for each column the value of the newest
-    row (by ``received_at``, then arrival order) that has one; so older traits only fill gaps."""
-    merged: dict[str, Row] = {}
-    for row in sorted(rows, key=received_key):  # stable: arrival order breaks ties
-        current = merged.get(row["id"])
-        merged[row["id"]] = row if current is None else {**current, **row}
-    return list(merged.values())
-
-
 def received_key(row: Row) -> datetime:
-    moment = row.get("received_at")
+    return moment_of(row.get("received_at"))
+
+
+def moment_of(moment: Any) -> datetime:
+    """A ``received_at`` value as a time to order rows by (the earliest when there is none)."""
     if isinstance(moment, datetime):
         return moment
     parsed = parse_time(moment) if isinstance(moment, str) else None

@@ -63,11 +63,12 @@ def merge(load: TableLoad, source: str) -> str:
     key = ", ".join(quote(c) for c in load.key)
     if not load.latest:
         return f"{head} ON CONFLICT ({key}) DO NOTHING"
-    # users, accounts (one staged row an id): the rows held updated from the staged ones, whose
-    # `since` columns ON CONFLICT's `excluded` would not have, then the others inserted
+    # users, accounts (one staged row an id, ``source`` a table): the new ids inserted, then the
+    # rows held updated from the staged ones (by their times, which ON CONFLICT's `excluded`
+    # would not have; a row just inserted is updated with itself: no change)
     on = " AND ".join(f"{TARGET}.{quote(c)} = {STAGED}.{quote(c)}" for c in load.key)
-    return (f"UPDATE {target} AS {TARGET} SET {latest_sets(load, STAGED, TARGET)} FROM {source} AS {STAGED}"
-            f" WHERE {on}; {head} ON CONFLICT ({key}) DO NOTHING")
+    return (f"{head} ON CONFLICT ({key}) DO NOTHING; UPDATE {target} AS {TARGET}"
+            f" SET {latest_sets(load, STAGED, TARGET)} FROM {source} AS {STAGED} WHERE {on}")
 
 
 def latest_sets(load: TableLoad, new: str, old: str) -> str:
@@ -87,11 +88,13 @@ def newer(load: TableLoad, column: str, new: str, old: str) -> str:
     """Whether ``new``'s value of ``column`` is at least as new as ``old``'s row: by the
     ``received_at`` of the row the value came from (``since``, when rows were merged), else by
     the row's."""
-    moment = f"{new}.{quote(since_column(column))}" if column in load.since else f"{new}.received_at"
+    if column in load.since:
+        moment = f"{new}.{quote(SINCE)}[{list(load.since).index(column) + 1}]"
+    else:
+        moment = f"{new}.received_at"
     return f"{moment} >= {old}.received_at"
 
 
-def since_column(column: str) -> str:
-    """The staged column of a value's ``received_at`` (a name no mapped column can have: those
-    have no spaces)."""
-    return f"{column} since"
+# the staged rows' column of their values' times, a list in the order of ``since`` (a name no
+# mapped column has: those have no spaces)
+SINCE = "relay since"
