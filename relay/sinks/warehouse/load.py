@@ -274,32 +274,24 @@ def _merged(loads: Sequence[TableLoad], columns: dict[str, Kind]) -> TableLoad:
         if first.latest:  # when each value of a row came: by since (rows merged before), else the row's
             merged = [load.since.get(n) for n in names]
             for i, row in enumerate(rows[len(rows) - load.rows:]):
-                moment = schema.received_key(row)
+                moment = schema.moment_of(row.get("received_at"))
                 times.append({n: moment if m is None else m[i] for n, m in zip(names, merged, strict=True)
                               if n in row})
     if first.latest:
         rows, times = _latest_since(rows, times)
     else:
         rows = _first_of_each(rows, first.key)
-    present = {name for load in loads for name in load.columns}
-    written = [c for c in columns if c in present]
-    add: dict[str, Kind] = {}
-    for load in loads:
-        add.update(load.add)
+    written = _written(loads, columns)
     since: dict[str, Sequence[Any]] = {}
     if first.latest:
         since = {c: [t.get(c) for t in times] for c in written if c not in schema.MERGE_OWN}
-    return TableLoad(first.schema, first.table, any(load.create for load in loads), add, written,
-                     [columns[c] for c in written], [[row.get(c) for row in rows] for c in written],
-                     first.latest, since)
+    return _as_one(loads, columns, written, [[row.get(c) for row in rows] for c in written], since)
 
 
 def _each_once(loads: Sequence[TableLoad], columns: dict[str, Kind]) -> TableLoad:
     """``combined`` for loads of ``users`` or ``accounts`` that hold each id once: their rows
     as they are, each value's time its ``since`` or its row's ``received_at``."""
-    first = loads[0]
-    present = {name for load in loads for name in load.columns}
-    written = [c for c in columns if c in present]
+    written = _written(loads, columns)
     moments = [list(map(schema.moment_of, load.data[load.columns.index("received_at")]))
                if "received_at" in load.columns else [schema.moment_of(None)] * load.rows for load in loads]
     data: list[Sequence[Any]] = []
@@ -320,11 +312,24 @@ def _each_once(loads: Sequence[TableLoad], columns: dict[str, Kind]) -> TableLoa
         data.append(values)
         if name not in schema.MERGE_OWN:
             since[name] = times
+    return _as_one(loads, columns, written, data, since)
+
+
+def _written(loads: Sequence[TableLoad], columns: dict[str, Kind]) -> list[str]:
+    """The columns some of the loads write, in the table's order."""
+    present = {name for load in loads for name in load.columns}
+    return [c for c in columns if c in present]
+
+
+def _as_one(loads: Sequence[TableLoad], columns: dict[str, Kind], written: list[str],
+            data: list[Sequence[Any]], since: dict[str, Sequence[Any]]) -> TableLoad:
+    """The loads' table as one load of ``data`` (one sequence per column of ``written``)."""
+    first = loads[0]
     add: dict[str, Kind] = {}
     for load in loads:
         add.update(load.add)
     return TableLoad(first.schema, first.table, any(load.create for load in loads), add, written,
-                     [columns[c] for c in written], data, True, since)
+                     [columns[c] for c in written], data, first.latest, since)
 
 
 def _latest_since(rows: list[Row], times: list[dict[str, Any]]) -> tuple[list[Row], list[dict[str, Any]]]:

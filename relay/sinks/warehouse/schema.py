@@ -375,10 +375,6 @@ def map_message(message: Mapping[str, Any], received_at: str | None = None) -> l
 MERGE_OWN = frozenset({"id", "received_at", "uuid_ts", "loaded_at"})
 
 
-def received_key(row: Row) -> datetime:
-    return moment_of(row.get("received_at"))
-
-
 def moment_of(moment: Any) -> datetime:
     """A ``received_at`` value as a time to order rows by (the earliest when there is none)."""
     if isinstance(moment, datetime):
