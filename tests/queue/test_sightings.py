@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import sqlite3
 from collections.abc import Iterator
@@ -175,7 +176,7 @@ def test_a_rotation_in_steps_keeps_every_sighting_visible_and_new_ones_apart(
     memory.load(conn)
     for i in range(10):  # ten commits: ten rows of the log
         see(conn, memory, [f"s{i}"], now=NOW)
-    assert memory.rotate_step(conn, 4) == 4  # frozen: s0..s9; four of them merged
+    assert 0 < memory.rotate_step(conn, 4) < 10  # frozen: s0..s9; one key range of them merged
     assert memory.rotating
     see(conn, memory, ["new"], now=NOW + 1)  # lands in the fresh generation
     assert see(conn, memory, ["s0", "s9", "new", "other"], now=NOW + 2) == [False, False, False, True]
@@ -205,6 +206,49 @@ def test_a_restart_in_the_middle_of_a_rotation_loses_nothing(conn: sqlite3.Conne
 def _random_hashes(count: int, seed: int) -> list[int]:
     rng = random.Random(seed)
     return [rng.getrandbits(64) - (1 << 63) for _ in range(count)]
+
+
+@pytest.mark.parametrize(("count", "chunk", "ranges"), [
+    (0, 2048, 1),
+    (1, 2048, 1),
+    (2047, 2048, 1),
+    (4096, 2048, 2),
+    (32_769, 2048, 16),  # a rotation as the writer starts one: 16 steps of about 2,048
+    (65_535, 2048, 16),
+    (10, 4, 2),
+    (1000, 1, 512),
+    (10, 1 << 62, 1),  # ``rotate``: the whole generation in one step
+])
+def test_a_frozen_generation_is_parted_into_key_ranges_of_about_a_step_each(
+    count: int, chunk: int, ranges: int,
+) -> None:
+    hashes = _random_hashes(count, seed=count)
+    parted = sightings._key_ranges(dict.fromkeys(hashes, NOW), chunk)
+    assert len(parted) == ranges
+    assert [h for part in parted for h in sorted(part)] == sorted(hashes)  # every hash once, in key order
+    if count >= 4096:
+        assert all(chunk // 2 <= len(part) <= 2.5 * chunk for part in parted)  # twice a step, and chance
+
+
+def test_each_step_of_a_rotation_merges_the_next_key_range(conn: sqlite3.Connection) -> None:
+    memory = Sightings()
+    memory.load(conn)
+    see(conn, memory, [f"r{i}" for i in range(5000)], now=NOW)
+    merged: list[list[int]] = []
+    while True:
+        before = {h for (h,) in conn.execute("SELECT h FROM sightings")}
+        conn.execute("BEGIN IMMEDIATE")
+        memory.merge_step(conn, 1024)
+        conn.execute("COMMIT")
+        memory.committed()
+        merged.append(sorted({h for (h,) in conn.execute("SELECT h FROM sightings")} - before))
+        if not memory.rotating:
+            break
+    assert len(merged) == 4
+    assert all(a[-1] < b[0] for a, b in itertools.pairwise(merged))  # ranges in key order
+    assert sorted(h for step in merged for h in step) == sorted(
+        sightings.dedup_hash("wk", f"r{i}") for i in range(5000))
+    assert conn.execute("SELECT count(*) FROM sightings_log").fetchone() == (0,)
 
 
 @pytest.mark.parametrize("count", [1, 1000, 100_000])
