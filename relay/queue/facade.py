@@ -22,7 +22,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -48,6 +48,7 @@ CHECKPOINT_INTERVAL = 0.5
 DELETE_CHUNK = 10_000  # finished events deleted at once (sooner when the queue is caught up)
 DEDUP_ROTATE_ROWS = 32_768  # recent sightings merged into the old generation past this many
 DEDUP_ROTATE_STEP = 2_048  # sightings merged in each commit while a rotation runs
+DEDUP_COMPACT_STEP = 4_096  # sightings compacted in each commit while a compaction runs
 # Between two builds of the dedup filter in the background: while `relay recover` commits
 # chunk after chunk, the filter is set aside at each, and lookups ask SQLite meanwhile.
 DEDUP_FILTER_PAUSE = 5.0
@@ -121,6 +122,7 @@ class Queue:
         self.duplicates = 0  # events acknowledged but not stored again (dedup hits)
         self.dedup_forgotten = 0  # dedup entries dropped early to keep events under the cap
         self.sightings = sightings.Sightings()  # used under the connection's lock only
+        self._compact_turn = False  # the last commit carried a compaction step, a rotation being due too
         self._committed = asyncio.Event()
         self._cursors: dict[str, int] = {}
         self._deleted_through = 0
@@ -352,9 +354,8 @@ class Queue:
         """COMMIT (on the connection's thread: the fsync), then what it means. While a
         dedup rotation is under way, each commit carries a step of it."""
         try:
-            if self.config.dedup_window and (self.sightings.rotating
-                                             or self.sightings.logged > DEDUP_ROTATE_ROWS):
-                self._rotation_step(conn)
+            if self.config.dedup_window:
+                self._dedup_maintenance(conn)
             conn.execute("COMMIT")
         except BaseException:
             self.sightings.rolled_back()
@@ -503,17 +504,32 @@ class Queue:
             self._filter_build = None
             self._filter_built_at = time.monotonic()
 
-    def _rotation_step(self, conn: sqlite3.Connection) -> None:
-        """A step of the dedup rotation inside the open transaction, in a savepoint: a step
-        that fails (the file at its cap) is undone and tried again later, and never fails
-        the commit that carries it."""
+    def _dedup_maintenance(self, conn: sqlite3.Connection) -> None:
+        """A step of the dedup rotation (when the recent generation has grown past its size)
+        or of a compaction of the runs (when a level holds enough of them), inside the
+        commit; when both are due, commits take turns, so that neither waits for the other."""
+        rotate = self.sightings.rotating or self.sightings.logged > DEDUP_ROTATE_ROWS
+        compact = self.sightings.compaction_due
+        if rotate and compact:
+            self._compact_turn = not self._compact_turn
+            rotate = not self._compact_turn
+        if rotate:
+            self._dedup_step(conn, lambda: self.sightings.merge_step(conn, DEDUP_ROTATE_STEP))
+        elif compact:
+            cutoff = time.time() - self.config.dedup_window
+            self._dedup_step(conn, lambda: self.sightings.compact_step(conn, DEDUP_COMPACT_STEP, cutoff))
+
+    def _dedup_step(self, conn: sqlite3.Connection, step: Callable[[], int]) -> None:
+        """A step of a dedup rotation or compaction inside the open transaction, in a
+        savepoint: a step that fails (the file at its cap) is undone and tried again later,
+        and never fails the commit that carries it."""
         conn.execute("SAVEPOINT rotation")
         try:
-            self.sightings.merge_step(conn, DEDUP_ROTATE_STEP)
+            step()
         except sqlite3.Error as exc:
             conn.execute("ROLLBACK TO rotation")
             self.sightings.step_failed()
-            log.warning("a dedup rotation step failed, tried again later: %s", exc)
+            log.warning("a dedup rotation or compaction step failed, tried again later: %s", exc)
         conn.execute("RELEASE rotation")
 
     def _shrink_dedup(self, conn: sqlite3.Connection, over: int) -> int:

@@ -16,9 +16,9 @@ Schema (version 2):
   cursor has passed its last event.
 - ``dead_letters``: events that were rejected at ingest (``destination`` is NULL) or
   permanently refused by a destination, with the reason and the upstream's answer.
-- ``sightings_log`` and ``sightings``: dedup memory in two generations (see
-  ``relay.queue.sightings``); ``seen`` is the old generation of a version 1 file, read
-  until it ages out.
+- ``sightings_log``, ``sighting_runs`` (with ``sighting_run_info``) and ``sightings``:
+  dedup memory in two generations (see ``relay.queue.sightings``); ``seen`` is the old
+  generation of a version 1 file, read until it ages out.
 - ``done_ranges``: batches a destination finished beyond its cursor when a clean stop came
   while an earlier batch was still unfinished (``concurrency > 1``); skipped after a
   restart, and forgotten once the cursor passes them.
@@ -95,6 +95,12 @@ CREATE INDEX IF NOT EXISTS dead_letters_destination ON dead_letters(destination,
 CREATE TABLE IF NOT EXISTS sightings (h INTEGER PRIMARY KEY, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS sightings_at ON sightings(at);
 CREATE TABLE IF NOT EXISTS sightings_log (at REAL NOT NULL, hashes BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS sighting_runs (
+    run INTEGER NOT NULL, h INTEGER NOT NULL, at REAL NOT NULL, PRIMARY KEY (run, h)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sighting_run_info (
+    run INTEGER PRIMARY KEY, level INTEGER NOT NULL, newest REAL NOT NULL, rows INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS done_ranges (
     destination TEXT NOT NULL,

@@ -271,7 +271,8 @@ async def test_a_repeat_is_caught_in_either_dedup_generation_and_rotation_keeps_
     assert (again[1]["accepted"], again[1]["duplicates"]) == (1, 1)
     # both generations age out by their own times: an hour and a bit later, gen-1 is new again
     await queue._db.call(queue.sightings.rotate)
-    await queue._db.call(lambda conn: conn.execute("UPDATE sightings SET at = at - 4000"))
+    await queue._db.call(lambda conn: conn.executescript(
+        "UPDATE sighting_runs SET at = at - 4000; UPDATE sighting_run_info SET newest = newest - 4000"))
     later = await relay.post("/v1/batch", {"batch": [first]})
     assert (later[1]["accepted"], later[1]["duplicates"]) == (1, 0)
     assert [e["messageId"] for e in relay.events()] == ["gen-1", "gen-2", "gen-1"]
@@ -306,13 +307,31 @@ async def test_commits_carry_the_dedup_rotation_and_repeats_are_caught_across_it
     ids = [f"r{i}" for i in range(30)]
     for start in range(0, 30, 5):
         assert (await relay.post("/v1/batch", _batch(ids[start:start + 5])))[1]["accepted"] == 5
-    merged = relay.rows("SELECT count(*) FROM sightings")[0][0]
+    merged = relay.rows("SELECT count(*) FROM sighting_runs")[0][0]
     assert merged >= 9  # steps of 3 in the commits, no transaction of their own
     logged = relay.rows("SELECT sum(length(hashes)) / 8 FROM sightings_log")[0][0] or 0
     assert logged == queue.sightings.logged and merged + logged >= 30
     answer = (await relay.post("/v1/batch", _batch(ids)))[1]
     assert (answer["accepted"], answer["duplicates"]) == (0, 30)
     assert len(relay.events()) == 30
+
+
+async def test_commits_carry_compactions_of_the_runs_between_rotations(
+    start_relay: Callable[..., Any], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(facade, "DEDUP_ROTATE_ROWS", 4)
+    monkeypatch.setattr(facade, "DEDUP_ROTATE_STEP", 3)
+    monkeypatch.setattr(facade, "DEDUP_COMPACT_STEP", 2)
+    monkeypatch.setattr(sightings, "RUNS_PER_COMPACTION", 4)
+    relay = await start_relay(queue={"dedup_window": 3600})
+    ids = [f"c{i}" for i in range(60)]
+    for start in range(0, 60, 5):
+        assert (await relay.post("/v1/batch", _batch(ids[start:start + 5])))[1]["accepted"] == 5
+    levels = [level for (level,) in relay.rows("SELECT level FROM sighting_run_info")]
+    assert max(levels) >= 1 and len(levels) < 12  # twelve rotations, fewer runs: some were compacted
+    answer = (await relay.post("/v1/batch", _batch([*ids, "c-new"])))[1]
+    assert (answer["accepted"], answer["duplicates"]) == (1, 60)
+    assert len(relay.events()) == 61
 
 
 async def test_a_rotation_step_that_fails_never_fails_the_commit_carrying_it(
@@ -332,13 +351,13 @@ async def test_a_rotation_step_that_fails_never_fails_the_commit_carrying_it(
     monkeypatch.setattr(queue.sightings, "merge_step", full)
     assert (await relay.post("/v1/batch", _batch(["f0", "f1", "f2", "f3", "f4"])))[1]["accepted"] == 5
     assert (await relay.post("/v1/batch", _batch(["f5"])))[1]["accepted"] == 1
-    assert failures and relay.rows("SELECT count(*) FROM sightings") == [(0,)]
+    assert failures and relay.rows("SELECT count(*) FROM sighting_runs") == [(0,)]
     monkeypatch.setattr(queue.sightings, "merge_step", real)
     answer = (await relay.post("/v1/batch", _batch(["f0", "f5", "f6"])))[1]
     assert (answer["accepted"], answer["duplicates"]) == (1, 2)  # memory read back from the log
     for i in range(3):
         await relay.post("/v1/batch", _batch([f"g{i}"]))
-    assert relay.rows("SELECT count(*) FROM sightings")[0][0] > 0  # the rotation went on
+    assert relay.rows("SELECT count(*) FROM sighting_runs")[0][0] > 0  # the rotation went on
     answer = (await relay.post("/v1/batch", _batch(["f1", "f6", "g0", "new"])))[1]
     assert (answer["accepted"], answer["duplicates"]) == (1, 3)
     assert len(relay.events()) == 11

@@ -103,7 +103,7 @@ def test_rotation_moves_the_log_into_the_old_generation_and_lookups_follow(conn:
     see(conn, memory, ["o1"], now=NOW + 10)
     assert memory.rotate(conn) == 2  # the log merged, each hash once (o1 was seen twice)
     assert (memory.recent, memory.logged) == ({}, 0)
-    times = dict(conn.execute("SELECT h, at FROM sightings").fetchall())
+    times = dict(conn.execute("SELECT h, at FROM sighting_runs").fetchall())
     assert times[sightings.dedup_hash("wk", "o1")] == NOW + 10  # the latest time is kept
     assert see(conn, memory, ["o1", "o2", "o3"], now=NOW + 20) == [False, False, True]
 
@@ -166,7 +166,8 @@ def test_pruning_drops_old_sightings_from_memory_and_disk(conn: sqlite3.Connecti
     assert memory.forget_before(conn, NOW + 50, chunk=1) == 2
     assert memory.logged == 1
     assert list(memory.recent.values()) == [NOW + 100]
-    assert conn.execute("SELECT count(*) FROM sightings").fetchone()[0] == 0
+    assert conn.execute("SELECT (SELECT count(*) FROM sightings)"
+                        " + (SELECT count(*) FROM sighting_runs)").fetchone()[0] == 0
 
 
 def test_a_rotation_in_steps_keeps_every_sighting_visible_and_new_ones_apart(
@@ -183,7 +184,7 @@ def test_a_rotation_in_steps_keeps_every_sighting_visible_and_new_ones_apart(
     while memory.rotating:
         memory.rotate_step(conn, 4)
     assert set(memory.frozen) == set()
-    merged = {h for (h,) in conn.execute("SELECT h FROM sightings")}
+    merged = {h for (h,) in conn.execute("SELECT h FROM sighting_runs")}
     assert {sightings.dedup_hash("wk", f"s{i}") for i in range(10)} <= merged
     logged = [h for (blob,) in conn.execute("SELECT hashes FROM sightings_log") for h in unpack(blob)]
     assert sightings.dedup_hash("wk", "new") in logged and len(logged) == memory.logged
@@ -236,12 +237,12 @@ def test_each_step_of_a_rotation_merges_the_next_key_range(conn: sqlite3.Connect
     see(conn, memory, [f"r{i}" for i in range(5000)], now=NOW)
     merged: list[list[int]] = []
     while True:
-        before = {h for (h,) in conn.execute("SELECT h FROM sightings")}
+        before = {h for (h,) in conn.execute("SELECT h FROM sighting_runs")}
         conn.execute("BEGIN IMMEDIATE")
         memory.merge_step(conn, 1024)
         conn.execute("COMMIT")
         memory.committed()
-        merged.append(sorted({h for (h,) in conn.execute("SELECT h FROM sightings")} - before))
+        merged.append(sorted({h for (h,) in conn.execute("SELECT h FROM sighting_runs")} - before))
         if not memory.rotating:
             break
     assert len(merged) == 4
@@ -285,9 +286,9 @@ def test_with_the_filter_rotated_sightings_are_caught_and_fresh_keys_skip_the_lo
     asked: list[list[int]] = []
     real = sightings.seen_in_old_generation
 
-    def spy(conn: sqlite3.Connection, hashes: list[int], cutoff: float, table: str = "sightings") -> set[int]:
+    def spy(conn: sqlite3.Connection, hashes: list[int], cutoff: float) -> set[int]:
         asked.append(list(hashes))
-        return real(conn, hashes, cutoff, table)
+        return real(conn, hashes, cutoff)
 
     monkeypatch.setattr(sightings, "seen_in_old_generation", spy)
     assert see(conn, memory, ["before-1", "after", "fresh"], now=NOW + 2) == [False, False, True]
@@ -386,7 +387,7 @@ def test_a_rotation_keeps_each_sightings_own_time_to_the_minute(conn: sqlite3.Co
     see(conn, memory, ["early"], now=NOW)
     see(conn, memory, ["late"], now=NOW + 3500)
     memory.rotate(conn)
-    times = dict(conn.execute("SELECT h, at FROM sightings").fetchall())
+    times = dict(conn.execute("SELECT h, at FROM sighting_runs").fetchall())
     early = times[sightings.dedup_hash("wk", "early")]
     assert NOW <= early <= NOW + sightings.MERGE_TIME_STEP
     assert times[sightings.dedup_hash("wk", "late")] == NOW + 3500  # the newest: its own
@@ -400,7 +401,7 @@ def test_a_rotation_merges_what_the_log_holds_even_a_sighting_memory_missed(conn
     conn.execute("INSERT INTO sightings_log (at, hashes) VALUES (?, ?)",
                  (NOW, sightings._pack([sightings.dedup_hash("wk", "only-logged")])))
     memory.rotate(conn)
-    merged = {h for (h,) in conn.execute("SELECT h FROM sightings")}
+    merged = {h for (h,) in conn.execute("SELECT h FROM sighting_runs")}
     assert {sightings.dedup_hash("wk", k) for k in ("in-memory", "only-logged")} <= merged
     assert conn.execute("SELECT count(*) FROM sightings_log").fetchone() == (0,)
     assert memory.logged == 0  # the log's hashes counted out: the one memory held, not the other
@@ -424,4 +425,154 @@ def test_a_clock_stepped_back_never_shortens_a_merged_sightings_time(conn: sqlit
     see(conn, memory, ["k"], now=NOW + 500)
     see(conn, memory, ["k"], now=NOW)  # a later commit, the clock set back meanwhile
     memory.rotate(conn)
-    assert conn.execute("SELECT at FROM sightings").fetchall() == [(NOW + 500,)]
+    assert conn.execute("SELECT at FROM sighting_runs").fetchall() == [(NOW + 500,)]
+
+
+@pytest.fixture
+def four_a_level(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs compacted four at a time, so that a test needs few of them."""
+    monkeypatch.setattr(sightings, "RUNS_PER_COMPACTION", 4)
+
+
+def _one_run_each(conn: sqlite3.Connection, memory: Sightings, groups: list[list[str]],
+                  now: float = NOW) -> None:
+    """Each group seen, then rotated into a run of its own."""
+    for ids in groups:
+        see(conn, memory, ids, now=now)
+        memory.rotate(conn)
+
+
+def _runs(conn: sqlite3.Connection) -> list[tuple[int, int, int]]:
+    """(level, rows as counted, rows held) of each run."""
+    return [(level, rows, held) for level, rows, held in conn.execute(
+        "SELECT level, rows, (SELECT count(*) FROM sighting_runs r WHERE r.run = i.run)"
+        " FROM sighting_run_info i ORDER BY run")]
+
+
+def _compact(conn: sqlite3.Connection, memory: Sightings, chunk: int, cutoff: float,
+             steps: int | None = None) -> int:
+    """Compaction steps, each its own transaction, until none is due (or ``steps`` ran)."""
+    ran = 0
+    while memory.compaction_due and (steps is None or ran < steps):
+        conn.execute("BEGIN IMMEDIATE")
+        memory.compact_step(conn, chunk, cutoff)
+        conn.execute("COMMIT")
+        memory.committed()
+        ran += 1
+    return ran
+
+
+def test_four_runs_of_a_level_compact_into_one_of_the_next_and_every_sighting_is_still_caught(
+    conn: sqlite3.Connection, four_a_level: None,
+) -> None:
+    memory = Sightings()
+    memory.load(conn)
+    groups = [[f"c{g}-{i}" for i in range(300)] + ["shared"] for g in range(4)]
+    _one_run_each(conn, memory, groups[:3])
+    assert not memory.compaction_due  # three runs of level 0
+    _one_run_each(conn, memory, groups[3:])
+    assert memory.compaction_due
+    assert [level for level, _, _ in _runs(conn)] == [0, 0, 0, 0]
+    assert _compact(conn, memory, 256, NOW - WINDOW, steps=2) == 2  # part of the way
+    every = [i for ids in groups for i in ids]
+    assert see(conn, memory, [*every, "fresh-1"], now=NOW + 1) == [False] * len(every) + [True]
+    _compact(conn, memory, 256, NOW - WINDOW)
+    assert _runs(conn) == [(1, 1201, 1201)]  # "shared" once
+    memory.rotate(conn)  # "fresh-1" into a run of level 0
+    after_restart = Sightings()
+    after_restart.load(conn)
+    assert see(conn, after_restart, [*every, "fresh-1", "fresh-2"], now=NOW + 2) == (
+        [False] * len(every) + [False, True])
+
+
+def test_a_compaction_cut_short_leaves_every_sighting_in_one_run_or_another(
+    conn: sqlite3.Connection, four_a_level: None,
+) -> None:
+    memory = Sightings()
+    memory.load(conn)
+    groups = [[f"k{g}-{i}" for i in range(500)] for g in range(4)]
+    _one_run_each(conn, memory, groups)
+    _compact(conn, memory, 250, NOW - WINDOW, steps=3)  # of 8 key ranges; then the process dies
+    held = {h for (h,) in conn.execute("SELECT h FROM sighting_runs")}
+    every = [i for ids in groups for i in ids]
+    assert held == {sightings.dedup_hash("wk", i) for i in every}
+    after_restart = Sightings()
+    after_restart.load(conn)
+    assert see(conn, after_restart, [*every[::7], "new"], now=NOW + 1) == [False] * len(every[::7]) + [True]
+    after_restart.rotate(conn)  # "new" makes a fifth run of level 0: compacted again with three of them
+    _compact(conn, after_restart, 250, NOW - WINDOW)
+    new = sightings.dedup_hash("wk", "new")
+    assert {h for (h,) in conn.execute("SELECT h FROM sighting_runs")} == held | {new}
+    assert all(rows == count for _, rows, count in _runs(conn))  # the bookkeeping follows the rows
+
+
+def test_a_compaction_step_rolled_back_is_done_again(conn: sqlite3.Connection, four_a_level: None) -> None:
+    memory = Sightings()
+    memory.load(conn)
+    groups = [[f"b{g}-{i}" for i in range(200)] for g in range(4)]
+    _one_run_each(conn, memory, groups)
+    _compact(conn, memory, 100, NOW - WINDOW, steps=1)
+    conn.execute("BEGIN IMMEDIATE")
+    memory.compact_step(conn, 100, NOW - WINDOW)
+    conn.execute("ROLLBACK")
+    memory.rolled_back()
+    _compact(conn, memory, 100, NOW - WINDOW)
+    every = [i for ids in groups for i in ids]
+    assert {h for (h,) in conn.execute("SELECT h FROM sighting_runs")} == {
+        sightings.dedup_hash("wk", i) for i in every}
+    assert see(conn, memory, every, now=NOW + 1) == [False] * len(every)
+    assert all(rows == count for _, rows, count in _runs(conn))
+
+
+def test_a_compaction_leaves_out_what_the_window_forgot(conn: sqlite3.Connection, four_a_level: None) -> None:
+    memory = Sightings()
+    memory.load(conn)
+    _one_run_each(conn, memory, [["old-1", "old-2", "both"]], now=NOW)
+    _one_run_each(conn, memory, [[f"n{g}", "both"] for g in range(3)], now=NOW + 100)
+    _compact(conn, memory, 100, NOW + 50)
+    assert dict(conn.execute("SELECT h, at FROM sighting_runs").fetchall()) == {
+        sightings.dedup_hash("wk", key): NOW + 100 for key in ("n0", "n1", "n2", "both")}
+    assert _runs(conn) == [(1, 4, 4)]
+
+
+def test_pruning_drops_whole_runs_past_the_window_but_not_the_one_a_compaction_writes(
+    conn: sqlite3.Connection, four_a_level: None,
+) -> None:
+    memory = Sightings()
+    memory.load(conn)
+    _one_run_each(conn, memory, [[f"a{g}-{i}" for i in range(100)] for g in range(4)], now=NOW)
+    _one_run_each(conn, memory, [["b1"]], now=NOW + 100)
+    _compact(conn, memory, 50, NOW - WINDOW, steps=2)  # of 8 key ranges, into a run whose newest is NOW
+    compacted = sum(rows for level, rows, _ in _runs(conn) if level == 1)
+    assert 0 < compacted < 400
+    assert memory.forget_before(conn, NOW + 50, chunk=7) == 400 - compacted  # the four runs, not the fifth
+    assert [level for level, _, _ in _runs(conn)] == [0, 1]  # b1's run, and the compaction's
+    _compact(conn, memory, 50, NOW + 50)
+    assert memory.forget_before(conn, NOW + 50, chunk=7) == compacted  # no longer written: dropped
+    assert [rows for _, rows, _ in _runs(conn)] == [1]
+    assert conn.execute("SELECT count(*) FROM sighting_runs WHERE run NOT IN"
+                        " (SELECT run FROM sighting_run_info)").fetchone() == (0,)  # nothing left behind
+    assert see(conn, memory, ["a0-1", "b1"], now=NOW + 60) == [True, False]
+
+
+def test_at_the_cap_the_oldest_runs_are_forgotten_first(conn: sqlite3.Connection) -> None:
+    memory = Sightings()
+    memory.load(conn)
+    _one_run_each(conn, memory, [[f"o{i}" for i in range(10)]], now=NOW)
+    _one_run_each(conn, memory, [[f"y{i}" for i in range(10)]], now=NOW + 10)
+    conn.execute("BEGIN IMMEDIATE")
+    assert memory.forget_oldest(conn, 14) == 14
+    conn.execute("COMMIT")
+    memory.committed()
+    assert [rows for _, rows, _ in _runs(conn)] == [6]  # the older run gone, four of the newer
+    assert sum(see(conn, memory, [f"o{i}" for i in range(10)], now=NOW + 20)) == 10
+    assert sum(see(conn, memory, [f"y{i}" for i in range(10)], now=NOW + 20)) == 4
+
+
+def test_the_filter_holds_the_runs_hashes(conn: sqlite3.Connection) -> None:
+    memory = Sightings()
+    memory.load(conn)
+    _one_run_each(conn, memory, [[f"f{i}" for i in range(100)]])
+    built = sightings.read_filter(conn)
+    hashes = [sightings.dedup_hash("wk", f"f{i}") for i in range(100)]
+    assert built.maybe(hashes) == hashes and built.count == 100
