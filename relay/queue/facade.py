@@ -46,8 +46,8 @@ DEDUP_PRUNE_INTERVAL = 60.0
 DEDUP_PRUNE_CHUNK = 50_000
 CHECKPOINT_INTERVAL = 0.5
 DELETE_CHUNK = 10_000  # finished events deleted at once (sooner when the queue is caught up)
-DEDUP_ROTATE_ROWS = 32_768  # recent sightings merged into the old generation past this many
-DEDUP_ROTATE_STEP = 2_048  # sightings merged in each commit while a rotation runs
+DEDUP_ROTATE_ROWS = 32_768  # recent sightings written out as a run of the old generation past this many
+DEDUP_ROTATE_STEP = 2_048  # sightings written in each commit while a rotation runs
 DEDUP_COMPACT_STEP = 4_096  # sightings compacted in each commit while a compaction runs
 # Between two builds of the dedup filter in the background: while `relay recover` commits
 # chunk after chunk, the filter is set aside at each, and lookups ask SQLite meanwhile.
@@ -122,7 +122,7 @@ class Queue:
         self.duplicates = 0  # events acknowledged but not stored again (dedup hits)
         self.dedup_forgotten = 0  # dedup entries dropped early to keep events under the cap
         self.sightings = sightings.Sightings()  # used under the connection's lock only
-        self._compact_turn = False  # the last commit carried a compaction step, a rotation being due too
+        self._compact_turn = False  # the last commit carried a compaction step
         self._committed = asyncio.Event()
         self._cursors: dict[str, int] = {}
         self._deleted_through = 0
@@ -507,15 +507,14 @@ class Queue:
     def _dedup_maintenance(self, conn: sqlite3.Connection) -> None:
         """A step of the dedup rotation (when the recent generation has grown past its size)
         or of a compaction of the runs (when a level holds enough of them), inside the
-        commit; when both are due, commits take turns, so that neither waits for the other."""
-        rotate = self.sightings.rotating or self.sightings.logged > DEDUP_ROTATE_ROWS
-        compact = self.sightings.compaction_due
-        if rotate and compact:
-            self._compact_turn = not self._compact_turn
-            rotate = not self._compact_turn
-        if rotate:
+        commit; when both are due, commits take turns, so that neither waits for the other,
+        unless memory holds twice a rotation's sightings (then memory comes first)."""
+        step = dedup_step(self.sightings.rotating or self.sightings.logged > DEDUP_ROTATE_ROWS,
+                          self.sightings.compaction_due, self.sightings.logged, self._compact_turn)
+        self._compact_turn = step == "compact"
+        if step == "rotate":
             self._dedup_step(conn, lambda: self.sightings.merge_step(conn, DEDUP_ROTATE_STEP))
-        elif compact:
+        elif step == "compact":
             cutoff = time.time() - self.config.dedup_window
             self._dedup_step(conn, lambda: self.sightings.compact_step(conn, DEDUP_COMPACT_STEP, cutoff))
 
@@ -570,6 +569,15 @@ class Queue:
     async def status(self, destinations: Sequence[Live] = ()) -> StatusReport:
         return await self._reader.call(store.report, destinations, self.config.path,
                                        self.config.max_bytes, time.time())
+
+
+def dedup_step(rotate: bool, compact: bool, logged: int, compacted_last: bool) -> str | None:
+    """Which dedup step a commit carries ("rotate", "compact" or None), given what is due,
+    the sightings memory holds and whether the last commit carried a compaction step: when
+    both are due they take turns, unless memory holds more than twice a rotation's."""
+    if rotate and (not compact or logged > 2 * DEDUP_ROTATE_ROWS or compacted_last):
+        return "rotate"
+    return "compact" if compact else None
 
 
 def _create_private(path: str) -> None:

@@ -10,8 +10,9 @@ A 64-bit hash of the pair (xxh3, about 0.2 µs) is kept in two generations:
   written as a new run, each step a range of keys in key order, so that the run's pages
   are written once, one after the other, whatever the old generation holds (merging it
   into one table keyed by hash wrote every page of that table again at each rotation: a
-  cost that grew with the window's traffic). Runs of a level are compacted four into one
-  of the next level, so that a lookup reads a few runs, not one per rotation. Rotations
+  cost that grew with the window's traffic). Sixteen runs of a level are compacted into one
+  of the next level, so that a lookup reads a few runs a level, not one per rotation (more
+  while a compaction runs, or while a large one keeps the lower levels waiting). Rotations
   and compactions run in steps, one inside each of the writer's commits (``merge_step``,
   ``compact_step``), so that no commit waits for a whole one: the generation being written
   is frozen in memory and read beside the new one until its last row is written.
@@ -130,8 +131,8 @@ def _first_in_group(hashes: Sequence[int], unseen: Sequence[bool]) -> list[bool]
 class OldFilter:
     """A Bloom filter over the old generation's hashes, two probes a hash (the hash's low
     and high halves): a key it does not hold, which is nearly every key, is known absent
-    from ``sightings`` without a lookup there. A key it holds may be a false positive
-    (1-4%), and its time is not kept: ``sightings`` decides those. Deletions leave bits
+    from the runs and ``sightings`` without a lookup there. A key it holds may be a false
+    positive (1-4%), and its time is not kept: SQLite decides those. Deletions leave bits
     behind, so it only ever answers "maybe" too often, never "absent" wrongly."""
 
     MIN_BITS = 1 << 23  # 1 MiB
@@ -187,7 +188,7 @@ class Sightings:
         self._frozen_logged = 0  # the log's hashes (repeats too) memory counted when it was frozen
         self._times: dict[int, float] = {}  # the frozen log's hashes, each with its latest time
         # The old generation's filter; None while it is not built (every lookup then asks
-        # ``sightings``), ``want_filter`` when the writer should build it (on its thread).
+        # SQLite), ``want_filter`` when the writer should build it (on its thread).
         self.filter: OldFilter | None = None
         self.want_filter = False
         self._data_version = -1  # what the file's data_version was when the filter was built
@@ -217,7 +218,8 @@ class Sightings:
         return self._frozen_through > self._merged_through
 
     def build_filter(self, conn: sqlite3.Connection) -> None:
-        """Build the old generation's filter from ``sightings``, here and now (at start)."""
+        """Build the old generation's filter from the runs and ``sightings``, here and now
+        (at start)."""
         version = self.start_filter(conn)
         self.adopt_filter(read_filter(conn), version)
 
@@ -300,20 +302,21 @@ class Sightings:
         return merged
 
     def merge_step(self, conn: sqlite3.Connection, chunk: int) -> int:
-        """Merge about ``chunk`` hashes of the frozen generation into the old one, inside the
-        caller's transaction (the queue's writer runs a step in each commit while a
-        rotation is under way: no transaction or fsync of its own); return how many.
+        """Write about ``chunk`` hashes of the frozen generation into the old one's new run,
+        inside the caller's transaction (the queue's writer runs a step in each commit
+        while a rotation is under way: no transaction or fsync of its own); return how many.
 
         The first step of a rotation freezes the recent generation (new sightings go to a
         fresh one): what the log holds of it (the rows committed before this transaction's
-        own, which memory holds too) is what is merged and then deleted, so memory and log
-        cannot part. Its hashes are parted into key ranges, and each step merges the next
-        range in key order, so that a page of ``sightings`` is written once a rotation, not
-        once a step. Each hash
-        keeps its own time, rounded up to ``MERGE_TIME_STEP`` (a statement per distinct
-        time: one when the generation took less than that, as it does under load), so the
-        window is never shortened and lengthened by that step at most. The log rows go in
-        the last step, so a rotation cut short is merged again from the log after a
+        own, which memory holds too) is what is written and then deleted, so memory and log
+        cannot part. Its hashes are parted into key ranges, and each step writes the next
+        range in key order, so that the run's pages are written once, one after the other.
+        The run counts as one to compact (level 0) from its last step; one cut short is
+        dropped when the next rotation starts. Each hash keeps its own time, rounded up to
+        ``MERGE_TIME_STEP`` (a statement per distinct time: one when the generation took
+        less than that, as it does under load), so the window is never shortened and
+        lengthened by that step at most. The log rows go in
+        the last step, so a rotation cut short is written again from the log after a
         restart; a step rolled back has memory read again from the log."""
         if self._reload:
             self._load(conn)
@@ -334,7 +337,10 @@ class Sightings:
             self._times, self._ranges = times, _key_ranges(times, chunk)
             self._next, self._frozen_logged = 0, self.logged  # (what memory counts of the frozen rows)
             self._merged_through, self._frozen_through = int(rows[0][0]) - 1, int(rows[-1][0])
-            self._run = _new_run(conn, 0, max(stamps))
+            for (unfinished,) in conn.execute("SELECT run FROM sighting_run_info WHERE level = ?",
+                                              (_WRITING,)).fetchall():
+                _drop_run(conn, unfinished, _DROP_CHUNK)  # a rotation cut short: the log still holds it
+            self._run = _new_run(conn, _WRITING, max(stamps))
         self._stepped = True
         keys = sorted(self._ranges[self._next]) if self._ranges else []
         last = self._next + 1 >= len(self._ranges)
@@ -345,6 +351,7 @@ class Sightings:
         if last:
             conn.execute("DELETE FROM sightings_log WHERE rowid > ?1 AND rowid <= ?2",
                          (self._merged_through, self._frozen_through))
+            conn.execute("UPDATE sighting_run_info SET level = 0 WHERE run = ?", (self._run,))
         self._next += 1
         if self.filter is not None:
             self.filter.add(keys)  # (a step rolled back leaves bits behind: false positives only)
@@ -484,7 +491,7 @@ class Sightings:
     def _finished_levels(self, conn: sqlite3.Connection) -> dict[int, int]:
         """How many runs each level holds, less those a rotation or a compaction writes."""
         levels = _levels(conn)
-        for (level,) in conn.execute("SELECT level FROM sighting_run_info WHERE run IN (?, ?)",
+        for (level,) in conn.execute("SELECT level FROM sighting_run_info WHERE run IN (?, ?) AND level >= 0",
                                      (self._run if self.rotating else 0,
                                       self._compaction.run if self._compaction else 0)):
             levels[level] -= 1
@@ -522,10 +529,13 @@ class Sightings:
 
 
 _NO_ROWID = (1 << 63) - 1
-# Runs of a level compacted into one of the next: a lookup reads at most 15 runs a level
-# (only for the keys the filter may hold: 1-5% of them), and each sighting is written
-# again once a level, about 1.2 µs (16 levels hold 2**64 rotations' worth).
+# Runs of a level compacted into one of the next: a lookup reads about 15 runs a level
+# (only for the keys the filter may hold, 1-5% of them, while it is trusted), and each
+# sighting is written again once a level, about 1.1 µs.
 RUNS_PER_COMPACTION = 16
+# The level of the run a rotation writes, until its last step: one cut short (a crash, a
+# rollback) is dropped when the next rotation starts, since the log still holds all of it.
+_WRITING = -1
 
 
 @dataclass(slots=True)
@@ -538,7 +548,8 @@ class _Compaction:
 
 def _levels(conn: sqlite3.Connection) -> dict[int, int]:
     """How many runs each level holds."""
-    return dict(conn.execute("SELECT level, count(*) FROM sighting_run_info GROUP BY level").fetchall())
+    return dict(conn.execute("SELECT level, count(*) FROM sighting_run_info WHERE level >= 0"
+                             " GROUP BY level").fetchall())
 
 
 def _new_run(conn: sqlite3.Connection, level: int, newest: float) -> int:

@@ -316,6 +316,26 @@ async def test_commits_carry_the_dedup_rotation_and_repeats_are_caught_across_it
     assert len(relay.events()) == 30
 
 
+ROWS = facade.DEDUP_ROTATE_ROWS
+
+
+@pytest.mark.parametrize(("rotate", "compact", "logged", "compacted_last", "step"), [
+    (False, False, 10, False, None),
+    (True, False, ROWS + 1, False, "rotate"),
+    (True, False, ROWS + 1, True, "rotate"),
+    (False, True, 10, False, "compact"),
+    (False, True, 10, True, "compact"),
+    (True, True, ROWS + 1, False, "compact"),  # both due: turns
+    (True, True, ROWS + 1, True, "rotate"),
+    (True, True, 2 * ROWS, False, "compact"),
+    (True, True, 2 * ROWS + 1, False, "rotate"),  # memory past twice a rotation's: it comes first
+])
+def test_a_commit_carries_the_dedup_step_that_is_due_and_both_take_turns(
+    rotate: bool, compact: bool, logged: int, compacted_last: bool, step: str | None,
+) -> None:
+    assert facade.dedup_step(rotate, compact, logged, compacted_last) == step
+
+
 async def test_commits_carry_compactions_of_the_runs_between_rotations(
     start_relay: Callable[..., Any], monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -204,6 +204,26 @@ def test_a_restart_in_the_middle_of_a_rotation_loses_nothing(conn: sqlite3.Conne
     assert see(conn, after_restart, [f"m{i}" for i in range(6)], now=NOW + 1) == [False] * 6
 
 
+def test_a_rotation_cut_short_is_written_again_once_and_counts_only_when_finished(
+    conn: sqlite3.Connection, four_a_level: None,
+) -> None:
+    memory = Sightings()
+    memory.load(conn)
+    _one_run_each(conn, memory, [[f"d{g}"] for g in range(3)])  # three runs of level 0
+    see(conn, memory, [f"m{i}" for i in range(600)], now=NOW)
+    memory.rotate_step(conn, 100)  # a part written, then the process dies
+    assert not memory.compaction_due  # the run being written is not one to compact
+    after_restart = Sightings()
+    after_restart.load(conn)
+    assert not after_restart.compaction_due
+    assert see(conn, after_restart, ["m0", "m599"], now=NOW + 1) == [False, False]
+    after_restart.rotate(conn)
+    (stored, distinct) = conn.execute("SELECT count(*), count(DISTINCT h) FROM sighting_runs").fetchone()
+    assert stored == distinct == 603  # the part written before the restart was dropped, not kept twice
+    assert after_restart.compaction_due  # four runs of level 0 now
+    assert [level for level, _, _ in _runs(conn)] == [0, 0, 0, 0]
+
+
 def _random_hashes(count: int, seed: int) -> list[int]:
     rng = random.Random(seed)
     return [rng.getrandbits(64) - (1 << 63) for _ in range(count)]
