@@ -513,21 +513,24 @@ class Queue:
                           self.sightings.compaction_due, self.sightings.logged, self._compact_turn)
         self._compact_turn = step == "compact"
         if step == "rotate":
-            self._dedup_step(conn, lambda: self.sightings.merge_step(conn, DEDUP_ROTATE_STEP))
+            self._dedup_step(conn, lambda: self.sightings.merge_step(conn, DEDUP_ROTATE_STEP), False)
         elif step == "compact":
             cutoff = time.time() - self.config.dedup_window
-            self._dedup_step(conn, lambda: self.sightings.compact_step(conn, DEDUP_COMPACT_STEP, cutoff))
+            self._dedup_step(conn, lambda: self.sightings.compact_step(conn, DEDUP_COMPACT_STEP, cutoff),
+                             True)
 
-    def _dedup_step(self, conn: sqlite3.Connection, step: Callable[[], int]) -> None:
+    def _dedup_step(self, conn: sqlite3.Connection, step: Callable[[], int], compaction: bool) -> None:
         """A step of a dedup rotation or compaction inside the open transaction, in a
         savepoint: a step that fails (the file at its cap) is undone and tried again later,
-        and never fails the commit that carries it."""
+        and never fails the commit that carries it. (When SQLite has rolled the whole
+        transaction back, as it may on a full disk, there is no savepoint to return to: the
+        commit fails, and memory is read back from the log.)"""
         conn.execute("SAVEPOINT rotation")
         try:
             step()
         except sqlite3.Error as exc:
+            self.sightings.step_failed(compaction)  # first: whatever the rollback does
             conn.execute("ROLLBACK TO rotation")
-            self.sightings.step_failed()
             log.warning("a dedup rotation or compaction step failed, tried again later: %s", exc)
         conn.execute("RELEASE rotation")
 

@@ -185,6 +185,7 @@ class Sightings:
         self._run = 0  # the run the rotation writes
         self._compaction: _Compaction | None = None  # the compaction under way
         self._levels: dict[int, int] = {}  # runs of each level
+        self._relevel = False  # a compaction was given up: count the levels again before the next
         self._frozen_logged = 0  # the log's hashes (repeats too) memory counted when it was frozen
         self._times: dict[int, float] = {}  # the frozen log's hashes, each with its latest time
         # The old generation's filter; None while it is not built (every lookup then asks
@@ -209,7 +210,7 @@ class Sightings:
         self.frozen, self._ranges, self._next, self._times = {}, [], 0, {}
         self._frozen_through = self._merged_through = 0
         self._compaction, self._run = None, 0  # (one cut short leaves runs that mean what they meant)
-        self._levels = self._finished_levels(conn)
+        self._levels, self._relevel = self._finished_levels(conn), False
         self._staged = []
         self._reload = False
 
@@ -286,9 +287,14 @@ class Sightings:
         if self._forgot or self._stepped:
             self._reload, self._forgot, self._stepped = True, False, False
 
-    def step_failed(self) -> None:
-        """A merge step was rolled back to a savepoint: memory is read again from the log."""
-        self._reload, self._stepped = True, False
+    def step_failed(self, compaction: bool = False) -> None:
+        """A step was rolled back to a savepoint. After a rotation's, memory is read again
+        from the log; after a compaction's, only the compaction is given up (the runs it
+        wrote mean what they meant, as after a crash) and the rotation under way goes on."""
+        if compaction:
+            self._compaction, self._relevel, self._stepped = None, True, False
+        else:
+            self._reload, self._stepped = True, False
 
     def rotate_step(self, conn: sqlite3.Connection, chunk: int) -> int:
         """``merge_step`` in a transaction of its own."""
@@ -320,6 +326,7 @@ class Sightings:
         restart; a step rolled back has memory read again from the log."""
         if self._reload:
             self._load(conn)
+        self._stepped = True  # first: a step that fails after memory changed has it read back
         if not self.rotating:
             below = self._staged_rowid if self._staged else _NO_ROWID  # not this transaction's own
             rows = conn.execute("SELECT rowid, at, length(hashes) FROM sightings_log WHERE rowid < ?"
@@ -341,7 +348,6 @@ class Sightings:
                                               (_WRITING,)).fetchall():
                 _drop_run(conn, unfinished, _DROP_CHUNK)  # a rotation cut short: the log still holds it
             self._run = _new_run(conn, _WRITING, max(stamps))
-        self._stepped = True
         keys = sorted(self._ranges[self._next]) if self._ranges else []
         last = self._next + 1 >= len(self._ranges)
         for at, group in _by_time(keys, self._times).items():
@@ -382,6 +388,9 @@ class Sightings:
         the runs are compacted again later."""
         if self._reload:
             self._load(conn)
+        if self._relevel:
+            self._levels, self._relevel = self._finished_levels(conn), False
+        self._stepped = True
         if self._compaction is None:
             picked = _pick_compaction(conn, self._levels, self._run)
             if picked is None:
@@ -391,7 +400,6 @@ class Sightings:
             bits = max(0, min(16, (total // max(1, chunk)).bit_length() - 1))
             self._compaction = _Compaction(run, sources, bits)
         job = self._compaction
-        self._stepped = True
         shift = 64 - job.bits
         low = (job.next << shift) - _SIGN
         high = low + (1 << shift) - 1

@@ -383,6 +383,38 @@ async def test_a_rotation_step_that_fails_never_fails_the_commit_carrying_it(
     assert len(relay.events()) == 11
 
 
+
+async def test_a_step_whose_failure_took_the_whole_transaction_back_fails_that_commit_alone(
+    start_relay: Callable[..., Any], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SQLite may roll a whole transaction back on a full disk: there is then no savepoint
+    to return to, the requests of that commit are answered with an error (not stored, not
+    seen), and memory is read back from the log."""
+    monkeypatch.setattr(facade, "DEDUP_ROTATE_ROWS", 4)
+    relay = await start_relay(queue={"dedup_window": 3600})
+    queue = relay.relay.queue
+    real = queue.sightings.merge_step
+
+    def full(conn: sqlite3.Connection, chunk: int) -> int:
+        real(conn, chunk)
+        conn.execute("ROLLBACK")  # what SQLite may do itself on SQLITE_FULL
+        raise sqlite3.OperationalError("database or disk is full")
+
+    assert (await relay.post("/v1/batch", _batch(["w0", "w1", "w2", "w3", "w4"])))[1]["accepted"] == 5
+    monkeypatch.setattr(queue.sightings, "merge_step", full)
+    status, answer, _ = await relay.post("/v1/batch", _batch(["w5", "w6"]))
+    assert status >= 500 and "error" in json.dumps(answer).lower()  # not acknowledged
+    monkeypatch.setattr(queue.sightings, "merge_step", real)
+    answer = (await relay.post("/v1/batch", _batch(["w0", "w4", "w5", "w6"])))[1]
+    assert (answer["accepted"], answer["duplicates"]) == (2, 2)  # w5, w6 were never seen
+    for i in range(3):
+        await relay.post("/v1/batch", _batch([f"x{i}"]))
+    assert relay.rows("SELECT count(*) FROM sighting_runs")[0][0] > 0  # the rotation went on
+    answer = (await relay.post("/v1/batch", _batch(["w1", "w5", "x0", "new"])))[1]
+    assert (answer["accepted"], answer["duplicates"]) == (1, 3)
+    assert len(relay.events()) == 11
+
+
 def _record_from_another_process(path: str, write_key: str, message_id: str) -> None:
     """What ``relay recover`` does with a salvaged event's key: recorded in ``sightings``."""
     other = sqlite3.connect(path, isolation_level=None)

@@ -596,3 +596,67 @@ def test_the_filter_holds_the_runs_hashes(conn: sqlite3.Connection) -> None:
     built = sightings.read_filter(conn)
     hashes = [sightings.dedup_hash("wk", f"f{i}") for i in range(100)]
     assert built.maybe(hashes) == hashes and built.count == 100
+
+
+def test_a_first_rotation_step_that_fails_after_memory_was_frozen_has_memory_read_back(
+    conn: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    memory = Sightings()
+    memory.load(conn)
+    ids = [f"z{i}" for i in range(50)]
+    see(conn, memory, ids)
+    real = sightings._new_run
+
+    def full(conn: sqlite3.Connection, level: int, newest: float) -> int:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(sightings, "_new_run", full)  # after the freeze, before the run exists
+    conn.execute("BEGIN IMMEDIATE")
+    with pytest.raises(sqlite3.OperationalError):
+        memory.merge_step(conn, 10)
+    conn.execute("ROLLBACK")
+    memory.rolled_back()
+    monkeypatch.setattr(sightings, "_new_run", real)
+    memory.rotate(conn)
+    assert see(conn, memory, [*ids[::7], "new"], now=NOW + 1) == [False] * len(ids[::7]) + [True]
+    assert conn.execute("SELECT count(*) FROM sighting_runs WHERE run NOT IN"
+                        " (SELECT run FROM sighting_run_info)").fetchone() == (0,)  # no run lookups miss
+    assert _runs(conn) == [(0, 50, 50)]
+
+
+def test_a_compaction_step_given_up_leaves_the_rotation_under_way_where_it_was(
+    conn: sqlite3.Connection, four_a_level: None, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    memory = Sightings()
+    memory.load(conn)
+    groups = [[f"q{g}-{i}" for i in range(200)] for g in range(4)]
+    _one_run_each(conn, memory, groups)  # four runs of level 0: a compaction is due
+    fresh = [f"r{i}" for i in range(400)]
+    see(conn, memory, fresh)
+    memory.rotate_step(conn, 100)  # a rotation under way, a step of it written
+    assert memory.rotating and memory.compaction_due
+    _compact(conn, memory, 100, NOW - WINDOW, steps=1)  # a compaction under way too
+    written = conn.execute("SELECT count(*) FROM sighting_runs").fetchone()
+    left = len(memory._ranges) - memory._next  # the rotation's key ranges not written yet
+    assert left >= 2
+    conn.execute("BEGIN IMMEDIATE")  # as the writer carries a step: in a savepoint, which fails
+    conn.execute("SAVEPOINT rotation")
+    memory.compact_step(conn, 100, NOW - WINDOW)
+    conn.execute("ROLLBACK TO rotation")
+    memory.step_failed(compaction=True)
+    conn.execute("RELEASE rotation")
+    conn.execute("COMMIT")
+    memory.committed()
+    assert conn.execute("SELECT count(*) FROM sighting_runs").fetchone() == written
+    assert memory.rotating  # not started again from the log
+    steps = 0
+    while memory.rotating:
+        memory.rotate_step(conn, 100)
+        steps += 1
+    assert steps == left  # those ranges only: the rotation was not started again
+    _compact(conn, memory, 100, NOW - WINDOW)
+    every = [i for ids in groups for i in ids] + fresh
+    assert {h for (h,) in conn.execute("SELECT h FROM sighting_runs")} == {
+        sightings.dedup_hash("wk", i) for i in every}
+    assert see(conn, memory, [*every[::9], "new"], now=NOW + 1) == [False] * len(every[::9]) + [True]
+    assert all(rows == held for _, rows, held in _runs(conn))
