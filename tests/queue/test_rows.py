@@ -49,13 +49,16 @@ async def post_requests(relay: Any, requests: list[list[dict[str, Any]]]) -> lis
 
 async def test_a_cursor_inside_a_request_resumes_there_after_a_restart(
         start_relay: Any, upstreams: Any, tmp_path: Path) -> None:
-    """Batches of 7 cut requests of 3, 10, 1, 25 ... events anywhere: after two delivered
-    batches the cursor sits inside the second request's row; a restart goes on from there,
-    every event once, in order."""
+    """Batches of 7 cut requests of 3, 10, 1, 25 ... events anywhere: after one delivered
+    batch the cursor sits inside the second request's row, after two past the third; a
+    restart goes on from there, every event once, in order."""
+    empty = await start_relay()  # every request queued before a destination reads any
+    sent = await post_requests(empty, requests_of(SIZES, "c"))
+    await empty.relay.stop()
     upstream: FakeUpstream = await upstreams(script=[200, 200], default=503)
     first = await start_relay(destinations=[dest("up", upstream.url, max_events=7)])
-    sent = await post_requests(first, requests_of(SIZES, "c"))
     await upstream.wait_for(14)
+    assert [len(r.batch) for r in upstream.requests[:2]] == [7, 7]
     await wait_until(lambda: first.rows("SELECT cursor FROM progress") == [(14,)], 10, "cursor at 14")
     assert first.rows("SELECT first, count FROM batches ORDER BY first")[:2] == [(1, 3), (4, 10)]
     await first.relay.stop()
