@@ -374,7 +374,8 @@ class Sightings:
     @property
     def compaction_due(self) -> bool:
         """Whether a compaction is under way, or a level holds enough runs for one."""
-        return self._compaction is not None or any(n >= RUNS_PER_COMPACTION for n in self._levels.values())
+        return (self._compaction is not None or self._relevel  # (levels to count again: a step looks)
+                or any(n >= RUNS_PER_COMPACTION for n in self._levels.values()))
 
     def compact_step(self, conn: sqlite3.Connection, chunk: int, cutoff: float) -> int:
         """Compact about ``chunk`` sightings, inside the caller's transaction (as

@@ -354,6 +354,44 @@ async def test_commits_carry_compactions_of_the_runs_between_rotations(
     assert len(relay.events()) == 61
 
 
+
+async def test_a_compaction_step_that_fails_never_fails_the_commit_and_loses_no_sighting(
+    start_relay: Callable[..., Any], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(facade, "DEDUP_ROTATE_ROWS", 4)
+    monkeypatch.setattr(facade, "DEDUP_ROTATE_STEP", 16)  # a rotation in one step: compactions get turns
+    monkeypatch.setattr(facade, "DEDUP_COMPACT_STEP", 2)
+    monkeypatch.setattr(sightings, "RUNS_PER_COMPACTION", 4)
+    relay = await start_relay(queue={"dedup_window": 3600})
+    queue = relay.relay.queue
+    real = queue.sightings.compact_step
+    failures = []
+
+    def full(conn: sqlite3.Connection, chunk: int, cutoff: float) -> int:
+        real(conn, chunk, cutoff)  # its statements ran: the savepoint must take them back
+        failures.append(chunk)
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(queue.sightings, "compact_step", full)
+    ids = [f"k{i}" for i in range(60)]
+    for start in range(0, 60, 5):
+        assert (await relay.post("/v1/batch", _batch(ids[start:start + 5])))[1]["accepted"] == 5
+    assert len(failures) > 1  # compactions were due, and each failed
+    assert relay.rows("SELECT count(*) FROM sighting_run_info WHERE level > 0") == [(0,)]
+    answer = (await relay.post("/v1/batch", _batch([*ids, "k-new"])))[1]
+    assert (answer["accepted"], answer["duplicates"]) == (1, 60)  # the rotations went on meanwhile
+    monkeypatch.setattr(queue.sightings, "compact_step", real)
+    for i in range(6):
+        await relay.post("/v1/batch", _batch([f"m{i}-{j}" for j in range(5)]))
+    assert relay.rows("SELECT max(level) FROM sighting_run_info")[0][0] >= 1  # compacted now
+    assert relay.rows("SELECT count(*) FROM sighting_run_info i WHERE rows !="
+                      " (SELECT count(*) FROM sighting_runs r WHERE r.run = i.run)") == [(0,)]
+    again = [*ids, *(f"m{i}-{j}" for i in range(6) for j in range(5)), "k-new"]
+    answer = (await relay.post("/v1/batch", _batch([*again, "k-last"])))[1]
+    assert (answer["accepted"], answer["duplicates"]) == (1, len(again))
+    assert len(relay.events()) == 60 + 1 + 30 + 1
+
+
 async def test_a_rotation_step_that_fails_never_fails_the_commit_carrying_it(
     start_relay: Callable[..., Any], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -392,19 +430,17 @@ async def test_a_step_whose_failure_took_the_whole_transaction_back_fails_that_c
     seen), and memory is read back from the log."""
     monkeypatch.setattr(facade, "DEDUP_ROTATE_ROWS", 4)
     relay = await start_relay(queue={"dedup_window": 3600})
-    queue = relay.relay.queue
-    real = queue.sightings.merge_step
+    real = sightings._new_run
 
-    def full(conn: sqlite3.Connection, chunk: int) -> int:
-        real(conn, chunk)
+    def full(conn: sqlite3.Connection, level: int, newest: float) -> int:
         conn.execute("ROLLBACK")  # what SQLite may do itself on SQLITE_FULL
         raise sqlite3.OperationalError("database or disk is full")
 
     assert (await relay.post("/v1/batch", _batch(["w0", "w1", "w2", "w3", "w4"])))[1]["accepted"] == 5
-    monkeypatch.setattr(queue.sightings, "merge_step", full)
+    monkeypatch.setattr(sightings, "_new_run", full)  # the first step, memory frozen, its run not made
     status, answer, _ = await relay.post("/v1/batch", _batch(["w5", "w6"]))
     assert status >= 500 and "error" in json.dumps(answer).lower()  # not acknowledged
-    monkeypatch.setattr(queue.sightings, "merge_step", real)
+    monkeypatch.setattr(sightings, "_new_run", real)
     answer = (await relay.post("/v1/batch", _batch(["w0", "w4", "w5", "w6"])))[1]
     assert (answer["accepted"], answer["duplicates"]) == (2, 2)  # w5, w6 were never seen
     for i in range(3):

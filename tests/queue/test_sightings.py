@@ -7,6 +7,7 @@ import random
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -641,7 +642,8 @@ def test_a_compaction_step_given_up_leaves_the_rotation_under_way_where_it_was(
     assert left >= 2
     conn.execute("BEGIN IMMEDIATE")  # as the writer carries a step: in a savepoint, which fails
     conn.execute("SAVEPOINT rotation")
-    memory.compact_step(conn, 100, NOW - WINDOW)
+    with pytest.raises(sqlite3.OperationalError):  # its insert done, a source's delete refused
+        memory.compact_step(_Refusing(conn, "DELETE FROM sighting_runs"), 100, NOW - WINDOW)  # type: ignore[arg-type]
     conn.execute("ROLLBACK TO rotation")
     memory.step_failed(compaction=True)
     conn.execute("RELEASE rotation")
@@ -649,14 +651,29 @@ def test_a_compaction_step_given_up_leaves_the_rotation_under_way_where_it_was(
     memory.committed()
     assert conn.execute("SELECT count(*) FROM sighting_runs").fetchone() == written
     assert memory.rotating  # not started again from the log
+    assert memory.compaction_due  # the levels are counted again by the next compaction step
     steps = 0
     while memory.rotating:
         memory.rotate_step(conn, 100)
         steps += 1
     assert steps == left  # those ranges only: the rotation was not started again
+    _compact(conn, memory, 100, NOW - WINDOW, steps=1)  # a new compaction: the levels as on disk
+    assert memory._levels == memory._finished_levels(conn)
     _compact(conn, memory, 100, NOW - WINDOW)
     every = [i for ids in groups for i in ids] + fresh
     assert {h for (h,) in conn.execute("SELECT h FROM sighting_runs")} == {
         sightings.dedup_hash("wk", i) for i in every}
     assert see(conn, memory, [*every[::9], "new"], now=NOW + 1) == [False] * len(every[::9]) + [True]
     assert all(rows == held for _, rows, held in _runs(conn))
+
+
+class _Refusing:
+    """A connection whose statements starting with ``refused`` fail as on a full disk."""
+
+    def __init__(self, conn: sqlite3.Connection, refused: str) -> None:
+        self.conn, self.refused = conn, refused
+
+    def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
+        if sql.startswith(self.refused):
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.conn.execute(sql, params)
