@@ -354,7 +354,6 @@ async def test_commits_carry_compactions_of_the_runs_between_rotations(
     assert len(relay.events()) == 61
 
 
-
 async def test_a_compaction_step_that_fails_never_fails_the_commit_and_loses_no_sighting(
     start_relay: Callable[..., Any], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -419,7 +418,6 @@ async def test_a_rotation_step_that_fails_never_fails_the_commit_carrying_it(
     answer = (await relay.post("/v1/batch", _batch(["f1", "f6", "g0", "new"])))[1]
     assert (answer["accepted"], answer["duplicates"]) == (1, 3)
     assert len(relay.events()) == 11
-
 
 
 async def test_a_step_whose_failure_took_the_whole_transaction_back_fails_that_commit_alone(
