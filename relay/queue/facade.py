@@ -513,13 +513,14 @@ class Queue:
                           self.sightings.compaction_due, self.sightings.logged, self._compact_turn)
         self._compact_turn = step == "compact"
         if step == "rotate":
-            self._dedup_step(conn, lambda: self.sightings.merge_step(conn, DEDUP_ROTATE_STEP), False)
+            self._dedup_step(conn, lambda: self.sightings.merge_step(conn, DEDUP_ROTATE_STEP),
+                             compaction=False)
         elif step == "compact":
             cutoff = time.time() - self.config.dedup_window
             self._dedup_step(conn, lambda: self.sightings.compact_step(conn, DEDUP_COMPACT_STEP, cutoff),
-                             True)
+                             compaction=True)
 
-    def _dedup_step(self, conn: sqlite3.Connection, step: Callable[[], int], compaction: bool) -> None:
+    def _dedup_step(self, conn: sqlite3.Connection, step: Callable[[], int], *, compaction: bool) -> None:
         """A step of a dedup rotation or compaction inside the open transaction, in a
         savepoint: a step that fails (the file at its cap) is undone and tried again later,
         and never fails the commit that carries it. (When SQLite has rolled the whole

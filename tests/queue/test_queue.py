@@ -412,11 +412,7 @@ async def test_a_rotation_step_that_fails_never_fails_the_commit_carrying_it(
     monkeypatch.setattr(queue.sightings, "merge_step", real)
     answer = (await relay.post("/v1/batch", _batch(["f0", "f5", "f6"])))[1]
     assert (answer["accepted"], answer["duplicates"]) == (1, 2)  # memory read back from the log
-    for i in range(3):
-        await relay.post("/v1/batch", _batch([f"g{i}"]))
-    assert relay.rows("SELECT count(*) FROM sighting_runs")[0][0] > 0  # the rotation went on
-    answer = (await relay.post("/v1/batch", _batch(["f1", "f6", "g0", "new"])))[1]
-    assert (answer["accepted"], answer["duplicates"]) == (1, 3)
+    await _the_rotation_goes_on(relay, ["f1", "f6"], "g")
     assert len(relay.events()) == 11
 
 
@@ -441,12 +437,18 @@ async def test_a_step_whose_failure_took_the_whole_transaction_back_fails_that_c
     monkeypatch.setattr(sightings, "_new_run", real)
     answer = (await relay.post("/v1/batch", _batch(["w0", "w4", "w5", "w6"])))[1]
     assert (answer["accepted"], answer["duplicates"]) == (2, 2)  # w5, w6 were never seen
-    for i in range(3):
-        await relay.post("/v1/batch", _batch([f"x{i}"]))
-    assert relay.rows("SELECT count(*) FROM sighting_runs")[0][0] > 0  # the rotation went on
-    answer = (await relay.post("/v1/batch", _batch(["w1", "w5", "x0", "new"])))[1]
-    assert (answer["accepted"], answer["duplicates"]) == (1, 3)
+    await _the_rotation_goes_on(relay, ["w1", "w5"], "x")
     assert len(relay.events()) == 11
+
+
+async def _the_rotation_goes_on(relay: Any, seen: list[str], prefix: str) -> None:
+    """After a failed step: three more commits (``<prefix>0`` ..) take the rotation on, and
+    then ``seen``, from before, and ``<prefix>0`` are repeats, a new key is not."""
+    for i in range(3):
+        await relay.post("/v1/batch", _batch([f"{prefix}{i}"]))
+    assert relay.rows("SELECT count(*) FROM sighting_runs")[0][0] > 0  # the rotation went on
+    answer = (await relay.post("/v1/batch", _batch([*seen, f"{prefix}0", "new"])))[1]
+    assert (answer["accepted"], answer["duplicates"]) == (1, len(seen) + 1)
 
 
 def _record_from_another_process(path: str, write_key: str, message_id: str) -> None:
