@@ -18,7 +18,8 @@ import msgspec
 import pytest
 
 from relay.config import DestinationConfig
-from relay.sinks.warehouse.duckdb import DuckDBSink
+from relay.sinks.warehouse.duckdb import DuckDBSink, insert
+from relay.sinks.warehouse.load import Catalog
 from relay.types import Stored
 from tests.sinks.warehouse import (
     WAVE_1,
@@ -265,10 +266,38 @@ async def test_events_sent_again_are_loaded_once_without_a_primary_key(tmp_path)
     assert query(path, "SELECT count(*), count(DISTINCT id) FROM web_prod.tracks") == [(6, 6)]
     assert (await sink._load([[stored(7)], [stored(7)]])).status == 200  # twice in one load: one row
     assert query(path, "SELECT count(*), count(DISTINCT id) FROM web_prod.tracks") == [(7, 7)]
+    # in batches whose rows have other columns (two inserts into the table): one row as well
+    assert (await sink._load([[stored(8)], [stored(8, extra="a column more")]])).status == 200
+    assert query(path, "SELECT count(*), count(DISTINCT id) FROM web_prod.order_completed") == [(8, 8)]
     # a message the relay received a second time (no dedup, or past its window) is a second row
     assert (await sink._load([[stored(1, received="2026-12-03T10:00:00.000Z")]])).status == 200
     assert query(path, "SELECT id, count(*) FROM web_prod.tracks WHERE id = 'r-1' GROUP BY 1") == [("r-1", 2)]
+    # and two receptions of a message in two batches of one load: two rows
+    assert (await sink._load([[stored(2, received="2026-12-03T10:00:00.000Z")],
+                              [stored(2, received="2026-12-04T10:00:00.000Z")]])).status == 200
+    assert query(path, "SELECT count(*) FROM web_prod.tracks WHERE id = 'r-2'") == [(3,)]
     await sink.stop()
+
+
+REPEATS = [
+    # (case, the load's batches as (event number, received) pairs, the tables made distinct)
+    ("no id twice", [[(0, None), (1, None)], [(2, None)]], set()),
+    ("one id in two batches", [[(0, None), (1, None)], [(1, None)]], {"tracks", "order_completed"}),
+    ("two receptions in two batches", [[(0, None)], [(0, "2026-12-03T10:00:00.000Z")]],
+     {"tracks", "order_completed"}),
+    ("an id twice in one batch", [[(0, None), (0, None)], [(1, None)]], set()),  # the plan keeps one
+]
+
+
+@pytest.mark.parametrize(("batches", "distinct"), [case[1:] for case in REPEATS], ids=[c[0] for c in REPEATS])
+def test_a_load_makes_its_rows_distinct_only_where_an_id_is_in_two_batches(tmp_path, batches, distinct):
+    sink = wh_sink(tmp_path / "wh.duckdb")
+    load = [[stored(i, **({"received": r} if r else {})) for i, r in batch] for batch in batches]
+    work = sink._stage(load, Catalog(), tmp_path)
+    assert {key[1] for key in work.repeated} == distinct
+    for key, group in work.events.items():
+        statement = insert(group[0].load, group, distinct=key in work.repeated)
+        assert ("DISTINCT ON" in statement) == (key[1] in distinct)
 
 
 async def test_a_file_whose_event_tables_have_a_primary_key_is_still_loaded_once(tmp_path, monkeypatch):

@@ -190,7 +190,12 @@ class DuckDBSink(base.WarehouseSink):
                     continue
                 work.staged += 1
                 stage = Stage(folder / f"{work.staged}.ndjson", table, n)
-                work.events.setdefault((table.schema, table.table, *table.columns), []).append(stage)
+                key = (table.schema, table.table, *table.columns)
+                work.events.setdefault(key, []).append(stage)
+                staged, ids = work.ids.setdefault(key, set()), table.data[table.columns.index("id")]
+                if not staged.isdisjoint(ids):  # (a batch's rows of a table have distinct ids)
+                    work.repeated.add(key)
+                staged.update(ids)
             load.apply(work.catalog)
             del load
         for key, loads in merged.items():  # one merge a table: DuckDB reads all of it to merge
@@ -217,7 +222,7 @@ class DuckDBSink(base.WarehouseSink):
             met = met or (inserted is not None and inserted[0] < stage.rows)
         for key, group in work.events.items():
             if key not in merged:
-                con.execute(insert(group[0].load, group))
+                con.execute(insert(group[0].load, group, distinct=key in work.repeated))
         con.execute("COMMIT")
         self._careful = careful and met
 
@@ -227,17 +232,21 @@ def create_table(load: TableLoad) -> str:
     return sql.create_table(load, TYPES, keyed=False)
 
 
-def insert(load: TableLoad, stages: list[Stage]) -> str:
+def insert(load: TableLoad, stages: list[Stage], *, distinct: bool) -> str:
     """The stages' rows into their event table, each once, but for those it already holds (the
     same ``id`` and ``received_at``). The table is read through a semi join built on the
     stages' rows: DuckDB reads only the row groups whose ``received_at`` range can hold one of
-    them, and holds only the load's rows in memory."""
+    them, and holds only the load's rows in memory. ``distinct`` when an id is in two of the
+    stages (a batch's rows of a table have distinct ids): their rows are made distinct by
+    ``id`` and ``received_at`` first, a hash aggregate over all of their columns, which took
+    about a sixth of the inserts' time when every load ran it."""
     target = sql.qualified(load.schema, load.table)
     names = ", ".join(sql.quote(c) for c in load.columns)
     held = (f"SELECT t.id, t.received_at FROM {target} AS t SEMI JOIN {NEW} AS n"
             f" ON t.id = n.id AND t.received_at = n.received_at")
+    once = "DISTINCT ON (id, received_at) " if distinct else ""
     return (f"INSERT INTO {target} ({names}) WITH {NEW} AS MATERIALIZED (SELECT * FROM {_source(stages)})"
-            f" SELECT DISTINCT ON (id, received_at) * FROM {NEW} ANTI JOIN ({held}) AS {HELD}"
+            f" SELECT {once}* FROM {NEW} ANTI JOIN ({held}) AS {HELD}"
             f" ON {NEW}.id = {HELD}.id AND {NEW}.received_at = {HELD}.received_at")
 
 
@@ -262,6 +271,8 @@ class Work:
     ddl: list[str] = field(default_factory=list)
     merges: list[Stage] = field(default_factory=list)  # users, accounts, discards: one a table
     events: dict[tuple[str, ...], list[Stage]] = field(default_factory=dict)  # by table and columns
+    ids: dict[tuple[str, ...], set[Any]] = field(default_factory=dict)  # the ids staged, by the same key
+    repeated: set[tuple[str, ...]] = field(default_factory=set)  # keys with an id in two stages
     staged: int = 0  # files written
 
 
