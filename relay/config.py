@@ -426,18 +426,32 @@ def _check_queue_path(config: Config, source: str) -> list[str]:
     return []
 
 
+SHARED_NOTHING = ("duckdb", "parquet")  # destination types whose `options.path` no other may share
+
+
 def _check_destinations(config: Config, source: str) -> list[str]:
-    """Each destination's type exists and takes its options; its plugins are defined."""
+    """Each destination's type exists and takes its options; its plugins are defined; no two
+    duckdb or parquet destinations write to one path."""
     from relay.sinks import make_sink
 
     problems: list[str] = []
     plugin_names = {p.name or p.use for p in config.plugins}
+    files: dict[tuple[str, str], str] = {}  # (type, resolved path) -> the destination writing there
     for i, destination in enumerate(config.destinations):
         where = f"{source}: destinations[{i}] ({destination.name})"
         try:
             make_sink(destination)
         except ValueError as exc:
             problems.append(f"{where}: {exc}")
+        path = destination.options.get("path") if destination.type in SHARED_NOTHING else None
+        if isinstance(path, str) and path.strip():
+            key = (destination.type, os.path.realpath(os.path.expanduser(path)))
+            if key in files:
+                problems.append(f"{where}: `options.path`: {path!r} is also the path of destination "
+                                f"{files[key]!r}; two {destination.type} destinations cannot share one "
+                                "(each keeps what it knows of its files to itself: its tables' newest "
+                                "rows, its journal)")
+            files.setdefault(key, destination.name)
         for plugin in destination.plugins:
             if plugin not in plugin_names:
                 problems.append(f"{where}: `plugins` names {plugin!r}, which no [[plugins]] defines")

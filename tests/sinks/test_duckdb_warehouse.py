@@ -341,6 +341,69 @@ async def test_rows_received_after_all_a_table_holds_go_in_without_the_joins(tmp
     assert query(path, "SELECT count(*) FROM web_prod.order_completed") == [(6,)]
 
 
+@pytest.mark.parametrize("received_at", [
+    "TIMESTAMP",  # retyped by hand: DuckDB gives its values without a zone
+    "TIMESTAMP_NS",
+    "VARCHAR",
+    "TIMESTAMPTZ with infinity",  # a row another program wrote
+])
+async def test_a_received_at_column_of_another_type_still_loads_each_event_once(tmp_path, received_at):
+    path = tmp_path / "wh.duckdb"
+    day = "2026-12-0{}T10:00:00.000Z".format
+    sink = wh_sink(path)
+    await sink.start()
+    assert (await sink._load([[stored(0, received=day(1))]])).status == 200
+    await sink.stop()
+    con = duckdb.connect(str(path))
+    for table in ("tracks", "order_completed"):
+        if received_at.endswith("infinity"):
+            con.execute(f"INSERT INTO web_prod.{table} (id, received_at) VALUES ('other', 'infinity')")
+        else:
+            con.execute(f"ALTER TABLE web_prod.{table} ALTER received_at TYPE {received_at}")
+    con.close()
+    sink = wh_sink(path)  # started again: the newest time is read from the file
+    await sink.start()
+    for batch in ([stored(1, received=day(2))], [stored(1, received=day(2)), stored(2, received=day(3))]):
+        answer = await sink._load([batch])
+        assert answer.status == 200, answer
+    await sink.stop()
+    rows = query(path, "SELECT id, count(*) FROM web_prod.tracks WHERE id <> 'other' GROUP BY 1 ORDER BY 1")
+    assert rows == [("r-0", 1), ("r-1", 1), ("r-2", 1)]
+
+
+async def test_loads_need_no_time_zone_database_in_python(tmp_path, monkeypatch):
+    """DuckDB turns a TIMESTAMPTZ it hands to Python into the session's zone with Python's
+    zoneinfo; on a host without a zone database (Windows without tzdata, a slim image) that
+    fails, so the newest time a table holds is read as a number."""
+    import zoneinfo
+
+    path = tmp_path / "wh.duckdb"
+    day = "2026-12-0{}T10:00:00.000Z".format
+    sink = wh_sink(path)
+    await sink.start()
+    assert (await sink._load([[stored(0, received=day(1))]])).status == 200
+    await sink.stop()
+    empty = tmp_path / "no-zones"
+    empty.mkdir()
+    zoneinfo.reset_tzpath([str(empty)])
+    zoneinfo.ZoneInfo.clear_cache()
+    try:
+        with pytest.raises(zoneinfo.ZoneInfoNotFoundError):
+            zoneinfo.ZoneInfo("Etc/UTC")  # (the condition this test stands for)
+        sink = wh_sink(path)
+        await sink.start()
+        for i in (1, 2):
+            answer = await sink._load([[stored(i, received=day(i + 1))]])
+            assert answer.status == 200, answer
+        assert (await sink._load([[stored(2, received=day(3))]])).status == 200  # sent again
+        await sink.stop()
+    finally:
+        zoneinfo.reset_tzpath()
+        zoneinfo.ZoneInfo.clear_cache()
+    assert query(path, "SELECT id, count(*) FROM web_prod.tracks GROUP BY 1 ORDER BY 1") == [
+        (f"r-{i}", 1) for i in range(3)]
+
+
 async def test_a_file_whose_event_tables_have_a_primary_key_is_still_loaded_once(tmp_path, monkeypatch):
     from relay.sinks.warehouse import duckdb as module
     from relay.sinks.warehouse import sql

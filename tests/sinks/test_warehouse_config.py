@@ -44,6 +44,26 @@ def test_a_wrong_option_stops_the_config_naming_its_key(tmp_path, kind, options,
     assert message in str(caught.value) and "destinations[0] (wh)" in str(caught.value)
 
 
+@pytest.mark.parametrize(("kind", "first", "second", "refused"), [
+    ("duckdb", "wh.duckdb", "wh.duckdb", True),
+    ("duckdb", "wh.duckdb", "./sub/../wh.duckdb", True),  # the same file by another name
+    ("parquet", "lake", "lake/", True),
+    ("duckdb", "wh.duckdb", "other.duckdb", False),
+])
+def test_two_duckdb_or_parquet_destinations_cannot_share_a_path(tmp_path, monkeypatch, kind, first, second,
+                                                               refused):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    destinations = [destination(kind, name="a", path=first), destination(kind, name="b", path=second)]
+    path = toml_for(tmp_path, destinations)
+    if not refused:
+        assert [d.name for d in config.load(path, environ={}).destinations] == ["a", "b"]
+        return
+    with pytest.raises(ConfigError) as caught:
+        config.load(path, environ={})
+    assert "destinations[1] (b): `options.path`" in str(caught.value) and "'a'" in str(caught.value)
+
+
 @pytest.mark.parametrize(("kind", "library"), [("duckdb", "duckdb"), ("parquet", "pyarrow"),
                                                ("postgres", "asyncpg")])
 def test_a_missing_library_names_the_extra_to_install(tmp_path, monkeypatch, kind, library):

@@ -34,10 +34,11 @@ row of an event kept) until a load meets no such row.
 from __future__ import annotations
 
 import asyncio
+import math
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -90,9 +91,10 @@ class DuckDBSink(base.WarehouseSink):
         self._catalog: Catalog | None = None
         self._keyed: set[tuple[str, str]] = set()  # event tables with a primary key (older files)
         self._careful = False  # merge keyed event tables by key (a recent load met a row there)
-        # (schema, table) -> the newest received_at the event table holds (None: no row), read
-        # once and then kept by the loads; forgotten with the catalog (see ``insert``)
-        self._newest: dict[tuple[str, str], datetime | None] = {}
+        # (schema, table) -> the newest received_at the event table holds, in microseconds since
+        # the epoch (None: no row has one; inf: not known, nothing is fresh), read once and then
+        # kept by the loads; forgotten with the catalog (see ``insert``)
+        self._newest: dict[tuple[str, str], float | None] = {}
 
     async def start(self) -> None:
         await asyncio.to_thread(self._prepare)
@@ -236,12 +238,11 @@ class DuckDBSink(base.WarehouseSink):
                 continue
             table = (key[0], key[1])
             if table not in newest:
-                newest[table] = newest_received(con, *table)
+                newest[table] = newest_received(con, *table, work.catalog.tables[table].get("received_at"))
             held, (low, high) = newest[table], work.bounds[key]
-            fresh = (low is not None and key not in work.unbounded
-                     and (held is None or (isinstance(held, datetime) and low > held)))
+            fresh = low is not None and key not in work.unbounded and (held is None or low > held)
             con.execute(insert(group[0].load, group, distinct=key in work.repeated, fresh=fresh))
-            if key in work.unbounded or not isinstance(held, datetime | None):
+            if key in work.unbounded:
                 del newest[table]  # read again when next needed
             elif high is not None and (held is None or high > held):
                 newest[table] = high
@@ -304,9 +305,9 @@ class Work:
     events: dict[tuple[str, ...], list[Stage]] = field(default_factory=dict)  # by table and columns
     ids: dict[tuple[str, ...], set[Any]] = field(default_factory=dict)  # the ids staged, by the same key
     repeated: set[tuple[str, ...]] = field(default_factory=set)  # keys with an id in two stages
-    # the earliest and the latest received_at staged (None: no time), by the same key, and the
-    # keys with a received_at that is not a time (a table made by another tool: never fresh)
-    bounds: dict[tuple[str, ...], tuple[datetime | None, datetime | None]] = field(default_factory=dict)
+    # the earliest and the latest received_at staged, in microseconds since the epoch (None: no
+    # time), by the same key, and the keys with a received_at that is not a time (never fresh)
+    bounds: dict[tuple[str, ...], tuple[int | None, int | None]] = field(default_factory=dict)
     unbounded: set[tuple[str, ...]] = field(default_factory=set)
     staged: int = 0  # files written
 
@@ -317,8 +318,9 @@ class Work:
             times = []
         low, high = self.bounds.get(key, (None, None))
         if times:
-            low = min(times) if low is None else min(low, *times)
-            high = max(times) if high is None else max(high, *times)
+            first, last = _micros(min(times)), _micros(max(times))
+            low = first if low is None else min(low, first)
+            high = last if high is None else max(high, last)
         self.bounds[key] = (low, high)
 
 
@@ -355,11 +357,28 @@ _CASTS: dict[Kind, str] = {"varchar": "", "integer": "::BIGINT", "float": "::DOU
                            "timestamp": "::TIMESTAMPTZ"}
 
 
-def newest_received(con: Any, schema_name: str, table: str) -> Any:
-    """The newest ``received_at`` an event table holds (None when it holds none; whatever
-    DuckDB gives for a column of another type, which the caller does not compare)."""
-    row = con.execute(f"SELECT max(received_at) FROM {sql.qualified(schema_name, table)}").fetchone()
-    return None if row is None else row[0]
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _micros(moment: datetime) -> int:
+    """An aware time as microseconds since the epoch (as DuckDB's ``epoch_us`` gives it)."""
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def newest_received(con: Any, schema_name: str, table: str, kind: str | None) -> float | None:
+    """The newest ``received_at`` an event table holds, in microseconds since the epoch, read
+    as a number so that no time zone has to be known to Python: None when no row has one;
+    inf (so that no row is taken as fresh) when the column is not a time (``kind``, as the
+    catalog has it) or its newest value is not one DuckDB can count from the epoch
+    ('infinity', a text that is not a time)."""
+    if kind != "timestamp":
+        return math.inf
+    row = con.execute(f"SELECT n, try(epoch_us(m::TIMESTAMPTZ)) FROM (SELECT count(received_at) AS n,"
+                      f" max(received_at) AS m FROM {sql.qualified(schema_name, table)})").fetchone()
+    if row is None or not row[0]:
+        return None
+    return math.inf if row[1] is None else int(row[1])
 
 
 def keyed_event_tables(con: Any) -> set[tuple[str, str]]:
