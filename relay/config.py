@@ -426,7 +426,13 @@ def _check_queue_path(config: Config, source: str) -> list[str]:
     return []
 
 
-SHARED_NOTHING = ("duckdb", "parquet")  # destination types whose `options.path` no other may share
+# destination types whose `options.path` no other of the type may share, and why
+SHARED_NOTHING = {
+    "duckdb": "each keeps the newest time of its tables to itself, so one would load again what "
+              "the other loaded",
+    "parquet": "each clears the temporary files it finds under its path when it starts, another's "
+               "as well, which may hold a load that was committed but not yet renamed",
+}
 
 
 def _check_destinations(config: Config, source: str) -> list[str]:
@@ -436,7 +442,7 @@ def _check_destinations(config: Config, source: str) -> list[str]:
 
     problems: list[str] = []
     plugin_names = {p.name or p.use for p in config.plugins}
-    files: dict[tuple[str, str], str] = {}  # (type, resolved path) -> the destination writing there
+    files: dict[tuple[str, str], tuple[str, str]] = {}  # (type, path) -> (destination, its spelling)
     for i, destination in enumerate(config.destinations):
         where = f"{source}: destinations[{i}] ({destination.name})"
         try:
@@ -445,13 +451,14 @@ def _check_destinations(config: Config, source: str) -> list[str]:
             problems.append(f"{where}: {exc}")
         path = destination.options.get("path") if destination.type in SHARED_NOTHING else None
         if isinstance(path, str) and path.strip():
-            key = (destination.type, os.path.realpath(os.path.expanduser(path)))
+            # as written (not resolved: the relay and a command run elsewhere see one answer)
+            key = (destination.type, os.path.normpath(path))
             if key in files:
+                other, spelled = files[key]
                 problems.append(f"{where}: `options.path`: {path!r} is also the path of destination "
-                                f"{files[key]!r}; two {destination.type} destinations cannot share one "
-                                "(each keeps what it knows of its files to itself: its tables' newest "
-                                "rows, its journal)")
-            files.setdefault(key, destination.name)
+                                f"{other!r} ({spelled!r}); two {destination.type} destinations cannot "
+                                f"share one ({SHARED_NOTHING[destination.type]})")
+            files.setdefault(key, (destination.name, path))
         for plugin in destination.plugins:
             if plugin not in plugin_names:
                 problems.append(f"{where}: `plugins` names {plugin!r}, which no [[plugins]] defines")

@@ -6,6 +6,8 @@ delays a load."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import subprocess
 import sys
 import uuid
@@ -369,6 +371,45 @@ async def test_a_received_at_column_of_another_type_still_loads_each_event_once(
     await sink.stop()
     rows = query(path, "SELECT id, count(*) FROM web_prod.tracks WHERE id <> 'other' GROUP BY 1 ORDER BY 1")
     assert rows == [("r-0", 1), ("r-1", 1), ("r-2", 1)]
+
+
+SUMMER_TIME = """
+import asyncio, json, sys
+import duckdb
+from tests.sinks.test_duckdb_warehouse import query, stored, wh_sink
+
+async def main(path):
+    sink = wh_sink(path)
+    await sink.start()
+    first = stored(0, message_id="b", received="2026-03-08T07:00:00.000Z")
+    assert (await sink._load([[first]])).status == 200
+    await sink.stop()
+    con = duckdb.connect(str(path))  # retyped by hand, and a row another program wrote
+    for table in ("tracks", "order_completed"):
+        con.execute(f"ALTER TABLE web_prod.{table} ALTER received_at TYPE TIMESTAMP")
+        con.execute(f"INSERT INTO web_prod.{table} (id, received_at)"
+                    " VALUES ('a', TIMESTAMP '2026-03-08 02:30:00')")
+    con.close()
+    sink = wh_sink(path)
+    await sink.start()
+    again = stored(1, message_id="a", received="2026-03-08T07:30:00.000Z")
+    assert (await sink._load([[again]])).status == 200
+    await sink.stop()
+    print(json.dumps(query(path, "SELECT id, count(*) FROM web_prod.tracks GROUP BY 1 ORDER BY 1")))
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_a_time_in_the_gap_of_a_change_to_summer_time_is_still_found(tmp_path):
+    """A TIMESTAMP column is compared in the session's zone (the machine's), where 02:30 on the
+    night clocks go forward is 07:30Z and 03:00 is 07:00Z: the newest time a table holds is
+    the maximum of the values so compared, not of the wall-clock values."""
+    env = {**os.environ, "TZ": "America/New_York"}
+    done = subprocess.run([sys.executable, "-c", SUMMER_TIME, str(tmp_path / "wh.duckdb")], env=env,
+                          capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[2])
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [["a", 1], ["b", 1]]
 
 
 async def test_loads_need_no_time_zone_database_in_python(tmp_path, monkeypatch):

@@ -374,8 +374,10 @@ def newest_received(con: Any, schema_name: str, table: str, kind: str | None) ->
     ('infinity', a text that is not a time)."""
     if kind != "timestamp":
         return math.inf
-    row = con.execute(f"SELECT n, try(epoch_us(m::TIMESTAMPTZ)) FROM (SELECT count(received_at) AS n,"
-                      f" max(received_at) AS m FROM {sql.qualified(schema_name, table)})").fetchone()
+    # the maximum of the times as the inserts' joins compare them: a TIMESTAMP column (retyped by
+    # hand) is cast in the session's zone, which is not monotonic across a change to summer time
+    row = con.execute(f"SELECT n, try(epoch_us(m)) FROM (SELECT count(received_at) AS n, max(received_at"
+                      f"::TIMESTAMPTZ) AS m FROM {sql.qualified(schema_name, table)})").fetchone()
     if row is None or not row[0]:
         return None
     return math.inf if row[1] is None else int(row[1])
