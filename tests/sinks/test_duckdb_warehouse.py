@@ -412,7 +412,7 @@ def test_a_time_in_the_gap_of_a_change_to_summer_time_is_still_found(tmp_path):
     assert json.loads(done.stdout) == [["a", 1], ["b", 1]]
 
 
-async def test_loads_need_no_time_zone_database_in_python(tmp_path, monkeypatch):
+async def test_loads_need_no_time_zone_database_in_python(tmp_path):
     """DuckDB turns a TIMESTAMPTZ it hands to Python into the session's zone with Python's
     zoneinfo; on a host without a zone database (Windows without tzdata, a slim image) that
     fails, so the newest time a table holds is read as a number."""
