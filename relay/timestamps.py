@@ -43,6 +43,14 @@ def from_epoch(seconds: float) -> datetime:
     return EPOCH + timedelta(seconds=seconds)
 
 
+MICROSECOND = timedelta(microseconds=1)
+
+
+def micros(moment: datetime) -> int:
+    """An aware time as whole microseconds since the epoch (as DuckDB's ``epoch_us`` counts)."""
+    return (moment - EPOCH) // MICROSECOND
+
+
 def field_time(value: object, field: str) -> datetime:
     """``value`` parsed as the time in ``field``; InvalidMessage naming the field if it is not one."""
     try:

@@ -51,7 +51,7 @@ _UTC_MILLIS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\d*(?:Z|\+00:00)
 _MILLIS = [".%03dZ" % ms for ms in range(1000)]  # noqa: UP031
 _MINUTES_SECONDS = ["%02d:%02d" % divmod(s, 60) for s in range(3600)]  # noqa: UP031
 EPOCH = timestamps.EPOCH
-MICROSECOND = timedelta(microseconds=1)
+MICROSECOND = timestamps.MICROSECOND
 _HOUR = 3_600_000_000  # microseconds
 _HOURS: dict[int, str] = {}  # "YYYY-MM-DDTHH:" of the hours (since the epoch) met lately
 _HOURS_KEPT = 10_000

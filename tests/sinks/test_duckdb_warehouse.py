@@ -302,6 +302,17 @@ def test_a_load_makes_its_rows_distinct_only_where_an_id_is_in_two_batches(tmp_p
         assert ("DISTINCT ON" in statement) == (key[1] in distinct)
 
 
+DAY = "2026-12-0{}T10:00:00.000Z".format
+
+
+async def loaded_once(path: Path) -> None:
+    """The file with its tables made and one event in them (r-0, received on day 1)."""
+    sink = wh_sink(path)
+    await sink.start()
+    assert (await sink._load([[stored(0, received=DAY(1))]])).status == 200
+    await sink.stop()
+
+
 async def test_rows_received_after_all_a_table_holds_go_in_without_the_joins(tmp_path, monkeypatch):
     from relay.sinks.warehouse import duckdb as module
 
@@ -314,27 +325,26 @@ async def test_rows_received_after_all_a_table_holds_go_in_without_the_joins(tmp
     real = module.insert
     monkeypatch.setattr(module, "insert", insert)
     path = tmp_path / "wh.duckdb"
-    day = "2026-12-0{}T10:00:00.000Z".format
     sink = wh_sink(path)
     await sink.start()
-    assert (await sink._load([[stored(0, received=day(1))]])).status == 200
+    assert (await sink._load([[stored(0, received=DAY(1))]])).status == 200
     assert fresh == {"tracks": True, "order_completed": True}  # new tables
-    assert (await sink._load([[stored(1, received=day(2))], [stored(2, received=day(3))]])).status == 200
+    assert (await sink._load([[stored(1, received=DAY(2))], [stored(2, received=DAY(3))]])).status == 200
     assert fresh == {"tracks": True, "order_completed": True}
     # sent again (received before the newest row), among new ones: the joins keep it once
-    assert (await sink._load([[stored(1, received=day(2)), stored(3, received=day(4))]])).status == 200
+    assert (await sink._load([[stored(1, received=DAY(2)), stored(3, received=DAY(4))]])).status == 200
     assert fresh == {"tracks": False, "order_completed": False}
     await sink.stop()
     # after a restart the newest time is read from the file: a batch sent again is found
     sink = wh_sink(path)
     await sink.start()
-    assert (await sink._load([[stored(3, received=day(4))]])).status == 200
+    assert (await sink._load([[stored(3, received=DAY(4))]])).status == 200
     assert fresh == {"tracks": False, "order_completed": False}
-    assert (await sink._load([[stored(4, received=day(5))]])).status == 200
+    assert (await sink._load([[stored(4, received=DAY(5))]])).status == 200
     assert fresh == {"tracks": True, "order_completed": True}
     # an event in two batches of one load: in tracks one insert makes it distinct; in its own
     # table (another column, so another insert) the second insert finds what the first wrote
-    twice = [[stored(5, received=day(6))], [stored(5, received=day(6), extra="x")]]
+    twice = [[stored(5, received=DAY(6))], [stored(5, received=DAY(6), extra="x")]]
     assert (await sink._load(twice)).status == 200
     assert fresh == {"tracks": True, "order_completed": False}
     await sink.stop()
@@ -351,11 +361,7 @@ async def test_rows_received_after_all_a_table_holds_go_in_without_the_joins(tmp
 ])
 async def test_a_received_at_column_of_another_type_still_loads_each_event_once(tmp_path, received_at):
     path = tmp_path / "wh.duckdb"
-    day = "2026-12-0{}T10:00:00.000Z".format
-    sink = wh_sink(path)
-    await sink.start()
-    assert (await sink._load([[stored(0, received=day(1))]])).status == 200
-    await sink.stop()
+    await loaded_once(path)
     con = duckdb.connect(str(path))
     for table in ("tracks", "order_completed"):
         if received_at.endswith("infinity"):
@@ -365,7 +371,7 @@ async def test_a_received_at_column_of_another_type_still_loads_each_event_once(
     con.close()
     sink = wh_sink(path)  # started again: the newest time is read from the file
     await sink.start()
-    for batch in ([stored(1, received=day(2))], [stored(1, received=day(2)), stored(2, received=day(3))]):
+    for batch in ([stored(1, received=DAY(2))], [stored(1, received=DAY(2)), stored(2, received=DAY(3))]):
         answer = await sink._load([batch])
         assert answer.status == 200, answer
     await sink.stop()
@@ -419,11 +425,7 @@ async def test_loads_need_no_time_zone_database_in_python(tmp_path):
     import zoneinfo
 
     path = tmp_path / "wh.duckdb"
-    day = "2026-12-0{}T10:00:00.000Z".format
-    sink = wh_sink(path)
-    await sink.start()
-    assert (await sink._load([[stored(0, received=day(1))]])).status == 200
-    await sink.stop()
+    await loaded_once(path)
     empty = tmp_path / "no-zones"
     empty.mkdir()
     zoneinfo.reset_tzpath([str(empty)])
@@ -434,9 +436,9 @@ async def test_loads_need_no_time_zone_database_in_python(tmp_path):
         sink = wh_sink(path)
         await sink.start()
         for i in (1, 2):
-            answer = await sink._load([[stored(i, received=day(i + 1))]])
+            answer = await sink._load([[stored(i, received=DAY(i + 1))]])
             assert answer.status == 200, answer
-        assert (await sink._load([[stored(2, received=day(3))]])).status == 200  # sent again
+        assert (await sink._load([[stored(2, received=DAY(3))]])).status == 200  # sent again
         await sink.stop()
     finally:
         zoneinfo.reset_tzpath()
@@ -477,6 +479,33 @@ async def test_a_file_whose_event_tables_have_a_primary_key_is_still_loaded_once
     assert (await sink._load([[stored(7)]])).status == 200 and not sink._careful
     assert query(path, "SELECT count(*), count(DISTINCT id) FROM web_prod.tracks") == [(9, 9)]
     await sink.stop()
+
+
+async def test_after_a_load_merging_by_key_a_keyed_table_s_newest_time_is_read_again(tmp_path, monkeypatch):
+    """A load merged by key does not keep the newest times of the tables it merged into: the
+    next plain load reads them again, and does not take an event those loads wrote as fresh
+    (the key would then refuse it, and the load would run again merging by key)."""
+    from relay.sinks.warehouse import duckdb as module
+    from relay.sinks.warehouse import sql
+
+    path = tmp_path / "wh.duckdb"
+    older = wh_sink(path)  # tables made with their key, as an earlier relay made them
+    monkeypatch.setattr(module, "create_table", lambda load: sql.create_table(load, module.TYPES))
+    await older.start()
+    assert (await older._load([[stored(0), stored(1)]])).status == 200
+    await older.stop()
+    monkeypatch.undo()
+    sink = wh_sink(path)
+    await sink.start()
+    assert (await sink._load([[stored(2, received=DAY(2))]])).status == 200 and not sink._careful
+    # a second reception of r-1: merged by key, writing r-9 too
+    assert (await sink._load([[stored(9, received=DAY(6))], [stored(1, received=DAY(7))]])).status == 200
+    assert sink._careful
+    assert (await sink._load([[stored(10, received=DAY(8))]])).status == 200 and not sink._careful
+    assert (await sink._load([[stored(9, received=DAY(6))]])).status == 200  # sent again
+    assert not sink._careful
+    await sink.stop()
+    assert query(path, "SELECT count(*) FROM web_prod.order_completed WHERE id = 'r-9'") == [(1,)]
 
 
 @pytest.mark.parametrize("row_group_size", [2048, 4096])

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from relay.sinks.warehouse.load import TableLoad
 from relay.sinks.warehouse.schema import LOAD_COLUMNS, Kind
+from relay.timestamps import micros as to_micros
 
 
 def arrow_type(kind: Kind) -> Any:
@@ -43,10 +43,6 @@ def table(load: TableLoad, columns: dict[str, Kind] | None = None, rows: list[in
     return pa.Table.from_arrays(arrays, names=names)
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-
-
 def _times(values: Sequence[Any]) -> Any:
     """Aware times as microseconds since the epoch, each distinct one computed once (rows of a
     load share most of them: one request's receivedAt and sentAt, an event's times in
@@ -56,5 +52,5 @@ def _times(values: Sequence[Any]) -> Any:
     micros: dict[Any, int | None] = {None: None}
     for moment in set(values):
         if moment is not None:
-            micros[moment] = (moment - _EPOCH) // _MICROSECOND
+            micros[moment] = to_micros(moment)
     return pa.array(list(map(micros.__getitem__, values)), pa.int64()).view(arrow_type("timestamp"))

@@ -38,7 +38,7 @@ import math
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ from relay.sinks import options as opts
 from relay.sinks.warehouse import base, sql
 from relay.sinks.warehouse.load import Catalog, TableLoad, combined
 from relay.sinks.warehouse.schema import DISCARDS, LATEST_TABLES, Kind
+from relay.timestamps import micros
 from relay.types import Stored
 
 TYPES: dict[Kind, str] = {"varchar": "VARCHAR", "integer": "BIGINT", "float": "DOUBLE", "boolean": "BOOLEAN",
@@ -240,11 +241,10 @@ class DuckDBSink(base.WarehouseSink):
             if table not in newest:
                 newest[table] = newest_received(con, *table, work.catalog.tables[table].get("received_at"))
             held, (low, high) = newest[table], work.bounds[key]
-            fresh = low is not None and key not in work.unbounded and (held is None or low > held)
+            # (a received_at that is not a time column holds inf: nothing is fresh there)
+            fresh = low is not None and (held is None or low > held)
             con.execute(insert(group[0].load, group, distinct=key in work.repeated, fresh=fresh))
-            if key in work.unbounded:
-                del newest[table]  # read again when next needed
-            elif high is not None and (held is None or high > held):
+            if high is not None and (held is None or high > held):
                 newest[table] = high
         con.execute("COMMIT")
         for key in merged:  # loaded by key: read again when next needed
@@ -306,19 +306,15 @@ class Work:
     ids: dict[tuple[str, ...], set[Any]] = field(default_factory=dict)  # the ids staged, by the same key
     repeated: set[tuple[str, ...]] = field(default_factory=set)  # keys with an id in two stages
     # the earliest and the latest received_at staged, in microseconds since the epoch (None: no
-    # time), by the same key, and the keys with a received_at that is not a time (never fresh)
+    # time), by the same key; a column fitted as a time holds datetimes (or None) only
     bounds: dict[tuple[str, ...], tuple[int | None, int | None]] = field(default_factory=dict)
-    unbounded: set[tuple[str, ...]] = field(default_factory=set)
     staged: int = 0  # files written
 
     def bound(self, key: tuple[str, ...], received: Sequence[Any]) -> None:
-        times = [t for t in received if t is not None]
-        if not all(isinstance(t, datetime) for t in times):
-            self.unbounded.add(key)
-            times = []
+        times = [t for t in received if isinstance(t, datetime)]
         low, high = self.bounds.get(key, (None, None))
         if times:
-            first, last = _micros(min(times)), _micros(max(times))
+            first, last = micros(min(times)), micros(max(times))
             low = first if low is None else min(low, first)
             high = last if high is None else max(high, last)
         self.bounds[key] = (low, high)
@@ -355,15 +351,6 @@ def _source(stages: list[Stage]) -> str:
 
 _CASTS: dict[Kind, str] = {"varchar": "", "integer": "::BIGINT", "float": "::DOUBLE", "boolean": "::BOOLEAN",
                            "timestamp": "::TIMESTAMPTZ"}
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-
-
-def _micros(moment: datetime) -> int:
-    """An aware time as microseconds since the epoch (as DuckDB's ``epoch_us`` gives it)."""
-    return (moment - _EPOCH) // _MICROSECOND
 
 
 def newest_received(con: Any, schema_name: str, table: str, kind: str | None) -> float | None:
