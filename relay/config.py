@@ -10,6 +10,12 @@ Collector do: ``${VAR}`` or ``${env:VAR}`` is the environment variable's value,
 ``${file:/path}`` a file's content (one trailing newline dropped), ``$${`` a literal
 ``${``. An unset variable or an unreadable file is a config error naming the key; every
 value taken this way is masked wherever the config is shown.
+
+A value that names a file or folder on this machine (``queue.path``, ``server.sdk_dir``, a
+file destination's ``path``, a warehouse's ``options.path``, every ``*_file`` and ``tls_*``
+option, a plugin's ``use`` path, ``${file:...}``) may begin with ``~`` or ``~user``: the home
+folder, expanded once here, as a shell would; a home folder that is not known is a config
+error naming the key.
 """
 
 from __future__ import annotations
@@ -196,7 +202,7 @@ def load(path: str | Path | None = None, environ: Mapping[str, str] | None = Non
     taken: set[str] = set()
     raw = _interpolate(raw, env, source, "$", taken)
     from_env = _apply_environment(raw, env)
-    problems = [_describe(p, source, from_env) for p in _problems(raw)]
+    problems = [_describe(p, source, from_env) for p in _expand_home(raw) + _problems(raw)]
     if problems:
         raise ConfigError("\n".join(problems))
     config = msgspec.convert(raw, Config, strict=True)
@@ -252,8 +258,11 @@ def _interpolate(value: Any, env: Mapping[str, str], source: str, where: str, ta
                 raise ConfigError(f"{source}: {key}: environment variable {name} is not set")
             found = env[name]
         elif kind == "file" and name:
+            path = os.path.expanduser(name)
+            if path.startswith("~"):
+                raise ConfigError(f"{source}: {key}: `${{{reference}}}`: {_no_home(name)}")
             try:
-                found = Path(name).read_text(encoding="utf-8")
+                found = Path(path).read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as exc:
                 raise ConfigError(f"{source}: {key}: cannot read the file {name}: "
                                   f"{getattr(exc, 'strerror', None) or exc}") from None
@@ -266,6 +275,54 @@ def _interpolate(value: Any, env: Mapping[str, str], source: str, where: str, ta
         return found
 
     return _REFERENCE.sub(replace, value)
+
+
+# where a value names a file or folder: a leading ~ is a home folder (see the module's text)
+PATH_OPTIONS: dict[str, tuple[str, ...]] = {"duckdb": ("path",), "parquet": ("path",)}  # type -> path options
+FILE_OPTIONS = ("tls_ca", "tls_cert", "tls_key")  # of any type, besides every "*_file"
+
+
+def _expand_home(raw: dict[str, Any]) -> list[str]:
+    """Expand ``~`` at the start of every value of ``raw`` that names a file or folder, in
+    place; a problem for each whose home folder is not known."""
+    problems: list[str] = []
+
+    def expand(table: Any, key: str, where: str) -> None:
+        value = table.get(key) if isinstance(table, dict) else None
+        if isinstance(value, str) and value.startswith("~"):
+            expanded = os.path.expanduser(value)
+            if expanded.startswith("~"):
+                problems.append(f"`{where}`: {value!r}: {_no_home(value)}")
+            else:
+                table[key] = expanded
+
+    expand(raw.get("queue"), "path", "$.queue.path")
+    expand(raw.get("server"), "sdk_dir", "$.server.sdk_dir")
+    for section in ("destinations", "plugins", "sources"):
+        entries = raw.get(section)
+        for i, entry in enumerate(entries if isinstance(entries, list) else ()):
+            if not isinstance(entry, dict):
+                continue
+            at = f"$.{section}[{i}]"
+            if section == "plugins":
+                expand(entry, "use", f"{at}.use")
+                continue  # a plugin's options are its own
+            if section == "destinations":
+                expand(entry, "path", f"{at}.path")
+            options = entry.get("options")
+            kind = entry.get("type")
+            paths: tuple[str, ...] = PATH_OPTIONS.get(kind, ()) if isinstance(kind, str) else ()
+            for key in list(options) if isinstance(options, dict) else ():
+                if key in paths or key in FILE_OPTIONS or key.endswith("_file"):
+                    expand(options, key, f"{at}.options.{key}")
+    return problems
+
+
+def _no_home(value: str) -> str:
+    user = value[1:].split("/", 1)[0].split(os.sep, 1)[0]
+    if user:
+        return f"it begins with ~{user}, and there is no user {user!r} to take the home folder of"
+    return "it begins with ~, and the home folder is not known (HOME is not set, and the account has none)"
 
 
 def _apply_environment(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:

@@ -3,6 +3,7 @@ key and the file, and ``relay check`` with secrets masked."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -182,6 +183,102 @@ async def test_the_relay_runs_on_defaults_and_environment_alone(tmp_path, start_
     assert status == 401
     assert relay.rows("SELECT write_key FROM events") == [("env-key",)]
     assert (tmp_path / "env" / "queue.db").is_file()
+
+
+# --- paths under the home folder ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """HOME pointed at a folder of the test's own, and the working folder elsewhere, so that a
+    ``~`` taken literally would show as a folder named ``~`` in it."""
+    folder = tmp_path / "home"
+    folder.mkdir()
+    monkeypatch.setenv("HOME", str(folder))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return folder
+
+
+HOME_PATHS = [  # (TOML, where the value lands in the Config, the value as written)
+    ('[queue]\npath = "~/q/queue.db"', lambda c: c.queue.path, "~/q/queue.db"),
+    ('[server]\nsdk_dir = "~/sdk"', lambda c: c.server.sdk_dir, "~/sdk"),
+    ('[[destinations]]\nname = "f"\ntype = "file"\npath = "~/out"',
+     lambda c: c.destinations[0].path, "~/out"),
+    ('[[destinations]]\nname = "w"\ntype = "duckdb"\noptions = { path = "~/w.duckdb" }',
+     lambda c: c.destinations[0].options["path"], "~/w.duckdb"),
+    ('[[destinations]]\nname = "l"\ntype = "parquet"\noptions = { path = "~/lake" }',
+     lambda c: c.destinations[0].options["path"], "~/lake"),
+    ('[[destinations]]\nname = "p"\ntype = "postgres"\noptions = { password_file = "~/pw" }',
+     lambda c: c.destinations[0].options["password_file"], "~/pw"),
+    ('[[destinations]]\nname = "n"\ntype = "nats"\noptions = { tls_ca = "~/ca.pem" }',
+     lambda c: c.destinations[0].options["tls_ca"], "~/ca.pem"),
+    ('[[sources]]\nname = "s"\ntype = "nats"\noptions = { stream = "S", durable = "d", tls_ca = "~/ca.pem" }',
+     lambda c: c.sources[0].options["tls_ca"], "~/ca.pem"),
+    ('[[plugins]]\nuse = "~/mine.py:Mine"', lambda c: c.plugins[0].use, "~/mine.py:Mine"),
+]
+
+
+@pytest.mark.parametrize(("text", "value", "written"), HOME_PATHS)
+def test_a_path_may_begin_with_a_tilde_for_the_home_folder(home, text, value, written):
+    (home / "pw").write_text("secret\n")
+    (home / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    loaded = load(write(home.parent, text), environ={})
+    assert value(loaded) == str(home) + written[1:]
+
+
+def test_a_file_reference_may_begin_with_a_tilde_and_other_tildes_are_kept(home):
+    (home / "token").write_text("t0ken\n")
+    loaded = load(write(home.parent, '[admin]\ntoken = "${file:~/token}"\n'
+                                     '[queue]\npath = "data/~/queue.db"\n'
+                                     '[[destinations]]\nname = "h"\ntype = "webhook"\n'
+                                     'options = { url = "http://127.0.0.1:9/~/x" }\n'
+                                     '[[plugins]]\nuse = "filter"\noptions = { sample = 0.5, path = "~x" }'),
+                  environ={})
+    assert loaded.admin.token == "t0ken"
+    assert loaded.queue.path == "data/~/queue.db"  # only a leading ~ is a home folder
+    assert loaded.destinations[0].options["url"] == "http://127.0.0.1:9/~/x"  # not a path
+    assert loaded.plugins[0].options["path"] == "~x"  # a plugin's options are its own
+
+
+def test_an_environment_variable_s_path_is_expanded_as_the_file_s(home):
+    loaded = load(None, environ={"RELAY_QUEUE_PATH": "~/env/queue.db"})
+    assert loaded.queue.path == str(home / "env" / "queue.db")
+
+
+@pytest.mark.parametrize(("text", "environ", "names"), [
+    ('[queue]\npath = "~no-such-user-of-relay/queue.db"', {},
+     ["relay.toml: `$.queue.path`", "~no-such-user-of-relay", "no user 'no-such-user-of-relay'"]),
+    ("", {"RELAY_QUEUE_PATH": "~no-such-user-of-relay/q.db"},
+     ["environment variable RELAY_QUEUE_PATH: `$.queue.path`", "no user"]),
+    ('[[destinations]]\nname = "l"\ntype = "parquet"\noptions = { path = "~no-such-user-of-relay/lake" }', {},
+     ["`$.destinations[0].options.path`", "no user"]),
+    ('[admin]\ntoken = "${file:~no-such-user-of-relay/t}"', {}, ["`$.admin.token`", "no user"]),
+])
+def test_a_home_folder_that_is_not_known_is_an_error_naming_the_key(tmp_path, text, environ, names):
+    with pytest.raises(ConfigError) as caught:
+        load(write(tmp_path, text), environ=environ)
+    for name in names:
+        assert name in str(caught.value)
+
+
+async def test_the_relay_keeps_its_queue_and_files_under_the_home_folder(home, start_relay):
+    loaded = load(write(home.parent, '[server]\nport = 0\n[admin]\nenabled = false\n'
+                                     '[queue]\npath = "~/state/queue.db"\n'
+                                     '[[destinations]]\nname = "f"\ntype = "file"\npath = "~/delivered"\n'
+                                     'gzip = false\nflush_interval = 0'),
+                  environ={})
+    relay = await start_relay(loaded)
+    status, _, _ = await relay.post("/v1/track", {"userId": "u", "event": "Home", "messageId": "m-home"})
+    assert status == 200
+    deadline = asyncio.get_running_loop().time() + 15
+    while not list((home / "delivered").glob("*.ndjson")) and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    [delivered] = (home / "delivered").glob("*.ndjson")
+    assert json.loads(delivered.read_text().splitlines()[0])["messageId"] == "m-home"
+    assert (home / "state" / "queue.db").is_file()
+    assert not (Path.cwd() / "~").exists()
 
 
 # --- relay check ------------------------------------------------------------------------------------

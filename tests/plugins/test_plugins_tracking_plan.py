@@ -187,6 +187,16 @@ async def test_plan_is_read_from_a_json_file(tmp_path: Path) -> None:
         await plugin.event(_order())
 
 
+async def test_a_plan_file_under_the_home_folder_may_be_named_with_a_tilde(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "plan.json").write_text(json.dumps({"events": {"Order Completed": ORDER}}))
+    plugin = await _plan(plan="~/plan.json", events={}, violations="block")
+    await plugin.event(_order(order_id="o"))
+    with pytest.raises(Block):
+        await plugin.event(_order())
+
+
 @pytest.mark.parametrize(("options", "error"), [
     ({"events": {"E": {"type": "nope"}}}, "`events.E` is not a valid JSON Schema"),
     ({"events": {"E": {"$ref": "http://example.invalid/schema.json"}}}, "remote $ref"),

@@ -88,8 +88,8 @@ def build_plan(options: PlanOptions) -> Plan:
     if options.plan:
         where = "the plan file"
         try:
-            loaded = json.loads(Path(options.plan).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+            loaded = json.loads(Path(options.plan).expanduser().read_text(encoding="utf-8"))
+        except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: no home for ~
             raise ValueError(f"cannot read the plan {options.plan}: {exc} - at `$.plan`") from None
         if not isinstance(loaded, dict) or set(loaded) - set(sources):
             raise ValueError(f"the plan {options.plan} must be an object with any of "
